@@ -1,0 +1,78 @@
+"""The one settings object, built once at start-up from `HEIMDALL_*` environment variables.
+
+Nested sections use a double underscore: `HEIMDALL_S3__ENDPOINT_URL`. A variable with the
+prefix that names no field is refused at start-up, so a misspelt setting never goes unnoticed.
+Secrets are `SecretStr`: they never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.object_store import S3Credentials
+
+ENV_PREFIX = "HEIMDALL_"
+
+
+class S3Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = None  # None: AWS itself; http://127.0.0.1:8333 for SeaweedFS/MinIO
+    access_key_id: SecretStr | None = None  # None: boto3's own chain (AWS_ACCESS_KEY_ID, ...)
+    secret_access_key: SecretStr | None = None
+    region: str = "us-east-1"
+
+    def credentials(self) -> S3Credentials:
+        return S3Credentials(
+            endpoint_url=self.endpoint_url,
+            access_key_id=self.access_key_id.get_secret_value() if self.access_key_id else None,
+            secret_access_key=self.secret_access_key.get_secret_value() if self.secret_access_key else None,
+            region=self.region,
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    # Everything the embedded mode keeps (cache, local object store, MLflow SQLite) lives here.
+    state_dir: Path = Path(".heimdall")
+    # Verified shards, addressed by SHA-256; defaults to <state_dir>/cache.
+    cache_dir: Path | None = None
+    # Where model.onnx and model.json are published; defaults to <state_dir>/store/models.
+    models_uri: str | None = None
+    # MLflow tracking + registry; defaults to SQLite in <state_dir> (no server needed).
+    mlflow_tracking_uri: str | None = None
+    # Artifact root for experiments this service creates when MLflow runs embedded.
+    mlflow_artifacts_uri: str | None = None
+    model_name: str = "heimdall-localization"
+    # Absolute shard URIs in a manifest must lie under the dataset's own root or one of these.
+    allowed_dataset_locations: list[str] = []
+    s3: S3Settings = S3Settings()
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        state = self.state_dir.expanduser().resolve()
+        self.state_dir = state
+        self.cache_dir = (self.cache_dir or state / "cache").expanduser().resolve()
+        self.models_uri = self.models_uri or f"file://{state}/store/models"
+        self.mlflow_tracking_uri = self.mlflow_tracking_uri or f"sqlite:///{state}/mlflow.db"
+        self.mlflow_artifacts_uri = self.mlflow_artifacts_uri or f"file://{state}/mlartifacts"
+        return self
+
+
+def _refuse_unknown_env(environ: dict[str, str]) -> None:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    nested = {ENV_PREFIX + "S3__" + name.upper() for name in S3Settings.model_fields}
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known | nested)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known | nested))}")
+
+
+def load_settings(**overrides) -> Settings:
+    """Build the settings once; raises ValueError naming any unknown or invalid setting."""
+    _refuse_unknown_env(dict(os.environ))
+    return Settings(**overrides)
