@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     models_uri: str | None = None
     # MLflow tracking + registry; defaults to SQLite in <state_dir> (no server needed).
     mlflow_tracking_uri: str | None = None
-    # Artifact root for experiments this service creates when MLflow runs embedded.
+    # Artifact root for experiments this service creates when MLflow runs embedded (SQLite);
+    # a tracking server decides its own (proxied) artifact root.
     mlflow_artifacts_uri: str | None = None
     model_name: str = "heimdall-localization"
     # Absolute shard URIs in a manifest must lie under the dataset's own root or one of these.
@@ -59,8 +60,9 @@ class Settings(BaseSettings):
         self.state_dir = state
         self.cache_dir = (self.cache_dir or state / "cache").expanduser().resolve()
         self.models_uri = self.models_uri or f"file://{state}/store/models"
-        self.mlflow_tracking_uri = self.mlflow_tracking_uri or f"sqlite:///{state}/mlflow.db"
-        self.mlflow_artifacts_uri = self.mlflow_artifacts_uri or f"file://{state}/mlartifacts"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{state}/mlflow.db"
+            self.mlflow_artifacts_uri = self.mlflow_artifacts_uri or f"file://{state}/mlartifacts"
         return self
 
 

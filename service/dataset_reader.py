@@ -1,0 +1,281 @@
+"""Reading side of `heimdall.dataset/1` (shared/contracts/dataset.md): verify, then serve.
+
+`DatasetReader(uri, ...).open(...)` fetches every file of a dataset version through a
+content-addressed cache, checks every rule of the contract and only then returns a
+`VerifiedDataset`: a compact session index in RAM plus memory-mapped reads of the cached
+`.sigmf-data` files. Nothing trains on a version before all of it has passed.
+
+The cache (`service.dataset_cache`) only takes in the files of a version that passed in
+full; the per-file rules live in `service.dataset_checks`. Error rules: `Rule`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from pydantic import ValidationError
+
+from service.dataset_cache import Cache, Digest, scan
+from service.dataset_checks import (
+    Rule, ShardIndex, Where, check_collection, check_global, check_manifest, check_recording, check_shard_files,
+    merge_shard, parse_meta, refuse_invalid_manifest,
+)
+from service.dataset_manifest import (
+    COLLECTION_FILE, DATASET_ID_PATTERN, MANIFEST_FILE, SCHEMA, SPLITS, Manifest, Receiver, Shard, data_name,
+    meta_name,
+)
+from service.object_store import ObjectStore, S3Credentials, is_within, join_uri, normalise_uri, open_store
+from service.splits import assign_split
+
+__all__ = ["DatasetReader", "Rule", "VerifiedDataset"]
+
+SAMPLE_BYTES = 8  # cf32_le: two little-endian float32
+OPEN_FILES_MAX = 128  # memmaps kept open per process; each holds a file descriptor
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    label: str  # the shard's `path` in the manifest: how errors name its files
+    store: ObjectStore
+    prefix: str  # key of the shard folder in `store`
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def file(self, name: str) -> str:
+        return f"{self.label.rstrip('/')}/{name}"
+
+
+class DatasetReader:
+    """Opens one dataset version, `<root>/<dataset_id>/v<version>` (s3://, file:// or a path).
+
+    Shards may live anywhere below `<root>` (a parent version's, reused by absolute URI) or
+    below one of `allowed_locations`; nowhere else.
+    """
+
+    def __init__(self, uri: str, *, cache_dir: Path, credentials: S3Credentials | None = None,
+                 allowed_locations: Sequence[str] = ()):
+        self.uri = normalise_uri(uri)
+        self.cache_dir = Path(cache_dir)
+        self.credentials = credentials
+        self.allowed_locations = [normalise_uri(location) for location in allowed_locations]
+        self._stores: dict[str, ObjectStore] = {}
+
+    def open(self, *, validation_split: float, test_split: float, min_labelled_sessions: int) -> VerifiedDataset:
+        """Fetch and verify the whole version, then index its sessions.
+
+        Raises DatasetError (a rule of the contract is broken: fix the dataset),
+        StorageUnavailable (the object store is unreachable: retry) and ValueError (split
+        shares that leave nothing to train on, before anything is fetched).
+        """
+        assign_split("", validation_split=validation_split, test_split=test_split)
+        root, dataset_id = self._layout()
+        locations = [root, *self.allowed_locations]
+        manifest = self._read_manifest(dataset_id, locations)
+        # Everything the manifest alone can refuse is refused before the first download.
+        plans = [(shard, self._locate_shard(dataset_id, shard, locations),
+                  check_shard_files(dataset_id, shard, manifest)) for shard in manifest.shards]
+        cache = Cache(self.cache_dir)
+        try:
+            shards = [self._verify_shard(manifest, shard, source, receivers, cache)
+                      for shard, source, receivers in plans]
+            dataset = _index(manifest, self.uri, shards, validation_split, test_split)
+            if int(dataset.labelled.sum()) < min_labelled_sessions:
+                Where(dataset_id, MANIFEST_FILE).refuse(Rule.TOO_FEW_LABELLED, (
+                    f"{int(dataset.labelled.sum())} labelled sessions, training needs {min_labelled_sessions}"))
+            cache.commit()
+        finally:
+            cache.discard()
+        return dataset
+
+    def _layout(self) -> tuple[str, str]:
+        """(dataset root, dataset id) of `<root>/<dataset_id>/v<version>`."""
+        parent, _, folder = self.uri.rpartition("/")
+        root, _, dataset_id = parent.rpartition("/")
+        if not (re.fullmatch(r"v[1-9][0-9]*", folder) and re.fullmatch(DATASET_ID_PATTERN, dataset_id)
+                and root.partition("://")[2].strip("/")):
+            Where(dataset_id or self.uri, MANIFEST_FILE).refuse(
+                Rule.VERSION_FOLDER, f"{self.uri} is not <root>/<dataset_id>/v<version>")
+        return root, dataset_id
+
+    def _locate(self, uri: str, locations: list[str]) -> tuple[ObjectStore, str] | None:
+        """The store of the allowed location holding `uri`, and the key of `uri` in it."""
+        uri = normalise_uri(uri)
+        for location in locations:
+            if is_within(uri, location):
+                if location not in self._stores:
+                    self._stores[location] = open_store(location, self.credentials)
+                return self._stores[location], uri[len(location):].strip("/")
+        return None
+
+    def _read_manifest(self, dataset_id: str, locations: list[str]) -> Manifest:
+        where = Where(dataset_id, MANIFEST_FILE)
+        store, key = self._locate(join_uri(self.uri, MANIFEST_FILE), locations)
+        try:
+            document = json.loads(store.read_bytes(key))
+        except FileNotFoundError:
+            where.refuse(Rule.MISSING_FILE, f"no {MANIFEST_FILE} at {self.uri}")
+        except ValueError as exc:
+            where.refuse(Rule.MANIFEST, f"not JSON: {exc}")
+        if not isinstance(document, dict):
+            where.refuse(Rule.MANIFEST, "not a JSON object")
+        if document.get("schema") != SCHEMA:
+            where.refuse(Rule.SCHEMA, f"schema {document.get('schema')!r}, this reader knows {SCHEMA!r}")
+        try:
+            manifest = Manifest.model_validate(document)
+        except ValidationError as exc:
+            refuse_invalid_manifest(where, exc)
+        check_manifest(where, manifest, dataset_id, self.uri.rpartition("/")[2])
+        return manifest
+
+    def _locate_shard(self, dataset_id: str, shard: Shard, locations: list[str]) -> ShardSource:
+        where = Where(dataset_id, shard.path)
+        scheme = shard.path.partition("://")[0] if "://" in shard.path else None
+        if scheme not in (None, "s3", "file") or ".." in shard.path.split("/"):
+            where.refuse(Rule.SHARD_LOCATION, "shard paths are relative, s3:// or file://, without '..'")
+        absolute = scheme is not None or shard.path.startswith("/")
+        located = self._locate(shard.path if absolute else join_uri(self.uri, shard.path), locations)
+        if located is None:
+            where.refuse(Rule.SHARD_LOCATION, f"outside the allowed object-store locations {locations}")
+        return ShardSource(shard.path, *located)
+
+    def _verify_shard(self, manifest: Manifest, shard: Shard, source: ShardSource, receivers: list[str],
+                      cache: Cache) -> ShardIndex:
+        dataset_id = manifest.dataset_id
+        fetched = {name: self._fetch(dataset_id, source, name, sha256.lower(), cache)
+                   for name, sha256 in shard.files.items()}
+        check_collection(Where(dataset_id, source.file(COLLECTION_FILE)), fetched[COLLECTION_FILE][0].read_bytes(),
+                         {rid: fetched[meta_name(rid)][1].sha512 for rid in receivers})
+        recordings = []
+        for rid in receivers:
+            where = Where(dataset_id, source.file(meta_name(rid)))
+            meta = parse_meta(where, fetched[meta_name(rid)][0].read_bytes())
+            data = fetched[data_name(rid)][1]
+            check_global(where, meta, rid, manifest, data.sha512)
+            recordings.append(check_recording(where, meta, rid, shard.sessions, manifest))
+            if data.size != shard.sessions * manifest.samples_per_capture * SAMPLE_BYTES:
+                Where(dataset_id, source.file(data_name(rid))).refuse(Rule.CAPTURE_LENGTH, (
+                    f"{data.size} bytes, {shard.sessions} sessions of {manifest.samples_per_capture} cf32 samples "
+                    f"make {shard.sessions * manifest.samples_per_capture * SAMPLE_BYTES}"))
+        axis = {r.id: column for column, r in enumerate(manifest.receivers)}
+        data_files = [""] * len(axis)
+        for rid in receivers:
+            data_files[axis[rid]] = str(cache.entry(fetched[data_name(rid)][1].sha256))
+        return merge_shard(dataset_id, recordings, axis, data_files)
+
+    def _fetch(self, dataset_id: str, source: ShardSource, name: str, sha256: str,
+               cache: Cache) -> tuple[Path, Digest]:
+        """A verified local copy of one listed file: from the cache, or downloaded and staged."""
+        where = Where(dataset_id, source.file(name))
+        samples = name.endswith(".sigmf-data")
+        hit = cache.cached(sha256, samples=samples)
+        if hit is not None:
+            return hit
+        path = cache.new_download()
+        try:
+            source.store.download(source.key(name), path)
+        except FileNotFoundError:
+            where.refuse(Rule.MISSING_FILE, f"listed, not at {source.store.uri_of(source.key(name))}")
+        digest = scan(path, samples=samples)
+        if digest.sha256 != sha256:
+            where.refuse(Rule.SHA256, f"SHA-256 {digest.sha256}, the manifest says {sha256}")
+        if digest.first_non_finite is not None:
+            where.refuse(Rule.NON_FINITE, f"float32 number {digest.first_non_finite} is NaN or Inf")
+        return cache.stage(path, digest)
+
+
+def _index(manifest: Manifest, uri: str, shards: list[ShardIndex], validation_split: float,
+           test_split: float) -> VerifiedDataset:
+    """One session index over all shards, in manifest order; splits drawn per session id."""
+    seen: dict[str, str] = {}
+    for shard in shards:
+        for session_id in shard.session_ids:
+            if session_id in seen:
+                Where(manifest.dataset_id, shard.file).refuse(
+                    Rule.DUPLICATE_SESSION, f"session {session_id} is also in {seen[session_id]}")
+            seen[session_id] = shard.file
+    receivers, counts = len(manifest.receivers), [len(s.session_ids) for s in shards]
+    emitter = np.concatenate([np.zeros((0, 3)), *(s.emitter for s in shards)])
+    labelled = int((~np.isnan(emitter[:, 0])).sum())
+    if labelled != manifest.labelled_sessions:
+        Where(manifest.dataset_id, MANIFEST_FILE).refuse(
+            Rule.LABELLED_COUNT, f"labelled_sessions {manifest.labelled_sessions}, the recordings label {labelled}")
+    session_ids = [sid for s in shards for sid in s.session_ids]
+    pins = [pin for s in shards for pin in s.pins]
+    splits = [assign_split(sid, validation_split=validation_split, test_split=test_split, pinned=pin)
+              for sid, pin in zip(session_ids, pins)]
+    return VerifiedDataset(
+        manifest=manifest, uri=uri, session_ids=np.array(session_ids, dtype=str),
+        splits=np.array(splits, dtype="<U5"), emitter=emitter,
+        online=np.concatenate([np.zeros((0, receivers), dtype=bool), *(s.online for s in shards)]),
+        shard_of=np.repeat(np.arange(len(shards), dtype=np.int64), counts),
+        row_of=np.concatenate([np.zeros(0, np.int64), *(np.arange(n, dtype=np.int64) for n in counts)]),
+        data_files=np.array([s.data_files for s in shards], dtype=str).reshape(len(shards), receivers))
+
+
+class VerifiedDataset:
+    """A version that passed every check: a session index (axis N) over receivers (axis R).
+
+    Only the index lives in RAM; samples are read from the cache's files through memmaps,
+    opened lazily in each process (they are dropped when pickled into a DataLoader worker).
+    """
+
+    def __init__(self, *, manifest: Manifest, uri: str, session_ids: np.ndarray, splits: np.ndarray,
+                 emitter: np.ndarray, online: np.ndarray, shard_of: np.ndarray, row_of: np.ndarray,
+                 data_files: np.ndarray):
+        self.manifest, self.uri = manifest, uri
+        self.receivers: list[Receiver] = list(manifest.receivers)  # their order is the receiver axis R
+        self.session_ids, self.splits = session_ids, splits  # [N] str
+        self.emitter = emitter  # [N, 3] latitude, longitude, altitude_m; NaN when unlabelled
+        self.labelled = ~np.isnan(emitter[:, 0])  # [N] bool
+        self.online = online  # [N, R] bool
+        self.rx_position = np.array([[r.latitude, r.longitude, r.altitude_m] for r in self.receivers],
+                                    dtype=np.float32).reshape(-1, 3)  # [R, 3]
+        self._shard_of, self._row_of, self._data_files = shard_of, row_of, data_files
+        self._open: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.session_ids)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": OrderedDict()}  # memmaps are per process
+
+    def indices(self, split: str, labelled_only: bool = True) -> np.ndarray:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        chosen = self.splits == split
+        return np.flatnonzero(chosen & self.labelled if labelled_only else chosen)
+
+    def read_session(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(iq float32 [R, S, 2], online float32 [R]); offline receivers' iq is zeros."""
+        iq = np.zeros((len(self.receivers), self.manifest.samples_per_capture, 2), dtype=np.float32)
+        self._fill(int(i), iq)
+        return iq, self.online[i].astype(np.float32)
+
+    def read_many(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(iq float32 [B, R, S, 2], online float32 [B, R])."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        iq = np.zeros((len(indices), len(self.receivers), self.manifest.samples_per_capture, 2), dtype=np.float32)
+        for row, i in enumerate(indices):
+            self._fill(int(i), iq[row])
+        return iq, self.online[indices].astype(np.float32)
+
+    def _fill(self, i: int, out: np.ndarray) -> None:
+        for receiver in np.flatnonzero(self.online[i]):
+            out[receiver] = self._samples(self._data_files[self._shard_of[i], receiver])[self._row_of[i]]
+
+    def _samples(self, path: str) -> np.ndarray:
+        """[sessions, S, 2] view of one data file; least recently used ones are closed."""
+        samples = self._open.pop(path, None)
+        if samples is None:
+            samples = np.memmap(path, dtype="<f4", mode="r").reshape(-1, self.manifest.samples_per_capture, 2)
+            if len(self._open) >= OPEN_FILES_MAX:
+                self._open.popitem(last=False)
+        self._open[path] = samples
+        return samples

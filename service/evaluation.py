@@ -1,0 +1,85 @@
+"""Scoring on the test split: the model, and the classical baselines on the same sessions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from service.baselines import capture_power_dbm, fit_path_loss, ml_grid_search, weighted_centroid
+from service.dataset_reader import VerifiedDataset
+from service.metrics import localization_errors_m, localization_metrics, point_metrics
+
+NOISE_FLOOR_DBM_PER_12K5 = -120.0  # dataset.md: noise floor in 12.5 kHz
+FIT_SESSIONS_MAX = 2000  # training sessions used to fit the baselines' path-loss exponent
+CHUNK_SESSIONS = 256
+
+
+@dataclass
+class Evaluation:
+    indices: np.ndarray
+    true_latlon: np.ndarray
+    pred_latlon: np.ndarray
+    cov_m2: np.ndarray
+    metrics: dict
+    baselines: dict[str, dict] = field(default_factory=dict)
+    errors_by_method: dict[str, np.ndarray] = field(default_factory=dict)
+    path_loss_exponent: float | None = None
+
+
+def noise_floor_dbm(sample_rate_hz: float) -> float:
+    return NOISE_FLOOR_DBM_PER_12K5 + 10 * math.log10(sample_rate_hz / 12_500.0)
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, data: VerifiedDataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions [N,2] and covariances [N,2,2] for the given sessions, in chunks."""
+    net.eval()
+    positions, covariances = [], []
+    for start in range(0, len(indices), CHUNK_SESSIONS):
+        chunk = indices[start : start + CHUNK_SESSIONS]
+        iq, online = data.read_many(chunk)
+        rx = np.broadcast_to(data.rx_position, (len(chunk), *data.rx_position.shape))
+        position, cov = net(torch.from_numpy(iq), torch.from_numpy(np.ascontiguousarray(rx)), torch.from_numpy(online))
+        positions.append(position.double().numpy())
+        covariances.append(cov.double().numpy())
+    return np.concatenate(positions), np.concatenate(covariances)
+
+
+def session_powers(data: VerifiedDataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Capture power in dBm [N,R] and online mask [N,R] for the given sessions."""
+    powers, onlines = [], []
+    for start in range(0, len(indices), CHUNK_SESSIONS):
+        iq, online = data.read_many(indices[start : start + CHUNK_SESSIONS])
+        powers.append(capture_power_dbm(iq))
+        onlines.append(online > 0.5)
+    return np.concatenate(powers), np.concatenate(onlines)
+
+
+def score_baselines(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np.ndarray) -> tuple[dict, dict, float]:
+    noise = noise_floor_dbm(data.manifest.sample_rate_hz)
+    train_idx = data.indices("train")[:FIT_SESSIONS_MAX]
+    train_power, train_online = session_powers(data, train_idx)
+    fitted = fit_path_loss(train_power, data.rx_position, train_online, data.emitter[train_idx, :2], noise)
+    power, online = session_powers(data, test_idx)
+    estimates = {
+        "weighted_centroid": weighted_centroid(power, data.rx_position, online, noise_floor_dbm=noise),
+        "ml_grid_search": ml_grid_search(power, data.rx_position, online, exponent=fitted.exponent,
+                                         noise_floor_dbm=noise, sigma_db=fitted.residual_sigma_db),
+    }
+    metrics = {name: point_metrics(est, true_latlon) for name, est in estimates.items()}
+    errors = {name: localization_errors_m(est, true_latlon) for name, est in estimates.items()}
+    return metrics, errors, fitted.exponent
+
+
+def evaluate(net: torch.nn.Module, data: VerifiedDataset) -> Evaluation:
+    test_idx = data.indices("test")
+    true_latlon = data.emitter[test_idx, :2].astype(np.float64)
+    pred, cov = predict(net, data, test_idx)
+    baselines, errors, exponent = score_baselines(data, test_idx, true_latlon)
+    errors["model"] = localization_errors_m(pred, true_latlon)
+    return Evaluation(indices=test_idx, true_latlon=true_latlon, pred_latlon=pred, cov_m2=cov,
+                      metrics=localization_metrics(pred, cov, true_latlon), baselines=baselines,
+                      errors_by_method=errors, path_loss_exponent=exponent)

@@ -1,0 +1,199 @@
+"""ONNX export of LocalizationNet and the ONNX Runtime vs PyTorch parity check (model.md).
+
+This is the one place where torch.onnx, onnx and onnxruntime errors are translated into
+`ExportError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from service.errors import ExportError
+
+INPUT_NAMES = ("iq", "rx_position", "rx_online")
+OUTPUT_NAMES = ("position", "covariance")
+OPSET = 18
+DYNAMIC_DIMS = ("batch", "receivers")  # the contract's names for the dynamic axes
+
+# Why these defaults: float32 near latitude 45-90 has a spacing of 3.8e-6-7.6e-6 degrees, and
+# ONNX Runtime sums the origin's mean and the matmuls in a different order than torch, so a
+# correct export differs by a few ulps (~1e-6-1e-5 degrees). 5e-5 degrees (~5 m) leaves that
+# margin while being 1000x below the physical accuracy (10-20 km), so any real graph defect
+# (wrong op, lost mask, baked-in shape) shows up as km. The covariance is a product of
+# float32 matmuls: relative differences ~1e-6; 1e-4 of max |covariance| keeps a 100x margin.
+DEFAULT_TOLERANCES = {"position_abs_deg": 5e-5, "covariance_rel": 1e-4}
+
+
+def export_onnx(model: nn.Module, path: Path, *, samples: int, example_receivers: int = 7) -> dict:
+    """Write `model` as one self-contained ONNX file with dynamic batch and receivers.
+
+    Returns {"sha256", "bytes", "opset", "inputs", "outputs"}, shapes read back from the file.
+    Raises ExportError when the exporter fails, the file is not self-contained, or
+    onnx.checker refuses it.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch, receivers = torch.export.Dim("batch", min=1), torch.export.Dim("receivers", min=1)
+    dynamic_shapes = {name: {0: batch, 1: receivers} for name in INPUT_NAMES}
+    # batch >= 2 so that batch size 1 is not baked into the graph
+    example = _example_inputs(2, example_receivers, samples)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            # one Dim object shared by all inputs makes the exporter say an axis name "will not
+            # be used"; `_name_dynamic_axes` gives the axes the contract's names afterwards
+            warnings.filterwarnings("ignore", message=".*The axis name", category=UserWarning)
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+            )
+        proto = onnx.load(str(path), load_external_data=False)
+        _name_dynamic_axes(proto, samples)
+        onnx.save(proto, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    _require_self_contained(path, proto)
+    data = path.read_bytes()
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "opset": _opset(proto),
+        "inputs": [_describe(v) for v in proto.graph.input],
+        "outputs": [_describe(v) for v in proto.graph.output],
+    }
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_path: Path,
+    inputs: dict[str, np.ndarray],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 16),
+    tolerances: dict[str, float] | None = None,
+) -> dict:
+    """Compare ONNX Runtime (CPU) with PyTorch eval on the first n sessions for each n.
+
+    `inputs` maps INPUT_NAMES to held-out arrays; a batch size larger than the sessions
+    given is clipped to what is there. Returns the report (see model.md `parity`).
+    Raises ExportError (with `.report`) when a difference exceeds its tolerance or an output
+    is not finite, or when ONNX Runtime cannot load or run the file.
+    """
+    import onnxruntime as ort
+
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    available = len(inputs[INPUT_NAMES[0]])
+    sizes = sorted({min(n, available) for n in batch_sizes})
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime cannot load {onnx_path}: {exc}") from exc
+    was_training = model.training
+    model.eval()
+    position_diff = covariance_diff = covariance_scale = 0.0
+    finite = True
+    try:
+        for n in sizes:
+            feed = {name: np.ascontiguousarray(inputs[name][:n], dtype=np.float32) for name in INPUT_NAMES}
+            try:
+                ort_position, ort_covariance = session.run(list(OUTPUT_NAMES), feed)
+            except Exception as exc:
+                raise ExportError(f"ONNX Runtime failed on {onnx_path} at batch {n}: {exc}") from exc
+            with torch.no_grad():
+                torch_position, torch_covariance = (
+                    t.numpy() for t in model(*(torch.from_numpy(feed[name]) for name in INPUT_NAMES))
+                )
+            finite &= bool(np.isfinite(ort_position).all() and np.isfinite(ort_covariance).all())
+            finite &= bool(np.isfinite(torch_position).all() and np.isfinite(torch_covariance).all())
+            position_diff = max(position_diff, float(np.abs(ort_position - torch_position).max()))
+            covariance_diff = max(covariance_diff, float(np.abs(ort_covariance - torch_covariance).max()))
+            covariance_scale = max(covariance_scale, float(np.abs(torch_covariance).max()))
+    finally:
+        model.train(was_training)
+    report = {
+        "max_abs_diff": {"position": position_diff, "covariance": covariance_diff},
+        "max_rel_diff": {"covariance": covariance_diff / covariance_scale if covariance_scale else 0.0},
+        "tolerances": tolerances,
+        "batch_sizes": sizes,
+        "passed": finite
+        and position_diff <= tolerances["position_abs_deg"]
+        and covariance_diff <= tolerances["covariance_rel"] * covariance_scale,
+    }
+    if not report["passed"]:
+        error = ExportError(f"ONNX Runtime and PyTorch disagree on {onnx_path}: {report}")
+        error.report = report
+        raise error
+    return report
+
+
+def _example_inputs(batch: int, receivers: int, samples: int) -> tuple[torch.Tensor, ...]:
+    """Physically scaled example inputs (~-100 dBm noise, receivers near 45 N 8 E)."""
+    generator = torch.Generator().manual_seed(0)
+    iq = torch.randn(batch, receivers, samples, 2, generator=generator) * 7e-6
+    offsets = torch.randn(batch, receivers, 2, generator=generator) * 0.3
+    altitude = torch.rand(batch, receivers, 1, generator=generator) * 500.0
+    rx_position = torch.cat([torch.tensor([45.0, 8.0]) + offsets, altitude], dim=-1)
+    return iq, rx_position, torch.ones(batch, receivers)
+
+
+def _name_dynamic_axes(proto, samples: int) -> None:
+    """Give the exporter's symbolic dims (s0, s1, ...) the contract's names.
+
+    Every graph input has [batch, receivers, ...] and outputs have [batch, ...]; the names are
+    taken from the inputs' first two axes so the mapping is read, not guessed.
+    """
+    iq_samples = proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+    if iq_samples != samples:
+        raise ExportError(f"iq was exported with {iq_samples} samples, the card says {samples}")
+    renames: dict[str, str] = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for dim, name in zip(dims[:2], DYNAMIC_DIMS):
+            if not dim.dim_param:
+                raise ExportError(f"input {value.name} axis {name} was exported as fixed size {dim.dim_value}")
+            renames[dim.dim_param] = name
+    for value in [*proto.graph.input, *proto.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+
+
+def _require_self_contained(path: Path, proto) -> None:
+    from onnx.external_data_helper import uses_external_data
+
+    side_files = [p.name for p in path.parent.glob(path.name + ".*") if p != path]
+    external = [t.name for t in proto.graph.initializer if uses_external_data(t)]
+    if side_files or external:
+        raise ExportError(f"{path} is not self-contained: side files {side_files}, external tensors {external}")
+
+
+def _opset(proto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _describe(value) -> dict:
+    import onnx
+
+    tensor = value.type.tensor_type
+    shape = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
+    return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}

@@ -1,0 +1,182 @@
+"""Fitting: the LightningModule, the data loaders and the Trainer with its callbacks.
+
+Validation logs `val_loss` (plain Gaussian NLL, the monitored key) and `val_median_error_m`.
+Training minimises β-NLL so the mean keeps learning while the covariance grows honest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from service.config import TrainConfig
+from service.dataset_reader import VerifiedDataset
+from service.geodesy import EARTH_RADIUS_M
+from service.logs import log_event
+from service.model import LocalizationNet, gaussian_nll
+
+log = logging.getLogger(__name__)
+MONITOR = "val_loss"
+
+
+class SessionDataset(Dataset):
+    """Labelled sessions of a verified dataset, read from disk one at a time."""
+
+    def __init__(self, data: VerifiedDataset, indices: np.ndarray):
+        self.data, self.indices = data, np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        i = int(self.indices[k])
+        iq, online = self.data.read_session(i)
+        return {
+            "iq": torch.from_numpy(np.ascontiguousarray(iq)),
+            "rx_position": torch.from_numpy(self.data.rx_position),
+            "rx_online": torch.from_numpy(online),
+            "target": torch.from_numpy(self.data.emitter[i, :2].astype(np.float32)),
+        }
+
+
+def haversine_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Metres between [B,2] lat/lon tensors in degrees."""
+    p1, p2 = torch.deg2rad(a[:, 0].double()), torch.deg2rad(b[:, 0].double())
+    dl = torch.deg2rad(b[:, 1].double() - a[:, 1].double())
+    h = torch.sin((p2 - p1) / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * torch.asin(torch.sqrt(h.clamp(0, 1)))
+
+
+class LocalizationModule(pl.LightningModule):
+    def __init__(self, samples: int, preset: str, sample_rate_hz: float, learning_rate: float,
+                 weight_decay: float, beta: float):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = LocalizationNet(samples=samples, preset=preset, sample_rate_hz=sample_rate_hz)
+        self._val_errors: list[torch.Tensor] = []
+
+    def forward(self, iq, rx_position, rx_online):
+        return self.net(iq, rx_position, rx_online)
+
+    def _nll(self, batch, beta: float) -> torch.Tensor:
+        mean, chol, origin = self.net.forward_local(batch["iq"], batch["rx_position"], batch["rx_online"])
+        target = self.net.target_to_local(batch["target"], origin)
+        return gaussian_nll(mean, chol, target, beta).mean()
+
+    def training_step(self, batch, batch_idx):
+        loss = self._nll(batch, self.hparams.beta)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["iq"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._nll(batch, 0.0)
+        self.log(MONITOR, loss, on_epoch=True, prog_bar=True, batch_size=len(batch["iq"]))
+        position, _ = self.net(batch["iq"], batch["rx_position"], batch["rx_online"])
+        self._val_errors.append(haversine_torch(position, batch["target"]).detach().cpu())
+
+    def on_validation_epoch_end(self):
+        if self._val_errors:
+            errors = torch.cat(self._val_errors)
+            self.log("val_median_error_m", errors.median().float())
+            self._val_errors.clear()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate,
+                                      weight_decay=self.hparams.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.learning_rate,
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1), pct_start=0.15)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ProgressLines(Callback):
+    """One structured log line per epoch: what the service turns into `training.progress`."""
+
+    def __init__(self, max_epochs: int):
+        self.max_epochs = max_epochs
+        self._started = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        import time
+
+        self._started = time.monotonic()
+        self._first_epoch = trainer.current_epoch
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        import time
+
+        if trainer.sanity_checking:
+            return
+        done = trainer.current_epoch + 1
+        elapsed = time.monotonic() - self._started
+        per_epoch = elapsed / max(done - self._first_epoch, 1)
+        metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
+                   if k in ("train_loss", MONITOR, "val_median_error_m")}
+        log_event(log, "progress", stage="train", epoch=done, max_epochs=self.max_epochs, metrics=metrics,
+                  eta_s=round(per_epoch * (self.max_epochs - done), 1))
+
+
+@dataclass
+class FitResult:
+    best_checkpoint: Path
+    last_checkpoint: Path | None
+    epochs_run: int
+    best_epoch: int | None
+    best_val_loss: float | None
+
+
+def build_loaders(data: VerifiedDataset, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    generator = torch.Generator().manual_seed(config.seed)
+    common = {"batch_size": config.batch_size, "num_workers": config.num_workers,
+              "persistent_workers": config.num_workers > 0}
+    train = DataLoader(SessionDataset(data, train_idx), shuffle=True, drop_last=len(train_idx) > config.batch_size,
+                       generator=generator, **common)
+    val = DataLoader(SessionDataset(data, val_idx), shuffle=False, **common)
+    return train, val
+
+
+def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger) -> tuple[pl.Trainer, ModelCheckpoint]:
+    checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch:03d}-val_loss{val_loss:.4f}",
+                                  auto_insert_metric_name=False, monitor=MONITOR, mode="min",
+                                  save_top_k=3, save_last=True)
+    callbacks = [checkpoints, EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
+                 LearningRateMonitor(logging_interval="epoch"), ProgressLines(config.epochs)]
+    trainer = pl.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
+                         logger=logger, callbacks=callbacks, deterministic=False, enable_progress_bar=False,
+                         enable_model_summary=False, log_every_n_steps=10, gradient_clip_val=1.0,
+                         num_sanity_val_steps=0)
+    return trainer, checkpoints
+
+
+def _devices(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, checkpoint_dir: Path, logger,
+        resume_from: Path | None) -> FitResult:
+    """Train until early stopping or `config.epochs`; resumes epoch, optimizer and scheduler from `resume_from`."""
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    train, val = build_loaders(data, config)
+    trainer, checkpoints = build_trainer(config, checkpoint_dir, logger)
+    trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None)
+    best = Path(checkpoints.best_model_path) if checkpoints.best_model_path else None
+    last = Path(checkpoints.last_model_path) if checkpoints.last_model_path else None
+    best_score = checkpoints.best_model_score
+    return FitResult(best_checkpoint=best or last, last_checkpoint=last, epochs_run=trainer.current_epoch,
+                     best_epoch=_epoch_of(best), best_val_loss=None if best_score is None or
+                     not math.isfinite(float(best_score)) else float(best_score))
+
+
+def _epoch_of(checkpoint: Path | None) -> int | None:
+    if checkpoint is None:
+        return None
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])

@@ -1,0 +1,188 @@
+"""The training job as a recipe: data, model, fit, evaluate, export, register.
+
+`run_job` is what `heimdall-training train` runs, in its own process. Each step is a plain
+function that can be called alone; the settings object and the training configuration are
+built once by the caller and passed down.
+
+Raises: DatasetError (data), ConfigError, TrainingError (train), ExportError (export),
+RegistryError / StorageUnavailable (register).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.config import TrainConfig
+from service.dataset_reader import DatasetReader, VerifiedDataset
+from service.errors import ConfigError, TrainingError
+from service.logs import log_event
+from service.object_store import open_store
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+PARITY_SESSIONS = 16
+
+
+@dataclass
+class JobOptions:
+    data_uri: str
+    job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    checkpoint_dir: Path | None = None
+    experiment_name: str = "heimdall-localization"
+    run_name_prefix: str = "train"
+    export_only: bool = False
+    checkpoint: Path | None = None
+    resume_training: bool = False
+
+
+def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedDataset:
+    reader = DatasetReader(uri, cache_dir=settings.cache_dir, credentials=settings.s3.credentials(),
+                           allowed_locations=settings.allowed_dataset_locations)
+    return reader.open(validation_split=config.validation_split, test_split=config.test_split,
+                       min_labelled_sessions=config.min_labelled_sessions)
+
+
+def build_module(data: VerifiedDataset, config: TrainConfig, checkpoint: Path | None):
+    from service.fit import LocalizationModule
+
+    if checkpoint is None:
+        return LocalizationModule(samples=data.manifest.samples_per_capture, preset=config.preset,
+                                  sample_rate_hz=data.manifest.sample_rate_hz, learning_rate=config.learning_rate,
+                                  weight_decay=config.weight_decay, beta=config.beta)
+    if not checkpoint.is_file():
+        raise ConfigError(f"--checkpoint {checkpoint}: no such file", stage="train")
+    module = LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    if module.hparams.samples != data.manifest.samples_per_capture:
+        raise ConfigError(f"--checkpoint {checkpoint} expects {module.hparams.samples} samples per capture, "
+                          f"the dataset has {data.manifest.samples_per_capture}", stage="train")
+    return module
+
+
+def build_logger(settings: Settings, options: JobOptions, data: VerifiedDataset):
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    manifest = data.manifest
+    run_name = f"{options.run_name_prefix}-{manifest.dataset_id}-v{manifest.version}-{options.job_id[:8]}"
+    return MLFlowLogger(experiment_name=options.experiment_name, run_name=run_name,
+                        tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri,
+                        tags={"job_id": options.job_id, "dataset_id": manifest.dataset_id,
+                              "dataset_version": str(manifest.version)})
+
+
+def resume_checkpoint(options: JobOptions, checkpoint_dir: Path) -> Path | None:
+    if not options.resume_training:
+        return None
+    checkpoint = options.checkpoint or checkpoint_dir / "last.ckpt"
+    if not checkpoint.is_file():
+        raise ConfigError(f"--resume_training: checkpoint {checkpoint} does not exist", stage="train")
+    return checkpoint
+
+
+def train_model(module, data: VerifiedDataset, config: TrainConfig, options: JobOptions, checkpoint_dir: Path, logger):
+    from service.fit import FitResult, fit
+
+    if options.export_only:
+        if options.checkpoint is None:
+            raise ConfigError("--export_only needs --checkpoint", stage="train")
+        return FitResult(best_checkpoint=options.checkpoint, last_checkpoint=None, epochs_run=None,
+                         best_epoch=None, best_val_loss=None)
+    started = time.monotonic()
+    try:
+        result = fit(module, data, config, checkpoint_dir, logger, resume_checkpoint(options, checkpoint_dir))
+    except (RuntimeError, ValueError) as exc:
+        raise TrainingError(f"trainer.fit failed: {exc}") from exc
+    log_event(log, "fitted", stage="train", fit_s=round(time.monotonic() - started, 2), epochs_run=result.epochs_run,
+              best_epoch=result.best_epoch, best_checkpoint=str(result.best_checkpoint))
+    return result
+
+
+def held_out_inputs(data: VerifiedDataset) -> dict[str, np.ndarray]:
+    indices = data.indices("test")[:PARITY_SESSIONS]
+    iq, online = data.read_many(indices)
+    rx = np.ascontiguousarray(np.broadcast_to(data.rx_position, (len(indices), *data.rx_position.shape)))
+    return {"iq": iq, "rx_position": rx, "rx_online": online}
+
+
+def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict:
+    """The whole job. Returns the summary that `train --json` prints."""
+    from service.card import build_card
+    from service.evaluation import evaluate
+    from service.export import check_parity, export_onnx
+    from service.fit import LocalizationModule
+    from service.registry import ModelRegistry
+
+    started = time.monotonic()
+    data = open_dataset(settings, config, options.data_uri)
+    log_event(log, "dataset verified", stage="data", dataset=data.uri,
+              sessions={s: int(len(data.indices(s))) for s in ("train", "val", "test")})
+    checkpoint_dir = options.checkpoint_dir or settings.state_dir / "checkpoints" / options.job_id
+    module = build_module(data, config, options.checkpoint if options.export_only else None)
+    logger = build_logger(settings, options, data)
+    logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash(), **module.net.describe()})
+    fitted = train_model(module, data, config, options, checkpoint_dir, logger)
+    best = LocalizationModule.load_from_checkpoint(str(fitted.best_checkpoint), map_location="cpu").net.eval()
+
+    evaluation = evaluate(best, data)
+    log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        onnx_info = export_onnx(best, onnx_path, samples=data.manifest.samples_per_capture,
+                                example_receivers=len(data.receivers))
+        parity = check_parity(best, onnx_path, held_out_inputs(data))
+        log_event(log, "exported", stage="export", onnx_bytes=onnx_info["bytes"], parity=parity["max_abs_diff"])
+        record_run(logger, evaluation, data, Path(tmp))
+        card = build_card(model_name=settings.model_name, onnx=onnx_info, data=data, config=config,
+                          job_id=options.job_id, metrics=evaluation.metrics, parity=parity,
+                          mlflow_run_id=logger.run_id, epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch)
+        registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
+                                 open_store(settings.models_uri, settings.s3.credentials()))
+        registration = registry.publish(
+            run_id=logger.run_id, onnx_path=onnx_path, card=card, data=data, test_idx=evaluation.indices,
+            median_error_m=evaluation.metrics["median_error_m"], parity_passed=parity["passed"],
+            tags={"job_id": options.job_id, "dataset_id": data.manifest.dataset_id,
+                  "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()})
+    logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    log_event(log, "registered", stage="register", model_version=registration.model_version,
+              aliases=registration.aliases, elapsed_s=round(time.monotonic() - started, 2))
+    return summary(settings, options, data, logger.run_id, evaluation, registration, fitted)
+
+
+def record_run(logger, evaluation, data: VerifiedDataset, workdir: Path) -> None:
+    """Test metrics, baseline metrics and the results plot, on the MLflow run."""
+    from service.plots import plot_results
+
+    client, run_id = logger.experiment, logger.run_id
+    for key, value in evaluation.metrics.items():
+        client.log_metric(run_id, f"test_{key}", float(value))
+    for method, metrics in evaluation.baselines.items():
+        for key, value in metrics.items():
+            client.log_metric(run_id, f"baseline_{method}_{key}", float(value))
+    plot = plot_results(workdir / "test_results.png", receivers_latlon=data.rx_position[:, :2],
+                        true_latlon=evaluation.true_latlon, pred_latlon=evaluation.pred_latlon,
+                        cov_m2=evaluation.cov_m2, errors_by_method=evaluation.errors_by_method,
+                        title=f"{data.manifest.dataset_id} v{data.manifest.version}: test split")
+    client.log_artifact(run_id, str(plot), "plots")
+
+
+def summary(settings: Settings, options: JobOptions, data: VerifiedDataset, run_id: str, evaluation, registration,
+            fitted) -> dict:
+    ui = f"mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}"
+    return {
+        "job_id": options.job_id,
+        "dataset": {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri},
+        "model": registration.to_dict(),
+        "mlflow": {"tracking_uri": settings.mlflow_tracking_uri, "run_id": run_id,
+                   "ui": ui if settings.mlflow_tracking_uri.startswith("sqlite") else settings.mlflow_tracking_uri},
+        "training": {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
+                     "best_checkpoint": str(fitted.best_checkpoint)},
+        "metrics": evaluation.metrics,
+        "baselines": evaluation.baselines,
+        "sessions": {s: int(len(data.indices(s))) for s in ("train", "val", "test")},
+    }

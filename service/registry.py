@@ -1,0 +1,154 @@
+"""Publishing a model: object store upload, MLflow model version, aliases and the champion gate.
+
+MLflow's exceptions are translated here and nowhere else. A failure after the version was
+created deletes the version and whatever was uploaded, so nothing half-published remains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.dataset_reader import VerifiedDataset
+from service.errors import RegistryError, StorageUnavailable
+from service.logs import log_event
+from service.metrics import localization_errors_m
+from service.object_store import ObjectStore
+
+log = logging.getLogger(__name__)
+CANDIDATE, CHAMPION = "candidate", "champion"
+CHUNK_SESSIONS = 256
+
+
+@dataclass
+class Registration:
+    model_name: str
+    model_version: int
+    aliases: list[str]
+    promoted: bool
+    model_uri: str
+    onnx: dict  # uri, sha256, bytes
+    card_uri: str
+    champion_median_error_m: float | None  # the previous champion on the same sessions, when comparable
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_onnx(onnx_path: Path, data: VerifiedDataset, indices: np.ndarray) -> float | None:
+    """Median error of an ONNX model on the given sessions; None when its input shape cannot take them."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    samples = session.get_inputs()[0].shape[2]
+    if samples != data.manifest.samples_per_capture:
+        return None
+    errors = []
+    for start in range(0, len(indices), CHUNK_SESSIONS):
+        chunk = indices[start : start + CHUNK_SESSIONS]
+        iq, online = data.read_many(chunk)
+        rx = np.ascontiguousarray(np.broadcast_to(data.rx_position, (len(chunk), *data.rx_position.shape)))
+        position, _ = session.run(None, {"iq": iq, "rx_position": rx, "rx_online": online})
+        errors.append(localization_errors_m(position.astype(np.float64), data.emitter[chunk, :2]))
+    return float(np.median(np.concatenate(errors)))
+
+
+class ModelRegistry:
+    def __init__(self, tracking_uri: str, model_name: str, store: ObjectStore):
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.tracking_uri, self.model_name, self.store = tracking_uri, model_name, store
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            retryable = exc.get_http_status_code() >= 500
+            raise RegistryError(f"MLflow {what}: {exc.message}", retryable=retryable) from exc
+        except (RequestException, ConnectionError, OSError) as exc:
+            raise RegistryError(f"MLflow {what}: {exc}", retryable=True) from exc
+
+    def ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self._call("create registered model", self.client.create_registered_model, self.model_name)
+
+    def champion_onnx(self, workdir: Path) -> tuple[int, Path] | None:
+        """The current champion's version and a local copy of its model.onnx, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(self.model_name, CHAMPION)
+        except MlflowException:
+            return None
+        import mlflow.artifacts
+
+        path = self._call("download champion", mlflow.artifacts.download_artifacts,
+                          artifact_uri=f"{version.source}/model.onnx", dst_path=str(workdir),
+                          tracking_uri=self.tracking_uri)
+        return int(version.version), Path(path)
+
+    def publish(self, *, run_id: str, onnx_path: Path, card: dict, data: VerifiedDataset, test_idx: np.ndarray,
+                median_error_m: float, parity_passed: bool, tags: dict[str, str]) -> Registration:
+        """Create a version, upload model.onnx + model.json, set aliases. Raises RegistryError, StorageUnavailable."""
+        self.ensure_registered_model()
+        with tempfile.TemporaryDirectory() as tmp:
+            champion = self.champion_onnx(Path(tmp))
+            champion_median = score_onnx(champion[1], data, test_idx) if champion else None
+        promoted = parity_passed and (champion is None or (champion_median is not None and median_error_m <= champion_median))
+        log_event(log, "champion gate", stage="register", champion_version=champion and champion[0],
+                  champion_median_error_m=champion_median, median_error_m=median_error_m, promoted=promoted)
+        run = self._call("get run", self.client.get_run, run_id)
+        version = self._call("create model version", self.client.create_model_version, name=self.model_name,
+                             source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+        try:
+            registration = self._upload(int(version.version), run_id, onnx_path, card, promoted, champion_median)
+        except BaseException:
+            self._undo(int(version.version))
+            raise
+        return registration
+
+    def _upload(self, version: int, run_id: str, onnx_path: Path, card: dict, promoted: bool,
+                champion_median: float | None) -> Registration:
+        card = {**card, "model_version": version}
+        prefix = f"{self.model_name}/{version}"
+        with tempfile.TemporaryDirectory() as tmp:
+            card_path = Path(tmp) / "model.json"
+            card_path.write_text(json.dumps(card, indent=2))
+            self._call("log artifacts", self.client.log_artifact, run_id, str(onnx_path), "model")
+            self._call("log artifacts", self.client.log_artifact, run_id, str(card_path), "model")
+            self.store.upload(f"{prefix}/model.onnx", onnx_path)
+            self.store.upload(f"{prefix}/model.json", card_path)
+        aliases = [CANDIDATE] + ([CHAMPION] if promoted else [])
+        for alias in aliases:
+            self._call("set alias", self.client.set_registered_model_alias, self.model_name, alias, str(version))
+        return Registration(
+            model_name=self.model_name, model_version=version, aliases=aliases, promoted=promoted,
+            model_uri=f"models:/{self.model_name}/{version}",
+            onnx={"uri": self.store.uri_of(f"{prefix}/model.onnx"), "sha256": card["onnx"]["sha256"],
+                  "bytes": card["onnx"]["bytes"]},
+            card_uri=self.store.uri_of(f"{prefix}/model.json"), champion_median_error_m=champion_median)
+
+    def _undo(self, version: int) -> None:
+        prefix = f"{self.model_name}/{version}"
+        for key in (f"{prefix}/model.onnx", f"{prefix}/model.json"):
+            try:
+                self.store.delete(key)
+            except (StorageUnavailable, OSError):
+                log.warning("could not delete %s while undoing version %s", key, version)
+        try:
+            self.client.delete_model_version(self.model_name, str(version))
+        except Exception:  # the original error matters more; this one is only logged
+            log.warning("could not delete model version %s", version, exc_info=True)

@@ -1,0 +1,277 @@
+"""A seeded synthetic dataset whose captures follow the physics of the real ones.
+
+The generating model (what a Bayesian oracle on this data must assume), for session i and
+receiver r:
+
+    transmitter    uniform in lat/lon over the receivers' bounding box grown by area_margin_m,
+                   at tx_altitude_m
+    eirp_dbm       ~ U(eirp_dbm_min, eirp_dbm_max)
+    d_r            3-D distance: haversine ground distance and altitude difference
+    signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + calibration_r,
+                   PL = log-distance with exponent n from free space at 1 m,
+                   shadowing_r ~ N(0, shadowing_sigma_db) independent per session and receiver,
+                   calibration_r ~ N(0, calibration_sigma_db) fixed per receiver for the dataset
+    noise_dbm_r    = noise floor over the captured bandwidth + calibration_r (the gain error
+                   scales the whole capture)
+    capture_r      = NBFM of power signal_dbm_r + complex Gaussian noise of power noise_dbm_r,
+                   or all zeros when the receiver is offline (probability offline_probability,
+                   at least one receiver online per session)
+
+Receivers are unsynchronised, so each capture draws its own audio, carrier offset and phase:
+only power carries location information, as in the real data.
+
+Randomness: the calibration and every session draw from their own
+`SeedSequence(seed, spawn_key=...)`, so session i is the same whatever else is generated, and
+a session's truth can be drawn without synthesising its samples. The same config gives
+byte-identical recordings; only the manifest's `created_at` differs unless it is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from service.dataset_manifest import Receiver
+from service.dataset_writer import SessionRecord, write_dataset_version
+from service.geodesy import EARTH_RADIUS_M, haversine_m
+from service.object_store import S3Credentials
+
+SPEED_OF_LIGHT_M_S = 299_792_458.0
+NOISE_REFERENCE_BANDWIDTH_HZ = 12_500.0
+EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
+SESSION_INTERVAL_S = 30.0
+AUDIO_TONE_RANGE_HZ = (300.0, 3_000.0)
+CARRIER_OFFSET_MAX_HZ = 500.0
+
+# spawn_key roots: one independent random stream per purpose
+CALIBRATION_STREAM = 0
+TRUTH_STREAM = 1
+SAMPLES_STREAM = 2
+
+DEFAULT_RECEIVERS = (
+    Receiver(id="giaveno", latitude=45.03, longitude=7.27, altitude_m=600.0),
+    Receiver(id="montanaro", latitude=45.234, longitude=7.857, altitude_m=300.0),
+    Receiver(id="torino", latitude=45.044, longitude=7.672, altitude_m=250.0),
+    Receiver(id="coazze", latitude=45.048, longitude=7.238, altitude_m=700.0),
+    Receiver(id="giovi", latitude=44.561, longitude=8.956, altitude_m=480.0),
+    Receiver(id="genova", latitude=44.395, longitude=8.956, altitude_m=100.0),
+    Receiver(id="milano", latitude=45.478, longitude=9.123, altitude_m=120.0),
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    sessions: int = 2000
+    seed: int = 0
+    dataset_id: str = "synth-nw-italy"
+    center_frequency_hz: float = 145.5e6  # 2 m amateur band
+    sample_rate_hz: float = 12_500.0  # one NBFM channel
+    samples_per_capture: int = 1024
+    path_loss_exponent: float = 3.0  # between free space (2) and dense urban (4)
+    shadowing_sigma_db: float = 6.0  # log-normal shadowing, typical of VHF over hills
+    eirp_dbm_min: float = 30.0  # 1 W handheld ...
+    eirp_dbm_max: float = 44.0  # ... to 25 W mobile
+    calibration_sigma_db: float = 2.0  # fixed, unknown gain error per receiver
+    offline_probability: float = 0.05  # WebSDRs drop out
+    noise_floor_dbm_per_12k5: float = -120.0  # noise power in 12.5 kHz at the receiver input
+    area_margin_m: float = 10_000.0  # transmitters may lie this far outside the receivers' box
+    tx_altitude_m: float = 2.0  # a handheld or a car roof
+    fm_deviation_hz: float = 2_500.0  # narrowband FM
+    shard_size: int = 1000
+    receivers: tuple[Receiver, ...] = DEFAULT_RECEIVERS
+
+
+@dataclass(frozen=True)
+class SessionTruth:
+    """Everything drawn for one session before its samples: what an oracle would want to know."""
+
+    index: int
+    session_id: str
+    time: datetime
+    transmitter: tuple[float, float, float]  # (latitude, longitude, altitude_m)
+    eirp_dbm: float
+    shadowing_db: np.ndarray  # [R]
+    online: np.ndarray  # bool [R]
+    signal_dbm: np.ndarray  # [R] signal power in the capture, calibration error included
+    noise_dbm: np.ndarray  # [R] noise power in the capture, calibration error included
+
+
+def free_space_path_loss_db(distance_m, frequency_hz):
+    """Friis free-space loss between isotropic antennas: 20*log10(4*pi*d*f/c)."""
+    return 20.0 * np.log10(4.0 * np.pi * np.asarray(distance_m) * frequency_hz / SPEED_OF_LIGHT_M_S)
+
+
+def log_distance_path_loss_db(distance_m, frequency_hz, exponent, reference_m=1.0):
+    """Free-space loss up to `reference_m`, then 10*n dB per decade. Closer than the reference is clamped to it."""
+    distance_m = np.maximum(np.asarray(distance_m, dtype=float), reference_m)
+    return free_space_path_loss_db(reference_m, frequency_hz) + 10.0 * exponent * np.log10(distance_m / reference_m)
+
+
+def received_power_dbm(eirp_dbm, path_loss_db, shadowing_db, calibration_db):
+    """Signal power as the receiver reports it: the calibration error is part of the measurement."""
+    return eirp_dbm - path_loss_db + shadowing_db + calibration_db
+
+
+def noise_power_dbm(noise_floor_dbm_per_12k5, sample_rate_hz):
+    """Thermal-like noise grows with the captured (complex) bandwidth, which is the sample rate."""
+    return noise_floor_dbm_per_12k5 + 10.0 * np.log10(sample_rate_hz / NOISE_REFERENCE_BANDWIDTH_HZ)
+
+
+def nbfm_capture(
+    power_dbm: float,
+    noise_dbm: float,
+    samples: int,
+    sample_rate_hz: float,
+    deviation_hz: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """complex64 [samples]: NBFM of mean power `power_dbm` (mW scale) plus Gaussian noise of `noise_dbm`.
+
+    The audio is 1-3 tones in 300-3000 Hz, peak deviation at most `deviation_hz`, with a random
+    carrier offset of up to 500 Hz and a random phase. FM has a constant envelope, so the
+    signal's power is exact in every capture; only the noise's is a random estimate.
+    """
+    t_s = np.arange(samples) / sample_rate_hz
+    tones = int(rng.integers(1, 4))
+    tone_hz = rng.uniform(*AUDIO_TONE_RANGE_HZ, size=tones)
+    tone_phase = rng.uniform(0.0, 2.0 * np.pi, size=tones)
+    tone_weight = rng.uniform(0.5, 1.0, size=tones)
+    tone_weight /= tone_weight.sum()  # |audio| <= 1, so the deviation never exceeds deviation_hz
+    carrier_offset_hz = rng.uniform(-CARRIER_OFFSET_MAX_HZ, CARRIER_OFFSET_MAX_HZ)
+    carrier_phase = rng.uniform(0.0, 2.0 * np.pi)
+    # phase = integral of 2*pi*deviation*audio(t): closed form for a sum of cosines
+    tone_waves = np.sin(2.0 * np.pi * np.outer(tone_hz, t_s) + tone_phase[:, None])
+    audio_phase = (deviation_hz * tone_weight / tone_hz) @ tone_waves
+    phase = carrier_phase + 2.0 * np.pi * carrier_offset_hz * t_s + audio_phase
+    signal = np.sqrt(_milliwatts(power_dbm)) * np.exp(1j * phase)
+    noise = np.sqrt(_milliwatts(noise_dbm) / 2.0) * (rng.standard_normal(samples) + 1j * rng.standard_normal(samples))
+    return (signal + noise).astype(np.complex64)
+
+
+def _milliwatts(power_dbm: float) -> float:
+    return 10.0 ** (power_dbm / 10.0)
+
+
+def distances_m(latitude: float, longitude: float, altitude_m: float, receivers) -> np.ndarray:
+    """3-D distance [R] from a point to each receiver: ground distance and altitude difference."""
+    ground_m = haversine_m(
+        latitude, longitude, np.array([r.latitude for r in receivers]), np.array([r.longitude for r in receivers])
+    )
+    height_m = np.array([r.altitude_m for r in receivers]) - altitude_m
+    return np.hypot(ground_m, height_m)
+
+
+def transmitter_area(receivers, margin_m: float) -> tuple[float, float, float, float]:
+    """(lat_min, lat_max, lon_min, lon_max) in degrees: the receivers' box grown by `margin_m`."""
+    latitudes = [r.latitude for r in receivers]
+    longitudes = [r.longitude for r in receivers]
+    margin_lat_deg = np.degrees(margin_m / EARTH_RADIUS_M)
+    margin_lon_deg = margin_lat_deg / np.cos(np.radians((min(latitudes) + max(latitudes)) / 2.0))
+    return (
+        min(latitudes) - margin_lat_deg,
+        max(latitudes) + margin_lat_deg,
+        min(longitudes) - margin_lon_deg,
+        max(longitudes) + margin_lon_deg,
+    )
+
+
+def receiver_calibration_db(cfg: SynthConfig) -> np.ndarray:
+    """[R] each receiver's fixed gain error for the whole dataset."""
+    rng = _rng(cfg.seed, CALIBRATION_STREAM)
+    return rng.normal(0.0, cfg.calibration_sigma_db, size=len(cfg.receivers))
+
+
+def session_truths(cfg: SynthConfig) -> Iterator[SessionTruth]:
+    """The drawn truth of every session, cheaply: no samples are synthesised."""
+    calibration_db = receiver_calibration_db(cfg)
+    area = transmitter_area(cfg.receivers, cfg.area_margin_m)
+    for index in range(cfg.sessions):
+        yield _draw_truth(cfg, index, calibration_db, area)
+
+
+def _draw_truth(cfg: SynthConfig, index: int, calibration_db: np.ndarray, area) -> SessionTruth:
+    rng = _rng(cfg.seed, TRUTH_STREAM, index)
+    lat_min, lat_max, lon_min, lon_max = area
+    latitude, longitude = rng.uniform(lat_min, lat_max), rng.uniform(lon_min, lon_max)
+    eirp_dbm = rng.uniform(cfg.eirp_dbm_min, cfg.eirp_dbm_max)
+    shadowing_db = rng.normal(0.0, cfg.shadowing_sigma_db, size=len(cfg.receivers))
+    online = rng.random(len(cfg.receivers)) >= cfg.offline_probability
+    if not online.any():
+        online[rng.integers(len(cfg.receivers))] = True  # a session nobody recorded would not exist
+    distance_m = distances_m(latitude, longitude, cfg.tx_altitude_m, cfg.receivers)
+    path_loss_db = log_distance_path_loss_db(distance_m, cfg.center_frequency_hz, cfg.path_loss_exponent)
+    return SessionTruth(
+        index=index,
+        session_id=f"{cfg.dataset_id}-{index:07d}",
+        time=EPOCH + timedelta(seconds=SESSION_INTERVAL_S * index),
+        transmitter=(float(latitude), float(longitude), cfg.tx_altitude_m),
+        eirp_dbm=float(eirp_dbm),
+        shadowing_db=shadowing_db,
+        online=online,
+        signal_dbm=received_power_dbm(eirp_dbm, path_loss_db, shadowing_db, calibration_db),
+        noise_dbm=noise_power_dbm(cfg.noise_floor_dbm_per_12k5, cfg.sample_rate_hz) + calibration_db,
+    )
+
+
+def capture_session(cfg: SynthConfig, truth: SessionTruth) -> SessionRecord:
+    """The samples every receiver records for one drawn session."""
+    rng = _rng(cfg.seed, SAMPLES_STREAM, truth.index)
+    iq = np.zeros((len(cfg.receivers), cfg.samples_per_capture), dtype=np.complex64)
+    for r in np.flatnonzero(truth.online):
+        iq[r] = nbfm_capture(
+            truth.signal_dbm[r],
+            truth.noise_dbm[r],
+            cfg.samples_per_capture,
+            cfg.sample_rate_hz,
+            cfg.fm_deviation_hz,
+            rng,
+        )
+    return SessionRecord(
+        session_id=truth.session_id,
+        time=truth.time,
+        emitter=truth.transmitter,
+        split=None,
+        online=truth.online.copy(),
+        iq=iq,
+    )
+
+
+def generate_sessions(cfg: SynthConfig) -> Iterator[SessionRecord]:
+    """Every session with its samples, lazily, in order; deterministic from `cfg.seed`."""
+    for truth in session_truths(cfg):
+        yield capture_session(cfg, truth)
+
+
+def synthesize_dataset(
+    cfg: SynthConfig,
+    root_uri: str,
+    *,
+    version: int = 1,
+    credentials: S3Credentials | None = None,
+    created_at: datetime | None = None,
+) -> str:
+    """Write the synthetic dataset as `<root>/<dataset_id>/v<version>`; return its URI.
+
+    Raises what `write_dataset_version` raises (FileExistsError for an existing version).
+    """
+    return write_dataset_version(
+        root_uri,
+        dataset_id=cfg.dataset_id,
+        version=version,
+        parent_version=None,
+        center_frequency_hz=cfg.center_frequency_hz,
+        sample_rate_hz=cfg.sample_rate_hz,
+        samples_per_capture=cfg.samples_per_capture,
+        receivers=list(cfg.receivers),
+        sessions=generate_sessions(cfg),
+        shard_size=cfg.shard_size,
+        credentials=credentials,
+        created_at=created_at,
+    )
+
+
+def _rng(seed: int, *spawn_key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=spawn_key))
