@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import uuid
 from pathlib import Path
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     except HeimdallError as exc:
         print(f"heimdall-training {args.command}: {exc.stage} failed"
               f"{' (retryable)' if exc.retryable else ''}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception:  # a bug, not a bad input: keep the traceback for whoever fixes it
+        logging.getLogger("service.cli").exception("unexpected failure")
         return EXIT_FAILED
 
 

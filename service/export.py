@@ -62,6 +62,7 @@ def export_onnx(model: nn.Module, path: Path, *, samples: int, example_receivers
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes,
                 external_data=False,
+                verbose=False,  # the exporter otherwise prints progress to stdout, which `--json` owns
             )
         proto = onnx.load(str(path), load_external_data=False)
         _name_dynamic_axes(proto, samples)

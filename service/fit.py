@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,30 +92,40 @@ class LocalizationModule(pl.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate,
                                       weight_decay=self.hparams.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams.learning_rate,
-            total_steps=max(int(self.trainer.estimated_stepping_batches), 1), pct_start=0.15)
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        # A lambda schedule (warm-up, then cosine) is recomputed from the current run's length,
+        # so `--resume_training` with more epochs stretches it instead of overrunning it.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def warmup_cosine(total_steps: int, warmup_share: float = 0.1, floor: float = 0.02):
+    warmup = max(int(total_steps * warmup_share), 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
 class ProgressLines(Callback):
-    """One structured log line per epoch: what the service turns into `training.progress`."""
+    """One structured log line per epoch: what the service turns into `training.progress`.
+
+    `on_train_epoch_end` runs after the epoch's validation, so every metric is this epoch's.
+    """
 
     def __init__(self, max_epochs: int):
         self.max_epochs = max_epochs
         self._started = 0.0
 
     def on_train_start(self, trainer, pl_module):
-        import time
-
         self._started = time.monotonic()
         self._first_epoch = trainer.current_epoch
 
-    def on_validation_epoch_end(self, trainer, pl_module):
-        import time
-
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer, pl_module):
         done = trainer.current_epoch + 1
         elapsed = time.monotonic() - self._started
         per_epoch = elapsed / max(done - self._first_epoch, 1)

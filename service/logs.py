@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -38,8 +39,12 @@ def configure_logging(job_id: str | None, level: int = logging.INFO, stream=None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "matplotlib", "PIL"):
+    logging.captureWarnings(True)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "matplotlib", "PIL", "onnx_ir",
+                  "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # MLflow installs a handler of its own on import unless told not to; its lines then reach ours.
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
 
 
 def log_event(logger: logging.Logger, event: str, **fields) -> None:

@@ -89,8 +89,6 @@ def train_model(module, data: VerifiedDataset, config: TrainConfig, options: Job
     from service.fit import FitResult, fit
 
     if options.export_only:
-        if options.checkpoint is None:
-            raise ConfigError("--export_only needs --checkpoint", stage="train")
         return FitResult(best_checkpoint=options.checkpoint, last_checkpoint=None, epochs_run=None,
                          best_epoch=None, best_val_loss=None)
     started = time.monotonic()
@@ -110,48 +108,77 @@ def held_out_inputs(data: VerifiedDataset) -> dict[str, np.ndarray]:
     return {"iq": iq, "rx_position": rx, "rx_online": online}
 
 
+def check_options(options: JobOptions) -> None:
+    """Flag combinations that cannot work, refused before any download or MLflow run."""
+    if options.export_only and options.checkpoint is None:
+        raise ConfigError("--export_only needs --checkpoint", stage="train")
+    if options.export_only and options.resume_training:
+        raise ConfigError("--export_only and --resume_training exclude each other", stage="train")
+
+
 def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict:
     """The whole job. Returns the summary that `train --json` prints."""
-    from service.card import build_card
     from service.evaluation import evaluate
-    from service.export import check_parity, export_onnx
-    from service.fit import LocalizationModule
-    from service.registry import ModelRegistry
+    from service.registry import mlflow_errors
 
+    check_options(options)
     started = time.monotonic()
     data = open_dataset(settings, config, options.data_uri)
     log_event(log, "dataset verified", stage="data", dataset=data.uri,
               sessions={s: int(len(data.indices(s))) for s in ("train", "val", "test")})
-    checkpoint_dir = options.checkpoint_dir or settings.state_dir / "checkpoints" / options.job_id
     module = build_module(data, config, options.checkpoint if options.export_only else None)
-    logger = build_logger(settings, options, data)
-    logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash(), **module.net.describe()})
-    fitted = train_model(module, data, config, options, checkpoint_dir, logger)
-    best = LocalizationModule.load_from_checkpoint(str(fitted.best_checkpoint), map_location="cpu").net.eval()
+    with mlflow_errors("start run"):
+        logger = build_logger(settings, options, data)
+        logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash(), **module.net.describe()})
+    try:
+        checkpoint_dir = options.checkpoint_dir or settings.state_dir / "checkpoints" / options.job_id
+        fitted = train_model(module, data, config, options, checkpoint_dir, logger)
+        best = load_net(fitted.best_checkpoint)
+        evaluation = evaluate(best, data)
+        log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
+        registration = export_and_register(settings, config, options, data, best, evaluation, fitted, logger)
+    except BaseException:
+        with mlflow_errors("end run"):
+            logger.experiment.set_terminated(logger.run_id, "FAILED")
+        raise
+    with mlflow_errors("end run"):
+        logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    log_event(log, "registered", stage="register", model_version=registration.model_version,
+              aliases=registration.aliases, elapsed_s=round(time.monotonic() - started, 2))
+    return summary(settings, options, data, logger.run_id, evaluation, registration, fitted)
 
-    evaluation = evaluate(best, data)
-    log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
+
+def load_net(checkpoint: Path):
+    from service.fit import LocalizationModule
+
+    return LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu").net.eval()
+
+
+def export_and_register(settings: Settings, config: TrainConfig, options: JobOptions, data: VerifiedDataset, net,
+                        evaluation, fitted, logger):
+    """model.onnx + parity, the run's metrics and plot, then the card and the registry version."""
+    from service.card import build_card
+    from service.export import check_parity, export_onnx
+    from service.registry import ModelRegistry, mlflow_errors
+
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        onnx_info = export_onnx(best, onnx_path, samples=data.manifest.samples_per_capture,
+        onnx_info = export_onnx(net, onnx_path, samples=data.manifest.samples_per_capture,
                                 example_receivers=len(data.receivers))
-        parity = check_parity(best, onnx_path, held_out_inputs(data))
+        parity = check_parity(net, onnx_path, held_out_inputs(data))
         log_event(log, "exported", stage="export", onnx_bytes=onnx_info["bytes"], parity=parity["max_abs_diff"])
-        record_run(logger, evaluation, data, Path(tmp))
+        with mlflow_errors("log results"):
+            record_run(logger, evaluation, data, Path(tmp))
         card = build_card(model_name=settings.model_name, onnx=onnx_info, data=data, config=config,
                           job_id=options.job_id, metrics=evaluation.metrics, parity=parity,
                           mlflow_run_id=logger.run_id, epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch)
         registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
                                  open_store(settings.models_uri, settings.s3.credentials()))
-        registration = registry.publish(
+        return registry.publish(
             run_id=logger.run_id, onnx_path=onnx_path, card=card, data=data, test_idx=evaluation.indices,
             median_error_m=evaluation.metrics["median_error_m"], parity_passed=parity["passed"],
             tags={"job_id": options.job_id, "dataset_id": data.manifest.dataset_id,
                   "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()})
-    logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    log_event(log, "registered", stage="register", model_version=registration.model_version,
-              aliases=registration.aliases, elapsed_s=round(time.monotonic() - started, 2))
-    return summary(settings, options, data, logger.run_id, evaluation, registration, fitted)
 
 
 def record_run(logger, evaluation, data: VerifiedDataset, workdir: Path) -> None:

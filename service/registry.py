@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,6 +59,20 @@ def score_onnx(onnx_path: Path, data: VerifiedDataset, indices: np.ndarray) -> f
     return float(np.median(np.concatenate(errors)))
 
 
+@contextmanager
+def mlflow_errors(what: str):
+    """Translate MLflow's failures into RegistryError; unreachable or 5xx is retryable."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow {what}: {exc.message}", retryable=exc.get_http_status_code() >= 500) from exc
+    except (RequestException, ConnectionError) as exc:
+        raise RegistryError(f"MLflow {what}: {exc}", retryable=True) from exc
+
+
 class ModelRegistry:
     def __init__(self, tracking_uri: str, model_name: str, store: ObjectStore):
         from mlflow import MlflowClient
@@ -66,16 +81,8 @@ class ModelRegistry:
         self.tracking_uri, self.model_name, self.store = tracking_uri, model_name, store
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from mlflow.exceptions import MlflowException
-        from requests.exceptions import RequestException
-
-        try:
+        with mlflow_errors(what):
             return fn(*args, **kwargs)
-        except MlflowException as exc:
-            retryable = exc.get_http_status_code() >= 500
-            raise RegistryError(f"MLflow {what}: {exc.message}", retryable=retryable) from exc
-        except (RequestException, ConnectionError, OSError) as exc:
-            raise RegistryError(f"MLflow {what}: {exc}", retryable=True) from exc
 
     def ensure_registered_model(self) -> None:
         from mlflow.exceptions import MlflowException
