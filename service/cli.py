@@ -86,7 +86,8 @@ def run_train(args, settings) -> int:
                          checkpoint=args.checkpoint, resume_training=args.resume_training)
     configure_logging(options.job_id)
     result = run_job(settings, config, options)
-    print(json.dumps(result) if args.json else format_summary(result))
+    if result is not None:
+        print(json.dumps(result) if args.json else format_summary(result))
     return 0
 
 

@@ -142,6 +142,7 @@ class FitResult:
     epochs_run: int
     best_epoch: int | None
     best_val_loss: float | None
+    is_global_zero: bool = True  # False in the extra processes of a multi-GPU (DDP) run
 
 
 def build_loaders(data: VerifiedDataset, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
@@ -184,7 +185,8 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
     best_score = checkpoints.best_model_score
     return FitResult(best_checkpoint=best or last, last_checkpoint=last, epochs_run=trainer.current_epoch,
                      best_epoch=_epoch_of(best), best_val_loss=None if best_score is None or
-                     not math.isfinite(float(best_score)) else float(best_score))
+                     not math.isfinite(float(best_score)) else float(best_score),
+                     is_global_zero=trainer.is_global_zero)
 
 
 def _epoch_of(checkpoint: Path | None) -> int | None:

@@ -116,8 +116,8 @@ def check_options(options: JobOptions) -> None:
         raise ConfigError("--export_only and --resume_training exclude each other", stage="train")
 
 
-def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict:
-    """The whole job. Returns the summary that `train --json` prints."""
+def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict | None:
+    """The whole job. Returns the summary that `train --json` prints (None on DDP ranks other than zero)."""
     from service.evaluation import evaluate
     from service.registry import mlflow_errors
 
@@ -133,6 +133,8 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
     try:
         checkpoint_dir = options.checkpoint_dir or settings.state_dir / "checkpoints" / options.job_id
         fitted = train_model(module, data, config, options, checkpoint_dir, logger)
+        if not fitted.is_global_zero:
+            return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
         best = load_net(fitted.best_checkpoint)
         evaluation = evaluate(best, data)
         log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
