@@ -15,9 +15,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from service.errors import HeimdallError
+from service.errors import HeimdallError, JobInterrupted
+from service.logs import log_event
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 
 
 def add_synth(sub) -> None:
@@ -108,12 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ValidationError) as exc:
         print(f"heimdall-training {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except JobInterrupted as exc:
+        log_event(logging.getLogger("service.cli"), "interrupted", stage=exc.stage, message=exc.message)
+        return EXIT_INTERRUPTED
     except HeimdallError as exc:
+        log_event(logging.getLogger("service.cli"), "failed", stage=exc.stage, error_type=type(exc).__name__,
+                  message=exc.message, retryable=exc.retryable)
         print(f"heimdall-training {args.command}: {exc.stage} failed"
               f"{' (retryable)' if exc.retryable else ''}: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception:  # a bug, not a bad input: keep the traceback for whoever fixes it
-        logging.getLogger("service.cli").exception("unexpected failure")
+    except Exception as exc:  # a bug, not a bad input: keep the traceback for whoever fixes it
+        logging.getLogger("service.cli").exception(
+            "failed", extra={"fields": {"event": "failed", "stage": "train", "error_type": type(exc).__name__,
+                                        "message": str(exc), "retryable": False}})
         return EXIT_FAILED
 
 

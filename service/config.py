@@ -39,3 +39,14 @@ class TrainConfig(BaseModel):
         """SHA-256 (first 16 hex) of the fields that change the model."""
         payload = self.model_dump(exclude=set(RUNTIME_FIELDS))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def job_key(dataset_id: str, version: int, config_hash: str, export_checkpoint: str | None = None) -> str:
+    """The identity of a job's outcome: one dataset version + one configuration = one model.
+
+    An export-only job is keyed by its checkpoint too: exporting another checkpoint is another model.
+    """
+    key = f"{dataset_id}/v{version}/{config_hash}"
+    if export_checkpoint is None:
+        return key
+    return f"{key}/export-{hashlib.sha256(export_checkpoint.encode()).hexdigest()[:12]}"

@@ -5,6 +5,7 @@ HeimdallError                  stage, retryable
  ├── DatasetError              fix the dataset: names dataset, file, rule (retryable=False)
  ├── StorageUnavailable        object store unreachable: try again    (retryable=True)
  ├── TrainingError             the fit itself failed                   (retryable=False)
+ ├── JobInterrupted            SIGTERM: checkpointed, resume later     (retryable=True)
  ├── ExportError               ONNX export or parity check failed      (retryable=False)
  └── RegistryError             MLflow refused or was unreachable       (retryable as given)
 
@@ -50,6 +51,13 @@ class StorageUnavailable(HeimdallError):
 
 class TrainingError(HeimdallError):
     stage = "train"
+
+
+class JobInterrupted(HeimdallError):
+    """The job was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
+
+    stage = "train"
+    retryable = True
 
 
 class ExportError(HeimdallError):

@@ -16,10 +16,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from service.config import TrainConfig
 from service.dataset_reader import VerifiedDataset
+from service.errors import JobInterrupted
 from service.geodesy import EARTH_RADIUS_M
 from service.logs import log_event
 from service.model import LocalizationNet, gaussian_nll
@@ -135,6 +137,19 @@ class ProgressLines(Callback):
                   eta_s=round(per_epoch * (self.max_epochs - done), 1))
 
 
+class CheckpointOnInterrupt(Callback):
+    """On SIGTERM Lightning stops after the current batch; save where it stopped, to resume there."""
+
+    def __init__(self, checkpoint_dir: Path):
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")
+            log_event(log, "checkpointed", stage="train", epoch=trainer.current_epoch,
+                      global_step=trainer.global_step, reason="SIGTERM")
+
+
 @dataclass
 class FitResult:
     best_checkpoint: Path
@@ -161,7 +176,8 @@ def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger) -> tuple[pl
                                   auto_insert_metric_name=False, monitor=MONITOR, mode="min",
                                   save_top_k=3, save_last=True)
     callbacks = [checkpoints, EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
-                 LearningRateMonitor(logging_interval="epoch"), ProgressLines(config.epochs)]
+                 LearningRateMonitor(logging_interval="epoch"), ProgressLines(config.epochs),
+                 CheckpointOnInterrupt(checkpoint_dir)]
     trainer = pl.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
                          logger=logger, callbacks=callbacks, deterministic=False, enable_progress_bar=False,
                          enable_model_summary=False, log_every_n_steps=10, gradient_clip_val=1.0,
@@ -179,7 +195,11 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     train, val = build_loaders(data, config)
     trainer, checkpoints = build_trainer(config, checkpoint_dir, logger)
-    trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None)
+    try:
+        trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None)
+    except SIGTERMException as exc:
+        raise JobInterrupted(f"stopped by SIGTERM at epoch {trainer.current_epoch}; resume from "
+                             f"{checkpoint_dir / 'last.ckpt'}") from exc
     best = Path(checkpoints.best_model_path) if checkpoints.best_model_path else None
     last = Path(checkpoints.last_model_path) if checkpoints.last_model_path else None
     best_score = checkpoints.best_model_score

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.config import TrainConfig
+from service.config import TrainConfig, job_key
 from service.dataset_reader import DatasetReader, VerifiedDataset
 from service.errors import ConfigError, TrainingError
 from service.logs import log_event
@@ -119,17 +119,27 @@ def check_options(options: JobOptions) -> None:
 def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict | None:
     """The whole job. Returns the summary that `train --json` prints (None on DDP ranks other than zero)."""
     from service.evaluation import evaluate
-    from service.registry import mlflow_errors
+    from service.registry import ModelRegistry, mlflow_errors
 
     check_options(options)
     started = time.monotonic()
     data = open_dataset(settings, config, options.data_uri)
     log_event(log, "dataset verified", stage="data", dataset=data.uri,
               sessions={s: int(len(data.indices(s))) for s in ("train", "val", "test")})
+    key = job_key(data.manifest.dataset_id, data.manifest.version, config.config_hash(),
+                  str(options.checkpoint) if options.export_only else None)
+    registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
+                             open_store(settings.models_uri, settings.s3.credentials()))
+    existing = registry.find(key)
+    if existing is not None:
+        log_event(log, "already registered", stage="register", idempotency_key=key,
+                  model_version=existing[0].model_version)
+        return existing_summary(settings, options, data, *existing)
     module = build_module(data, config, options.checkpoint if options.export_only else None)
     with mlflow_errors("start run"):
         logger = build_logger(settings, options, data)
         logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash(), **module.net.describe()})
+        log_event(log, "started", stage="train", mlflow_run_id=logger.run_id)
     try:
         checkpoint_dir = options.checkpoint_dir or settings.state_dir / "checkpoints" / options.job_id
         fitted = train_model(module, data, config, options, checkpoint_dir, logger)
@@ -138,7 +148,8 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
         best = load_net(fitted.best_checkpoint)
         evaluation = evaluate(best, data)
         log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
-        registration = export_and_register(settings, config, options, data, best, evaluation, fitted, logger)
+        registration = export_and_register(settings, config, options, data, best, evaluation, fitted, logger,
+                                           registry, key)
     except BaseException:
         with mlflow_errors("end run"):
             logger.experiment.set_terminated(logger.run_id, "FAILED")
@@ -157,11 +168,11 @@ def load_net(checkpoint: Path):
 
 
 def export_and_register(settings: Settings, config: TrainConfig, options: JobOptions, data: VerifiedDataset, net,
-                        evaluation, fitted, logger):
+                        evaluation, fitted, logger, registry, key: str):
     """model.onnx + parity, the run's metrics and plot, then the card and the registry version."""
     from service.card import build_card
     from service.export import check_parity, export_onnx
-    from service.registry import ModelRegistry, mlflow_errors
+    from service.registry import mlflow_errors
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -174,12 +185,10 @@ def export_and_register(settings: Settings, config: TrainConfig, options: JobOpt
         card = build_card(model_name=settings.model_name, onnx=onnx_info, data=data, config=config,
                           job_id=options.job_id, metrics=evaluation.metrics, parity=parity,
                           mlflow_run_id=logger.run_id, epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch)
-        registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
-                                 open_store(settings.models_uri, settings.s3.credentials()))
         return registry.publish(
             run_id=logger.run_id, onnx_path=onnx_path, card=card, data=data, test_idx=evaluation.indices,
             median_error_m=evaluation.metrics["median_error_m"], parity_passed=parity["passed"],
-            tags={"job_id": options.job_id, "dataset_id": data.manifest.dataset_id,
+            tags={"job_id": options.job_id, "idempotency_key": key, "dataset_id": data.manifest.dataset_id,
                   "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()})
 
 
@@ -200,18 +209,38 @@ def record_run(logger, evaluation, data: VerifiedDataset, workdir: Path) -> None
     client.log_artifact(run_id, str(plot), "plots")
 
 
+def mlflow_ref(settings: Settings, run_id: str) -> dict:
+    """Where the run is, and how to look at it: the UI command when embedded, the server's URL otherwise."""
+    uri = settings.mlflow_tracking_uri
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
+    return {"tracking_uri": uri, "run_id": run_id, "ui": ui}
+
+
 def summary(settings: Settings, options: JobOptions, data: VerifiedDataset, run_id: str, evaluation, registration,
             fitted) -> dict:
-    ui = f"mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}"
     return {
         "job_id": options.job_id,
         "dataset": {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri},
         "model": registration.to_dict(),
-        "mlflow": {"tracking_uri": settings.mlflow_tracking_uri, "run_id": run_id,
-                   "ui": ui if settings.mlflow_tracking_uri.startswith("sqlite") else settings.mlflow_tracking_uri},
+        "mlflow": mlflow_ref(settings, run_id),
         "training": {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
                      "best_checkpoint": str(fitted.best_checkpoint)},
         "metrics": evaluation.metrics,
         "baselines": evaluation.baselines,
         "sessions": {s: int(len(data.indices(s))) for s in ("train", "val", "test")},
+    }
+
+
+def existing_summary(settings: Settings, options: JobOptions, data: VerifiedDataset, registration, card: dict) -> dict:
+    """What a replayed job reports: the version an earlier job registered, nothing trained again."""
+    return {
+        "job_id": options.job_id,
+        "already_registered_by": card["training"]["job_id"],
+        "dataset": {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri},
+        "model": registration.to_dict(),
+        "mlflow": mlflow_ref(settings, card["mlflow_run_id"]),
+        "training": {"epochs_run": card["training"]["epochs_run"], "best_epoch": card["training"]["best_epoch"]},
+        "metrics": card["metrics"],
+        "baselines": {},
+        "sessions": card["training"]["sessions"],
     }

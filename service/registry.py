@@ -92,6 +92,25 @@ class ModelRegistry:
         except MlflowException:
             self._call("create registered model", self.client.create_registered_model, self.model_name)
 
+    def find(self, idempotency_key: str) -> tuple[Registration, dict] | None:
+        """The version already registered for this key, with its card, if its files are in the store."""
+        versions = self._call("search versions", self.client.search_model_versions,
+                              f"name='{self.model_name}' and tags.idempotency_key='{idempotency_key}'")
+        for version in sorted(versions, key=lambda v: int(v.version)):
+            prefix = f"{self.model_name}/{version.version}"
+            if not self.store.exists(f"{prefix}/model.json"):
+                log.warning("version %s has no model.json in the store; ignored", version.version)
+                continue
+            card = json.loads(self.store.read_bytes(f"{prefix}/model.json"))
+            aliases = sorted(version.aliases)
+            return Registration(
+                model_name=self.model_name, model_version=int(version.version), aliases=aliases,
+                promoted=CHAMPION in aliases, model_uri=f"models:/{self.model_name}/{version.version}",
+                onnx={"uri": self.store.uri_of(f"{prefix}/model.onnx"), "sha256": card["onnx"]["sha256"],
+                      "bytes": card["onnx"]["bytes"]},
+                card_uri=self.store.uri_of(f"{prefix}/model.json"), champion_median_error_m=None), card
+        return None
+
     def champion_onnx(self, workdir: Path) -> tuple[int, Path] | None:
         """The current champion's version and a local copy of its model.onnx, or None."""
         from mlflow.exceptions import MlflowException

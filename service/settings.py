@@ -8,6 +8,7 @@ Secrets are `SecretStr`: they never appear in logs or reprs.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
@@ -54,12 +55,33 @@ class Settings(BaseSettings):
     allowed_dataset_locations: list[str] = []
     s3: S3Settings = S3Settings()
 
+    # --- the event-driven service (`serve`) ---
+    # RabbitMQ; the password lives in a SecretStr so the URL never reaches a log.
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    # Job store: SQLite in <state_dir> when embedded, PostgreSQL in production.
+    job_store_url: str | None = None
+    # AMQP user ids whose training.requested / training.cancel are obeyed.
+    ops_allowed_users: list[str] = []
+    # Automatic retraining of one dataset: at most one job started per interval.
+    min_retrain_interval_s: float = 0.0
+    job_timeout_s: float = 6 * 3600.0
+    max_attempts: int = 3  # tries of a job whose failures are retryable
+    retry_backoff_s: float = 30.0  # first retry delay; doubles per attempt, with jitter
+    lease_s: float = 30.0  # a claim not renewed this long is presumed dead (kill -9) and reclaimed
+    progress_interval_s: float = 5.0  # at most one training.progress per job per interval
+    shutdown_grace_s: float = 60.0  # SIGTERM: time the running job gets to checkpoint
+    prefetch_count: int = 8
+    http_port: int = 8080  # /healthz, /readyz, /metrics; 0 disables
+    replica_id: str | None = None  # defaults to <hostname>-<pid>
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         state = self.state_dir.expanduser().resolve()
         self.state_dir = state
         self.cache_dir = (self.cache_dir or state / "cache").expanduser().resolve()
         self.models_uri = self.models_uri or f"file://{state}/store/models"
+        self.job_store_url = self.job_store_url or f"sqlite:///{state}/jobs.db"
+        self.replica_id = self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{state}/mlflow.db"
             self.mlflow_artifacts_uri = self.mlflow_artifacts_uri or f"file://{state}/mlartifacts"

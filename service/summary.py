@@ -12,6 +12,8 @@ def format_summary(result: dict) -> str:
     lines = [
         f"job {result['job_id']}: {model['model_name']} version {model['model_version']} registered "
         f"(aliases: {', '.join(model['aliases'])}{'' if model['promoted'] else '; not promoted'})",
+        *([f"  (already registered by job {result['already_registered_by']}: nothing was trained again)"]
+          if "already_registered_by" in result else []),
         f"  dataset      {result['dataset']['id']} v{result['dataset']['version']}  {result['dataset']['uri']}",
         f"  sessions     " + ", ".join(f"{k} {v}" for k, v in result["sessions"].items()),
         f"  model.onnx   {model['onnx']['uri']}  ({model['onnx']['bytes']} bytes, sha256 {model['onnx']['sha256'][:12]}…)",

@@ -86,8 +86,8 @@ def test_onnx_graph_ignores_offline_receivers_even_when_nan(session):
 def test_parity_passes_and_reports_its_measurements(model, exported):
     report = check_parity(model, exported[0], held_out(), batch_sizes=(1, 16))
     assert report["passed"] and report["batch_sizes"] == [1, 16]
-    assert report["max_abs_diff"]["position"] <= report["tolerances"]["position_abs_deg"]
-    assert set(report["max_abs_diff"]) == {"position", "covariance"}
+    assert report["max_abs_diff"]["position_m"] <= report["tolerances"]["position_m"]
+    assert set(report["max_abs_diff"]) == {"position", "position_m", "covariance"}
 
 
 def test_parity_fails_loudly_against_other_weights(exported):

@@ -103,6 +103,18 @@ def test_onnx_runs_on_dataset_sessions_with_the_contract_inputs(server_settings,
     assert np.all(np.linalg.eigvalsh(covariance.astype(np.float64)) > 0)
 
 
+def test_a_replayed_job_returns_the_registered_version_without_training(server_settings, s3_dataset_uri, first_job):
+    replay = run_job(server_settings, TINY, JobOptions(data_uri=s3_dataset_uri))
+    assert replay["already_registered_by"] == first_job["job_id"]
+    assert replay["model"]["model_version"] == 1
+    assert replay["model"]["onnx"] == first_job["model"]["onnx"]
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(server_settings.mlflow_tracking_uri).search_model_versions(
+        f"name='{server_settings.model_name}'")
+    assert [v.version for v in versions] == ["1"]
+
+
 def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_dataset_uri, first_job, tmp_path):
     from mlflow import MlflowClient
 

@@ -1,0 +1,42 @@
+"""Heimdall's event contract as pydantic models: depends on pydantic and nothing else.
+
+    from messages import DatasetReady, Event, make_event, parse_event, InvalidMessage
+"""
+
+from messages.errors import REASONS, InvalidMessage, Reason
+from messages.events import (
+    BY_TYPE,
+    CONSUMED,
+    PUBLISHED,
+    AnyEvent,
+    ConsumedEvent,
+    DatasetReady,
+    DatasetRef,
+    EvaluationMetrics,
+    Event,
+    EventData,
+    ModelRegistered,
+    OnnxArtifact,
+    ProgressMetrics,
+    PublishedEvent,
+    TrainingAccepted,
+    TrainingCancel,
+    TrainingCancelled,
+    TrainingFailed,
+    TrainingOverrides,
+    TrainingProgress,
+    TrainingRequested,
+    TrainingStarted,
+    make_event,
+    parse_event,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BY_TYPE", "CONSUMED", "PUBLISHED", "REASONS", "AnyEvent", "ConsumedEvent", "DatasetReady", "DatasetRef",
+    "EvaluationMetrics", "Event", "EventData", "InvalidMessage", "ModelRegistered", "OnnxArtifact",
+    "ProgressMetrics", "PublishedEvent", "Reason", "TrainingAccepted", "TrainingCancel", "TrainingCancelled",
+    "TrainingFailed", "TrainingOverrides", "TrainingProgress", "TrainingRequested", "TrainingStarted",
+    "make_event", "parse_event", "__version__",
+]

@@ -1,0 +1,390 @@
+"""The event contract (`shared/contracts/events.md`) as pydantic models.
+
+`Event[D]` is the CloudEvents 1.0 envelope around one data model `D`; a handler takes
+`Event[DatasetReady]` (say) and never sees a dict. `parse_event` turns an AMQP body into the
+typed envelope its `type` names; `make_event` builds one to publish.
+
+Every model is strict: JSON `"7"` is not an integer and `1` is not a string, because a producer
+that sends the wrong type has a bug we want to see, not paper over. Unknown fields are ignored
+(the contract's forward-compatibility rule), except in `TrainingOverrides`.
+"""
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from messages import constants as c
+from messages.errors import InvalidMessage
+
+DatasetId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Dataset id, as in dataset.md.")]
+Version = Annotated[int, Field(ge=1, description="Dataset version number.")]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Attempt = Annotated[int, Field(ge=1, description="1 for the first try of a job, then 2, 3, …")]
+
+
+def _one_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # A union reports one error per member, each under a tag such as "constrained-int";
+    # one plain sentence at the field's own location is what a dead-letter reader needs.
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError("version_or_latest", "Input should be an integer >= 1 or 'latest'") from None
+
+
+VersionOrLatest = Annotated[
+    Annotated[int, Field(ge=1)] | Literal["latest"],
+    WrapValidator(_one_error),
+    Field(description='A dataset version number, or "latest" for the newest complete one.'),
+]
+
+
+class EventData(BaseModel):
+    """What every `data` model shares: the CloudEvents `type` and AMQP routing key it travels under."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    TYPE: ClassVar[str]
+    ROUTING_KEY: ClassVar[str]
+
+
+# ---- consumed by the training service ----------------------------------------------------
+
+
+class DatasetReady(EventData):
+    """Acquisition finished writing a dataset version; it is complete and readable at `uri`."""
+
+    TYPE: ClassVar[str] = c.DATASET_READY_TYPE
+    ROUTING_KEY: ClassVar[str] = c.DATASET_READY
+
+    dataset_id: DatasetId
+    version: Version
+    uri: NonEmpty = Field(description="The version folder, ending in /v<version>/ (dataset.md).")
+    sessions: int = Field(ge=0)
+    labelled_sessions: int = Field(ge=0)
+
+
+class TrainingOverrides(BaseModel):
+    """Training parameters that replace the configured defaults for one request."""
+
+    # extra="forbid": a misspelt parameter ("epoch": 50) must be refused, not silently ignored,
+    # or the job would train with the default and the operator would believe otherwise.
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    weight_decay: float | None = Field(default=None, ge=0)
+    validation_split: float | None = Field(default=None, gt=0, lt=0.5)
+    test_split: float | None = Field(default=None, gt=0, lt=0.5)
+    preset: Literal["tiny", "small", "large"] | None = None
+    beta: float | None = Field(default=None, ge=0, le=1)
+    patience: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    num_workers: int | None = Field(default=None, ge=0)
+    accelerator: str | None = None
+    devices: str | None = None
+
+    def explicit(self) -> dict[str, Any]:
+        """Only the parameters the request gave (null counts as not given), to merge over defaults."""
+        return self.model_dump(exclude_unset=True, exclude_none=True)
+
+
+class TrainingRequested(EventData):
+    """An operator asks for a training run (obeyed only from an allow-listed AMQP user_id)."""
+
+    # The schema states the export_only rule too, so that non-Python producers can check it.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"export_only": {"const": True}}, "required": ["export_only"]},
+            "then": {"properties": {"checkpoint_uri": {"type": "string"}}, "required": ["checkpoint_uri"]},
+        }
+    )
+    TYPE: ClassVar[str] = c.TRAINING_REQUESTED_TYPE
+    ROUTING_KEY: ClassVar[str] = c.TRAINING_REQUESTED
+
+    dataset_id: DatasetId
+    version: VersionOrLatest
+    overrides: TrainingOverrides = Field(default_factory=TrainingOverrides)
+    export_only: bool = Field(default=False, description="Skip training: evaluate, export and register checkpoint_uri.")
+    checkpoint_uri: NonEmpty | None = Field(default=None, description="Required when export_only is true.")
+    resume_job_id: NonEmpty | None = Field(default=None, description="Resume this job's last checkpoint.")
+    reason: str
+
+    @model_validator(mode="after")
+    def _export_needs_checkpoint(self) -> "TrainingRequested":
+        if self.export_only and self.checkpoint_uri is None:
+            raise PydanticCustomError("checkpoint_required", "checkpoint_uri is required when export_only is true")
+        return self
+
+
+class TrainingCancel(EventData):
+    """An operator asks to cancel a job (obeyed only from an allow-listed AMQP user_id)."""
+
+    TYPE: ClassVar[str] = c.TRAINING_CANCEL_TYPE
+    ROUTING_KEY: ClassVar[str] = c.TRAINING_CANCEL
+
+    job_id: NonEmpty
+    reason: str
+
+
+# ---- published by the training service ---------------------------------------------------
+# No published field has a default, so a misspelt keyword in our own code fails as "missing"
+# instead of being dropped; unknown fields are still ignored on input so that a consumer with an
+# older copy of this package can read what a newer service publishes.
+
+
+class TrainingAccepted(EventData):
+    """A trigger became a job; `version` is resolved ("latest" never appears here)."""
+
+    TYPE: ClassVar[str] = c.TRAINING_ACCEPTED_TYPE
+    ROUTING_KEY: ClassVar[str] = c.TRAINING_ACCEPTED
+
+    job_id: NonEmpty
+    trigger_id: NonEmpty = Field(description="The `id` of the event that caused this job.")
+    dataset_id: DatasetId
+    version: Version
+    config_hash: NonEmpty = Field(description="Hash of the resolved training configuration.")
+
+
+class TrainingStarted(EventData):
+    """An attempt of a job started training."""
+
+    TYPE: ClassVar[str] = c.TRAINING_STARTED_TYPE
+    ROUTING_KEY: ClassVar[str] = c.TRAINING_STARTED
+
+    job_id: NonEmpty
+    attempt: Attempt
+    mlflow_run_id: str | None
+
+
+class ProgressMetrics(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    train_loss: float | None
+    val_loss: float | None
+    val_median_error_m: float | None
+
+
+class TrainingProgress(EventData):
+    """Progress after an epoch; at most one every few seconds."""
+
+    TYPE: ClassVar[str] = c.TRAINING_PROGRESS_TYPE
+    ROUTING_KEY: ClassVar[str] = c.TRAINING_PROGRESS
+
+    job_id: NonEmpty
+    epoch: int = Field(ge=0)
+    max_epochs: int = Field(ge=1)
+    metrics: ProgressMetrics
+    eta_s: float | None = Field(ge=0, description="Estimated seconds to the end of training.")
+
+
+class TrainingFailed(EventData):
+    """An attempt failed; with retryable=false the job is over."""
+
+    TYPE: ClassVar[str] = c.TRAINING_FAILED_TYPE
+    ROUTING_KEY: ClassVar[str] = c.TRAINING_FAILED
+
+    job_id: NonEmpty
+    stage: Literal["data", "train", "export", "register"]
+    error_type: NonEmpty
+    message: str
+    retryable: bool
+    attempt: Attempt
+
+
+class TrainingCancelled(EventData):
+    """A job ended because it was cancelled."""
+
+    TYPE: ClassVar[str] = c.TRAINING_CANCELLED_TYPE
+    ROUTING_KEY: ClassVar[str] = c.TRAINING_CANCELLED
+
+    job_id: NonEmpty
+    reason: str
+
+
+class OnnxArtifact(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    uri: NonEmpty
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+
+
+class EvaluationMetrics(BaseModel):
+    """Test-split metrics; further numeric metrics may be added."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+    __pydantic_extra__: dict[str, float]
+
+    median_error_m: float = Field(ge=0)
+    p90_error_m: float = Field(ge=0)
+    coverage_1sigma: float = Field(ge=0, le=1)
+    coverage_2sigma: float = Field(ge=0, le=1)
+
+
+class DatasetRef(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    id: DatasetId
+    version: Version
+    uri: NonEmpty
+
+
+class ModelRegistered(EventData):
+    """A model version is registered; model.onnx and model.json are readable at the URIs named."""
+
+    TYPE: ClassVar[str] = c.MODEL_REGISTERED_TYPE
+    ROUTING_KEY: ClassVar[str] = c.MODEL_REGISTERED
+
+    job_id: NonEmpty
+    model_name: NonEmpty
+    model_version: int = Field(ge=1)
+    aliases: list[str]
+    promoted: bool
+    model_uri: str = Field(pattern=r"^models:/[^/]+/[0-9]+$", description="models:/<name>/<version>")
+    onnx: OnnxArtifact
+    card_uri: NonEmpty
+    metrics: EvaluationMetrics
+    dataset: DatasetRef
+    mlflow_run_id: NonEmpty
+
+    @model_validator(mode="after")
+    def _uri_names_this_version(self) -> "ModelRegistered":
+        expected = f"models:/{self.model_name}/{self.model_version}"
+        if self.model_uri != expected:
+            raise PydanticCustomError("model_uri_mismatch", "model_uri must be {expected}", {"expected": expected})
+        return self
+
+
+# ---- the envelope ------------------------------------------------------------------------
+
+DataT = TypeVar("DataT", bound=EventData)
+
+
+class Event(BaseModel, Generic[DataT]):
+    """A CloudEvents 1.0 envelope (structured JSON mode) whose `data` is one event model."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    specversion: Literal["1.0"]
+    id: NonEmpty = Field(description="Unique per event; consumers de-duplicate by it.")
+    source: NonEmpty
+    type: str
+    time: AwareDatetime = Field(description="RFC 3339, with a time zone.")
+    subject: str | None = None
+    datacontenttype: str = c.CONTENT_TYPE
+    data: DataT
+
+    @classmethod
+    def model_parametrized_name(cls, params: tuple[type[Any], ...]) -> str:
+        # Event[DatasetReady] is named "DatasetReadyEvent" in JSON Schemas and AsyncAPI.
+        return f"{params[0].__name__}Event" if isinstance(params[0], type) else super().model_parametrized_name(params)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):  # noqa: ANN001, ANN206 (pydantic's hook)
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        (data_type,) = cls.__pydantic_generic_metadata__["args"] or (None,)
+        if isinstance(data_type, type) and issubclass(data_type, EventData):
+            handler.resolve_ref_schema(schema)["properties"]["type"]["const"] = data_type.TYPE
+        return schema
+
+    @model_validator(mode="after")
+    def _type_names_data(self) -> "Event[DataT]":
+        if isinstance(self.data, EventData) and self.type != self.data.TYPE:
+            raise ValueError(f"type {self.type!r} does not match data {type(self.data).__name__} ({self.data.TYPE})")
+        return self
+
+    def to_bytes(self) -> bytes:
+        """The AMQP body: compact UTF-8 JSON; an absent `subject` is left out, not sent as null."""
+        return self.model_dump_json(exclude={"subject"} if self.subject is None else None).encode()
+
+
+CONSUMED: tuple[type[EventData], ...] = (DatasetReady, TrainingRequested, TrainingCancel)
+PUBLISHED: tuple[type[EventData], ...] = (
+    TrainingAccepted, TrainingStarted, TrainingProgress, TrainingFailed, TrainingCancelled, ModelRegistered,
+)
+BY_TYPE: dict[str, type[EventData]] = {model.TYPE: model for model in CONSUMED + PUBLISHED}
+
+ConsumedEvent = Event[DatasetReady] | Event[TrainingRequested] | Event[TrainingCancel]
+PublishedEvent = (
+    Event[TrainingAccepted] | Event[TrainingStarted] | Event[TrainingProgress]
+    | Event[TrainingFailed] | Event[TrainingCancelled] | Event[ModelRegistered]
+)
+AnyEvent = ConsumedEvent | PublishedEvent
+
+
+def make_event(
+    data: DataT,
+    *,
+    subject: str | None = None,
+    id: str | None = None,  # noqa: A002 (the CloudEvents attribute's own name)
+    time: datetime | None = None,
+    source: str = c.SOURCE_TRAINING,
+) -> Event[DataT]:
+    """Wrap `data` in a new envelope: a fresh uuid4 `id` and the current UTC `time` by default.
+
+    Raises pydantic.ValidationError for an empty id or source, or a `time` without a time zone.
+    """
+    return Event[type(data)](
+        specversion=c.SPECVERSION,
+        id=id if id is not None else str(uuid.uuid4()),
+        source=source,
+        type=data.TYPE,
+        time=time if time is not None else datetime.now(timezone.utc),
+        subject=subject,
+        data=data,
+    )
+
+
+def parse_event(body: bytes, *, routing_key: str | None = None) -> AnyEvent:
+    """The typed envelope for the event `body` holds.
+
+    With `routing_key`, the event's `type` must be one that travels under that key.
+    Raises InvalidMessage, whose `reason` is, in the order checked: too-large, malformed-json,
+    invalid-envelope (not an object, or no string `type`), unknown-type, routing-key-mismatch,
+    then invalid-envelope or invalid-data for what pydantic refuses.
+    """
+    if len(body) > c.MAX_BODY_BYTES:
+        raise InvalidMessage("too-large", f"body is {len(body)} bytes, over the {c.MAX_BODY_BYTES}-byte limit")
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise InvalidMessage("malformed-json", f"body is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidMessage("invalid-envelope", f"body is a JSON {type(raw).__name__}, not an object")
+    event_type = raw.get("type")
+    if not isinstance(event_type, str):
+        raise InvalidMessage("invalid-envelope", "type: a string CloudEvents type is required")
+    data_model = BY_TYPE.get(event_type)
+    if data_model is None:
+        raise InvalidMessage("unknown-type", f"type {event_type!r} is not one of {sorted(BY_TYPE)}")
+    if routing_key is not None and routing_key != data_model.ROUTING_KEY:
+        raise InvalidMessage(
+            "routing-key-mismatch", f"type {event_type!r} travels under {data_model.ROUTING_KEY!r}, not {routing_key!r}"
+        )
+    try:
+        return Event[data_model].model_validate_json(body)
+    except ValidationError as exc:
+        raise _refusal(exc) from exc
+
+
+def _refusal(exc: ValidationError) -> InvalidMessage:
+    """Envelope errors first; the detail names the first offending field by its dotted path."""
+    errors = exc.errors(include_url=False, include_input=False)
+    envelope = [e for e in errors if not e["loc"] or e["loc"][0] != "data"]
+    first = (envelope or errors)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "event"
+    return InvalidMessage("invalid-envelope" if envelope else "invalid-data", f"{where}: {first['msg']}")

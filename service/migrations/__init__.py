@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store; `JobStore.migrate()` runs them (there is no alembic.ini)."""

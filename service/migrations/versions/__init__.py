@@ -1,0 +1,1 @@
+"""Migration scripts. A package only so that a non-editable install ships them."""

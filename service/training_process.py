@@ -1,0 +1,126 @@
+"""The training job as a child process: its command line, its environment, and its output.
+
+The child is `python -m service.cli train ... --json`: the same entry point a person runs.
+It reads the settings from the environment we hand it, writes JSON log lines on stderr
+(progress, the MLflow run id, the failure) and one JSON result on stdout.
+It is put in its own process group (so cancel and shutdown reach its DataLoader workers too)
+and dies with the service (PR_SET_PDEATHSIG): a `kill -9` of the service never leaves an
+orphaned trainer racing the job's next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.cli import EXIT_INTERRUPTED, EXIT_OK
+from service.settings import Settings
+
+STDERR_LINE_LIMIT = 1 << 20
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec (Linux)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as HEIMDALL_* variables, so the child builds exactly the same object."""
+    env = {"HEIMDALL_STATE_DIR": str(settings.state_dir), "HEIMDALL_CACHE_DIR": str(settings.cache_dir),
+           "HEIMDALL_MODELS_URI": settings.models_uri, "HEIMDALL_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+           "HEIMDALL_MODEL_NAME": settings.model_name,
+           "HEIMDALL_ALLOWED_DATASET_LOCATIONS": json.dumps(settings.allowed_dataset_locations)}
+    if settings.mlflow_artifacts_uri:
+        env["HEIMDALL_MLFLOW_ARTIFACTS_URI"] = settings.mlflow_artifacts_uri
+    s3 = settings.s3
+    for name, value in (("ENDPOINT_URL", s3.endpoint_url), ("REGION", s3.region),
+                        ("ACCESS_KEY_ID", s3.access_key_id and s3.access_key_id.get_secret_value()),
+                        ("SECRET_ACCESS_KEY", s3.secret_access_key and s3.secret_access_key.get_secret_value())):
+        if value:
+            env[f"HEIMDALL_S3__{name}"] = value
+    return env
+
+
+def train_command(*, job_id: str, data_uri: str, config: dict, checkpoint_dir: Path, export_only: bool,
+                  checkpoint: Path | None, resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "service.cli", "train", "--json", "--job_id", job_id, "--data_dir", data_uri,
+           "--checkpoint_dir", str(checkpoint_dir)]
+    for key, value in config.items():
+        cmd += [f"--{key}", str(value)]
+    if export_only:
+        cmd += ["--export_only", "--checkpoint", str(checkpoint)]
+    elif resume:
+        cmd += ["--resume_training"] + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+    return cmd
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    result: dict | None = None  # the JSON object printed on stdout
+    failure: dict | None = None  # the last "failed" log line: stage, error_type, message, retryable
+    mlflow_run_id: str | None = None
+    stderr_tail: list[str] = field(default_factory=list)
+
+
+class TrainingProcess:
+    """One running child. `lines()` yields its parsed log lines; `wait()` gives the outcome."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+        self.outcome = Outcome(returncode=-1)
+
+    @classmethod
+    async def start(cls, cmd: list[str], settings: Settings) -> "TrainingProcess":
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            preexec_fn=_die_with_parent, limit=STDERR_LINE_LIMIT,
+            env={**base, **settings_env(settings), "PYTHONUNBUFFERED": "1"})
+        return cls(proc)
+
+    async def lines(self):
+        """Parsed JSON log lines from stderr, until the child closes it."""
+        async for raw in self.proc.stderr:
+            text = raw.decode(errors="replace").rstrip()
+            self.outcome.stderr_tail = (self.outcome.stderr_tail + [text])[-20:]
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(line, dict):
+                if line.get("event") == "failed":
+                    self.outcome.failure = line
+                if line.get("mlflow_run_id"):
+                    self.outcome.mlflow_run_id = line["mlflow_run_id"]
+                yield line
+
+    async def wait(self) -> Outcome:
+        stdout = await self.proc.stdout.read()
+        self.outcome.returncode = await self.proc.wait()
+        if self.outcome.returncode == EXIT_OK:
+            self.outcome.result = json.loads(stdout.decode())
+        return self.outcome
+
+    def signal(self, signum: int) -> None:
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM (the child checkpoints at the next batch), then SIGKILL after `grace_s`."""
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+        except asyncio.TimeoutError:
+            self.signal(signal.SIGKILL)
+            await self.proc.wait()
