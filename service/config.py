@@ -41,12 +41,15 @@ class TrainConfig(BaseModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def job_key(dataset_id: str, version: int, config_hash: str, export_checkpoint: str | None = None) -> str:
+def job_key(dataset_id: str, version: int, config_hash: str, *, export_only: bool = False,
+            checkpoint: str | None = None) -> str:
     """The identity of a job's outcome: one dataset version + one configuration = one model.
 
-    An export-only job is keyed by its checkpoint too: exporting another checkpoint is another model.
+    A job that starts from a checkpoint (export-only, or resuming another job) is keyed by the
+    checkpoint too: exporting another checkpoint is another model.
     """
     key = f"{dataset_id}/v{version}/{config_hash}"
-    if export_checkpoint is None:
+    if checkpoint is None:
         return key
-    return f"{key}/export-{hashlib.sha256(export_checkpoint.encode()).hexdigest()[:12]}"
+    mode = "export" if export_only else "resume"
+    return f"{key}/{mode}-{hashlib.sha256(checkpoint.encode()).hexdigest()[:12]}"

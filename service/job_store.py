@@ -206,7 +206,6 @@ class JobStore:
         )).scalar()
         if last is None or min_interval_s <= 0:
             return now
-        last = last.replace(tzinfo=timezone.utc) if last.tzinfo is None else last  # max() skips the column type
         return max(now, last + timedelta(seconds=min_interval_s))
 
     # --- running jobs ---------------------------------------------------------------------

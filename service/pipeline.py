@@ -127,7 +127,7 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
     log_event(log, "dataset verified", stage="data", dataset=data.uri,
               sessions={s: int(len(data.indices(s))) for s in ("train", "val", "test")})
     key = job_key(data.manifest.dataset_id, data.manifest.version, config.config_hash(),
-                  str(options.checkpoint) if options.export_only else None)
+                  export_only=options.export_only, checkpoint=str(options.checkpoint) if options.export_only else None)
     registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
                              open_store(settings.models_uri, settings.s3.credentials()))
     existing = registry.find(key)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.config import TrainConfig
 from service.object_store import S3Credentials
 
 ENV_PREFIX = "HEIMDALL_"
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     # Job store: SQLite in <state_dir> when embedded, PostgreSQL in production.
     job_store_url: str | None = None
+    # Training parameters for automatic (dataset.ready) jobs; ops overrides apply on top.
+    default_training: dict[str, Any] = {}
+    # Where datasets live (`<root>/<id>/v<k>/`), to resolve training.requested versions and "latest".
+    dataset_root_uri: str | None = None
     # AMQP user ids whose training.requested / training.cancel are obeyed.
     ops_allowed_users: list[str] = []
     # Automatic retraining of one dataset: at most one job started per interval.
@@ -80,6 +86,7 @@ class Settings(BaseSettings):
         self.state_dir = state
         self.cache_dir = (self.cache_dir or state / "cache").expanduser().resolve()
         self.models_uri = self.models_uri or f"file://{state}/store/models"
+        TrainConfig(**self.default_training)  # refuse a bad default at start-up, naming the field
         self.job_store_url = self.job_store_url or f"sqlite:///{state}/jobs.db"
         self.replica_id = self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
         if self.mlflow_tracking_uri is None:

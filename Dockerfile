@@ -1,0 +1,83 @@
+# syntax=docker/dockerfile:1
+# Heimdall training service: the RabbitMQ consumer and job runner (`heimdall-training serve`),
+# HTTP /healthz, /readyz and /metrics on 8080. The other subcommands (train, synth, ops, jobs)
+# run from the same image: `docker run --rm IMAGE train --data_dir s3://...`.
+#
+# Why python:3.11-slim and not nvidia/cuda: the CUDA build of torch from PyTorch's wheel index
+# brings its own CUDA runtime, cuBLAS, cuDNN and NCCL (as nvidia-* wheels next to torch). A
+# container needs only the host's driver, which the NVIDIA Container Toolkit mounts when the
+# container asks for a GPU (`docker run --gpus 1`, or the device reservation in
+# deploy/docker-compose.yml). An nvidia/cuda:*-cudnn-runtime base would add a second copy of
+# the same libraries (several GB) and an Ubuntu Python that is not the 3.11 pyproject requires.
+#
+# Build from the repository root:  docker build -t heimdall-training .
+# CPU-only image (no CUDA libraries, a few GB smaller):
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t heimdall-training:cpu .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: a virtual environment in /opt/venv, copied whole into the runtime stage ----
+FROM ${PYTHON_IMAGE} AS build
+# cu128 (CUDA 12.8) runs on drivers >= 570 and supports every GPU from Volta to Blackwell.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+
+COPY pyproject.toml ./
+# Dependencies first, in layers of their own, so that editing the code does not reinstall
+# several GB of wheels. The pins come from pyproject.toml, the one place they are written.
+# 1. torch from the CUDA wheel index. `pip install` of the project afterwards keeps it: the
+#    pin torch==2.13.0 matches 2.13.0+cu128, since PEP 440 ignores a local label (+cu128) when
+#    the pin has none. Left to PyPI, pip would choose torch's build and its CUDA version itself.
+# 2. Every other dependency from PyPI, exactly as pinned.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /tmp/requirements.txt \
+ && pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' /tmp/requirements.txt)" \
+ && pip install -r /tmp/requirements.txt
+
+# The project itself: a regular (not editable) install, so /src is not needed at run time.
+COPY service ./service
+COPY messages ./messages
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
+ && heimdall-training --help > /dev/null
+
+# ---- runtime ----
+FROM ${PYTHON_IMAGE} AS runtime
+# tini as PID 1: forwards SIGTERM to the service (which then gives the running job its
+# shutdown grace to checkpoint) and reaps the job subprocesses the service starts.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+RUN useradd --system --user-group --uid 10001 --create-home --home-dir /home/heimdall \
+        --shell /usr/sbin/nologin heimdall \
+ && install -d -o heimdall -g heimdall -m 0750 /var/lib/heimdall
+
+COPY --from=build /opt/venv /opt/venv
+
+# HEIMDALL_STATE_DIR holds checkpoints (resumable after a restart) and the verified shard
+# cache: mount a volume there. The other HEIMDALL_* settings are given at run time.
+# NVIDIA_DRIVER_CAPABILITIES: the driver parts the toolkit mounts (compute = libcuda, utility =
+# nvidia-smi); it does not by itself give the container a GPU.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HEIMDALL_STATE_DIR=/var/lib/heimdall \
+    HEIMDALL_HTTP_PORT=8080 \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+USER heimdall
+WORKDIR /home/heimdall
+VOLUME ["/var/lib/heimdall"]
+EXPOSE 8080
+
+# Exit code of the service's own probe (see `heimdall-training serve --check`). Only meaningful
+# for `serve`: run other subcommands with `docker run --no-healthcheck`.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["heimdall-training", "serve", "--check"]
+
+ENTRYPOINT ["/usr/bin/tini", "--", "heimdall-training"]
+CMD ["serve"]

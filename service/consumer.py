@@ -1,0 +1,161 @@
+"""Turning consumed events into recorded jobs: validate, authorise, record, and only then ack.
+
+One policy decides what happens to a message from the error alone (`decide`): acknowledge,
+requeue for another try, or dead-letter with a reason. Handlers receive typed events, never dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pydantic import ValidationError
+
+from messages import (DatasetReady, InvalidMessage, TrainingAccepted, TrainingCancel, TrainingCancelled,
+                      TrainingRequested, make_event, parse_event)
+from service.config import TrainConfig
+from service.errors import HeimdallError
+from service.job_store import Job, JobStore, OutboxMessage
+from service.logs import log_event
+from service.object_store import join_uri, open_store
+from service.settings import Settings
+from service.topology import WorkQueue, dead_letter
+
+log = logging.getLogger(__name__)
+REQUEUE_DELAY_S = 2.0  # a transient failure waits this long before its message goes back
+
+
+class Refused(Exception):
+    """The message is well-formed but must not be obeyed; it is dead-lettered with `reason`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+class Action(str, Enum):
+    ACK = "ack"  # handled (or a harmless duplicate)
+    REQUEUE = "requeue"  # a transient failure: try again; RabbitMQ's delivery limit bounds the tries
+    DEAD_LETTER = "dead-letter"  # can never be handled: park it with the reason
+
+
+def decide(error: Exception | None) -> tuple[Action, str, str]:
+    """The ack/requeue/dead-letter policy, from the error alone: (action, reason, detail)."""
+    if error is None:
+        return Action.ACK, "", ""
+    if isinstance(error, (InvalidMessage, Refused)):
+        return Action.DEAD_LETTER, error.reason, error.detail
+    if isinstance(error, HeimdallError) and error.retryable:
+        return Action.REQUEUE, "transient", error.message
+    return Action.REQUEUE, "unexpected", f"{type(error).__name__}: {error}"
+
+
+def outbox(event) -> OutboxMessage:
+    return OutboxMessage(id=event.id, routing_key=event.data.ROUTING_KEY, body=event.to_bytes())
+
+
+def accepted_message(job: Job) -> OutboxMessage:
+    return outbox(make_event(TrainingAccepted(job_id=job.id, trigger_id=job.trigger_id, dataset_id=job.dataset_id,
+                                              version=job.dataset_version, config_hash=job.config_hash),
+                             subject=f"job/{job.id}"))
+
+
+def cancelled_message(job: Job, reason: str) -> OutboxMessage:
+    return outbox(make_event(TrainingCancelled(job_id=job.id, reason=reason), subject=f"job/{job.id}"))
+
+
+@dataclass
+class Consumer:
+    settings: Settings
+    store: JobStore
+    channel: AbstractChannel  # the publishing channel, for dead-letters
+    on_accepted: callable  # wakes the worker
+    on_cancel: callable  # tells the local worker to stop a job it runs
+
+    async def handle(self, message: AbstractIncomingMessage, queue: WorkQueue) -> None:
+        error = None
+        try:
+            event = parse_event(message.body, routing_key=message.routing_key)
+            await self.dispatch(event, message.user_id)
+        except Exception as exc:  # every outcome goes through `decide`
+            error = exc
+        action, reason, detail = decide(error)
+        fields = {"event_id": message.message_id, "routing_key": message.routing_key, "action": action.value}
+        if action is Action.ACK:
+            await message.ack()
+        elif action is Action.DEAD_LETTER:
+            await dead_letter(self.channel, message, queue, reason, detail)
+            log_event(log, "dead-lettered", reason=reason, detail=detail, **fields)
+        else:
+            log.warning("requeued", extra={"fields": {"event": "requeued", "reason": reason, "detail": detail,
+                                                      **fields}}, exc_info=reason == "unexpected")
+            await asyncio.sleep(REQUEUE_DELAY_S)
+            await message.nack(requeue=True)
+
+    async def dispatch(self, event, user_id: str | None) -> None:
+        data = event.data
+        if isinstance(data, (TrainingRequested, TrainingCancel)) and user_id not in self.settings.ops_allowed_users:
+            raise Refused("unauthorised", f"user_id {user_id!r} is not in the ops allow-list")
+        if isinstance(data, DatasetReady):
+            await self.accept(event.id, "auto", data.dataset_id, data.version, data.uri, {})
+        elif isinstance(data, TrainingRequested):
+            await self.on_requested(event.id, data)
+        elif isinstance(data, TrainingCancel):
+            await self.on_cancel_event(data)
+        else:
+            raise Refused("unknown-type", f"{event.type} is published by this service, not consumed")
+
+    async def on_requested(self, event_id: str, data: TrainingRequested) -> None:
+        version, uri = await asyncio.to_thread(self.resolve_dataset, data.dataset_id, data.version)
+        checkpoint = data.checkpoint_uri
+        if data.resume_job_id:
+            checkpoint = f"file://{self.settings.state_dir}/checkpoints/{data.resume_job_id}/last.ckpt"
+        await self.accept(event_id, "manual", data.dataset_id, version, uri, data.overrides.explicit(),
+                          export_only=data.export_only, checkpoint_uri=checkpoint)
+
+    async def on_cancel_event(self, data: TrainingCancel) -> None:
+        job = await asyncio.to_thread(self.store.request_cancel, data.job_id, data.reason, cancelled_message)
+        if job is None:
+            raise Refused("unknown-job", f"no job {data.job_id}")
+        log_event(log, "cancel requested", job=data.job_id, status=job.status.value, reason=data.reason)
+        self.on_cancel(data.job_id)
+
+    async def accept(self, event_id: str, kind: str, dataset_id: str, version: int, uri: str, overrides: dict,
+                     **extra) -> None:
+        try:
+            config = TrainConfig(**{**self.settings.default_training, **overrides})
+        except ValidationError as exc:
+            raise Refused("invalid-data", f"overrides: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+        result = await asyncio.to_thread(
+            self.store.accept, event_id=event_id, trigger_kind=kind, dataset_id=dataset_id,
+            dataset_version=version, dataset_uri=uri, config=config.model_dump(), config_hash=config.config_hash(),
+            min_interval_s=self.settings.min_retrain_interval_s, accepted_message=accepted_message,
+            cancelled_message=cancelled_message, **extra)
+        job = result.job
+        log_event(log, "accepted" if result.created else "duplicate", event_id=event_id, trigger_kind=kind,
+                  job=job.id if job else None, dataset=f"{dataset_id}/v{version}",
+                  superseded=[j.id for j in result.superseded])
+        if result.created:
+            self.on_accepted()
+
+    def resolve_dataset(self, dataset_id: str, version: int | str) -> tuple[int, str]:
+        """A version ("latest" allowed) and its URI: from the dataset root when configured, else from
+        the versions this service has already seen announced. Raises Refused when unknown."""
+        root = self.settings.dataset_root_uri
+        if root:
+            versions = _versions_in(open_store(root, self.settings.s3.credentials()).list(f"{dataset_id}/"))
+            wanted = max(versions, default=None) if version == "latest" else version
+            if wanted in versions:
+                return wanted, join_uri(root, f"{dataset_id}/v{wanted}")
+        known = self.store.known_dataset(dataset_id, None if version == "latest" else version)
+        if known is None:
+            raise Refused("unknown-dataset", f"dataset {dataset_id} version {version} was never announced")
+        return known
+
+
+def _versions_in(keys: list[str]) -> set[int]:
+    return {int(m.group(1)) for k in keys if (m := re.search(r"/v(\d+)/dataset\.json$", k))}
