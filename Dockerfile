@@ -49,10 +49,13 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM ${PYTHON_IMAGE} AS runtime
 # tini as PID 1: forwards SIGTERM to the service (which then gives the running job its
 # shutdown grace to checkpoint) and reaps the job subprocesses the service starts.
+# Not version-pinned: Debian stable only ever replaces it with security fixes.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*
-RUN useradd --system --user-group --uid 10001 --create-home --home-dir /home/heimdall \
+RUN groupadd --system --gid 10001 heimdall \
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/heimdall \
         --shell /usr/sbin/nologin heimdall \
  && install -d -o heimdall -g heimdall -m 0750 /var/lib/heimdall
 
@@ -69,7 +72,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HEIMDALL_HTTP_PORT=8080 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-USER heimdall
+# Numeric, so that Kubernetes runAsNonRoot can verify it.
+USER 10001:10001
 WORKDIR /home/heimdall
 VOLUME ["/var/lib/heimdall"]
 EXPOSE 8080

@@ -2,6 +2,9 @@
 
   synth   write a synthetic dataset version (local folder or s3://)
   train   run the training job: data, model, fit, export, register
+  serve   the event-driven service: consume triggers, run jobs, publish events
+  ops     publish a manual training.requested or training.cancel
+  jobs    list or show jobs in the job store
 
 Imports stay lazy: `--help` and the service's own commands never pay for torch.
 """
@@ -9,6 +12,7 @@ Imports stay lazy: `--help` and the service's own commands never pay for torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -38,15 +42,7 @@ def add_synth(sub) -> None:
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train, export, check and register a model")
     p.add_argument("--data_dir", required=True, help="dataset version: folder, file:// or s3://.../<id>/v<k>/")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch_size", type=int)
-    p.add_argument("--learning_rate", type=float)
-    p.add_argument("--validation_split", type=float)
-    p.add_argument("--num_workers", type=int)
-    p.add_argument("--accelerator", help="auto (GPU when there is one), cpu, gpu")
-    p.add_argument("--devices", help="auto, or a number of devices")
-    p.add_argument("--preset", choices=("tiny", "small", "large"))
-    p.add_argument("--seed", type=int)
+    add_config_flags(p)
     p.add_argument("--checkpoint_dir", type=Path)
     p.add_argument("--experiment_name", default="heimdall-localization")
     p.add_argument("--run_name_prefix", default="train")
@@ -58,8 +54,40 @@ def add_train(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
 
 
-CONFIG_FLAGS = ("epochs", "batch_size", "learning_rate", "validation_split", "num_workers", "accelerator",
-                "devices", "preset", "seed")
+def add_service(sub) -> None:
+    p = sub.add_parser("serve", help="run the event-driven service")
+    p.add_argument("--check", action="store_true", help="probe a running service's /healthz; exit 0 when healthy")
+    ops = sub.add_parser("ops", help="manual triggers").add_subparsers(dest="action", required=True)
+    request = ops.add_parser("request", help="publish training.requested")
+    request.add_argument("--dataset_id", required=True)
+    request.add_argument("--version", default="latest", help='a version number or "latest"')
+    request.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                         help="a training parameter, e.g. epochs=50 (repeatable)")
+    request.add_argument("--export_only", action="store_true")
+    request.add_argument("--checkpoint_uri")
+    request.add_argument("--resume_job_id")
+    request.add_argument("--reason", required=True)
+    cancel = ops.add_parser("cancel", help="publish training.cancel")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", required=True)
+    jobs = sub.add_parser("jobs", help="the job store").add_subparsers(dest="action", required=True)
+    listing = jobs.add_parser("list")
+    listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    listing.add_argument("--limit", type=int, default=50)
+    jobs.add_parser("show").add_argument("job_id")
+
+
+def add_config_flags(parser) -> None:
+    """One flag per TrainConfig field (--epochs, --batch_size, ...): the configuration is declared once."""
+    from typing import Literal, get_args, get_origin
+
+    from service.config import TrainConfig
+
+    for name, field in TrainConfig.model_fields.items():
+        kind = field.annotation
+        choices = get_args(kind) if get_origin(kind) is Literal else None
+        parser.add_argument(f"--{name}", type=str if choices else kind, choices=choices,
+                            help=f"default {field.default}")
 
 
 def run_synth(args, settings) -> int:
@@ -80,16 +108,62 @@ def run_train(args, settings) -> int:
     from service.pipeline import JobOptions, run_job
     from service.summary import format_summary
 
-    config = TrainConfig(**{k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None})
+    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None})
     options = JobOptions(data_uri=args.data_dir, job_id=args.job_id or str(uuid.uuid4()),
                          checkpoint_dir=args.checkpoint_dir, experiment_name=args.experiment_name,
                          run_name_prefix=args.run_name_prefix, export_only=args.export_only,
                          checkpoint=args.checkpoint, resume_training=args.resume_training)
     configure_logging(options.job_id)
-    result = run_job(settings, config, options)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result alone (MLflow prints links)
+        result = run_job(settings, config, options)
     if result is not None:
         print(json.dumps(result) if args.json else format_summary(result))
     return 0
+
+
+def run_serve(args, settings) -> int:
+    if args.check:
+        from service.probes import check
+
+        return check(settings.http_port)
+    import asyncio
+
+    from service.app import serve
+    from service.logs import configure_logging
+
+    configure_logging(None)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def run_ops(args, settings) -> int:
+    from service import ops_commands
+
+    if args.action == "request":
+        event_id = ops_commands.request_training(
+            settings, dataset_id=args.dataset_id, version=args.version, overrides=args.override, reason=args.reason,
+            export_only=args.export_only, checkpoint_uri=args.checkpoint_uri, resume_job_id=args.resume_job_id)
+    else:
+        event_id = ops_commands.cancel_job(settings, job_id=args.job_id, reason=args.reason)
+    print(event_id)
+    return 0
+
+
+def run_jobs(args, settings) -> int:
+    from service import ops_commands
+
+    if args.action == "list":
+        print(ops_commands.list_jobs(settings, args.status, args.limit))
+        return 0
+    shown = ops_commands.show_job(settings, args.job_id)
+    if shown is None:
+        print(f"no job {args.job_id}", file=sys.stderr)
+        return EXIT_FAILED
+    print(shown)
+    return 0
+
+
+COMMANDS = {"synth": run_synth, "train": run_train, "serve": run_serve, "ops": run_ops, "jobs": run_jobs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_synth(sub)
     add_train(sub)
+    add_service(sub)
     args = parser.parse_args(argv)
     from pydantic import ValidationError
 
@@ -105,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = load_settings()
-        return {"synth": run_synth, "train": run_train}[args.command](args, settings)
+        return COMMANDS[args.command](args, settings)
     except (ValueError, ValidationError) as exc:
         print(f"heimdall-training {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

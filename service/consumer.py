@@ -121,7 +121,7 @@ class Consumer:
         job = await asyncio.to_thread(self.store.request_cancel, data.job_id, data.reason, cancelled_message)
         if job is None:
             raise Refused("unknown-job", f"no job {data.job_id}")
-        log_event(log, "cancel requested", job=data.job_id, status=job.status.value, reason=data.reason)
+        log_event(log, "cancel requested", job_id=data.job_id, status=job.status.value, reason=data.reason)
         self.on_cancel(data.job_id)
 
     async def accept(self, event_id: str, kind: str, dataset_id: str, version: int, uri: str, overrides: dict,
@@ -137,7 +137,7 @@ class Consumer:
             cancelled_message=cancelled_message, **extra)
         job = result.job
         log_event(log, "accepted" if result.created else "duplicate", event_id=event_id, trigger_kind=kind,
-                  job=job.id if job else None, dataset=f"{dataset_id}/v{version}",
+                  job_id=job.id if job else None, dataset=f"{dataset_id}/v{version}",
                   superseded=[j.id for j in result.superseded])
         if result.created:
             self.on_accepted()

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from service.job_tables import (
     LEGAL_TRANSITIONS,
+    LIVE,
     AcceptResult,
     IllegalTransition,
     Job,
@@ -130,7 +131,8 @@ class JobStore:
         cancelled_message: Callable[[Job, str], OutboxMessage], now: datetime | None = None,
     ) -> AcceptResult:
         """Record a trigger event and the job it asks for, exactly once per event id and per
-        idempotency key. Auto triggers coalesce older queued versions and respect min_interval_s.
+        idempotency key among live jobs (a failed or cancelled job does not block a new one for
+        its key; a replayed event id stays a duplicate whatever its job's state). Auto triggers coalesce older queued versions and respect min_interval_s.
         Raises JobStoreUnavailable, ValueError (unknown trigger_kind)."""
         if trigger_kind not in ("auto", "manual"):
             raise ValueError(f"trigger_kind must be 'auto' or 'manual', not {trigger_kind!r}")
@@ -158,7 +160,7 @@ class JobStore:
         if seen is not None:
             job = self._get(conn, seen.job_id) if seen.job_id else None
             return AcceptResult(job, created=False, duplicate_event=True)
-        existing = self._get_by_key(conn, values["idempotency_key"])
+        existing = self._get_live_by_key(conn, values["idempotency_key"])
         if existing is None and auto:
             existing = self._newer_auto_in_flight(conn, values["dataset_id"], values["dataset_version"])
         if existing is not None:
@@ -364,6 +366,17 @@ class JobStore:
             return conn.execute(sa.select(jobs.c.finished_at).where(jobs.c.status == JobStatus.SUCCEEDED.value)
                                 .order_by(jobs.c.finished_at.desc()).limit(1)).scalar()
 
+    def known_dataset(self, dataset_id: str, version: int | None = None) -> tuple[int, str] | None:
+        """(version, dataset_uri) of that version, or of the highest one when None, as recorded by
+        any job ever accepted for the dataset (any status); None if no job names it."""
+        query = sa.select(jobs.c.dataset_version, jobs.c.dataset_uri).where(jobs.c.dataset_id == dataset_id)
+        if version is not None:
+            query = query.where(jobs.c.dataset_version == version)
+        query = query.order_by(jobs.c.dataset_version.desc(), jobs.c.created_at.desc(), jobs.c.id).limit(1)
+        with self._transaction(write=False) as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (row.dataset_version, row.dataset_uri)
+
     def oldest_queued_age_s(self, now: datetime | None = None) -> float | None:
         """How long the longest-waiting due QUEUED job has been claimable (since not_before)."""
         now = now or utcnow()
@@ -378,6 +391,9 @@ class JobStore:
         row = conn.execute(query.with_for_update() if lock else query).first()
         return job_from_row(row) if row else None
 
-    def _get_by_key(self, conn, key: str) -> Job | None:
-        row = conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == key)).first()
+    def _get_live_by_key(self, conn, key: str) -> Job | None:
+        """The one QUEUED, RUNNING or SUCCEEDED job holding key (a partial unique index keeps it one)."""
+        row = conn.execute(sa.select(jobs).where(
+            jobs.c.idempotency_key == key, jobs.c.status.in_([status.value for status in LIVE]),
+        )).first()
         return job_from_row(row) if row else None

@@ -13,7 +13,6 @@ The tables here must match `service/migrations` (a test compares them); the migr
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -21,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from service.config import job_key
 from service.errors import HeimdallError
 
 
@@ -39,6 +39,9 @@ class JobStatus(str, Enum):
 
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+#: States that hold their idempotency key: at most one job per key among them. A FAILED or
+#: CANCELLED job releases it, so the same trigger (a new event) can run the job again.
+LIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED})
 
 #: Every state change the store makes, and nothing else. RUNNING -> RUNNING is the reclaim of
 #: a job whose worker's lease expired; RUNNING -> QUEUED is a retry or a shutdown hand-back.
@@ -129,13 +132,8 @@ class AcceptResult:
 
 def idempotency_key(dataset_id: str, dataset_version: int, config_hash: str, export_only: bool,
                     checkpoint_uri: str | None) -> str:
-    """One job per dataset version + configuration (+ export-only, + checkpoint)."""
-    key = f"{dataset_id}/v{dataset_version}/{config_hash}"
-    if export_only:
-        key += "/export"
-    if checkpoint_uri:
-        key += "/ckpt-" + hashlib.sha256(checkpoint_uri.encode()).hexdigest()[:16]
-    return key
+    """The job's key: `service.config.job_key`, the one definition."""
+    return job_key(dataset_id, dataset_version, config_hash, export_only=export_only, checkpoint=checkpoint_uri)
 
 
 class UtcDateTime(sa.types.TypeDecorator):
@@ -193,7 +191,6 @@ jobs = sa.Table(
     sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.Column("result", sa.JSON, nullable=True),
     sa.Column("error", sa.JSON, nullable=True),
-    sa.UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
     sa.CheckConstraint(f"status IN ({_status_values})", name="ck_jobs_status"),
     sa.CheckConstraint("trigger_kind IN ('auto', 'manual')", name="ck_jobs_trigger_kind"),
     sa.Index("ix_jobs_status_not_before", "status", "not_before"),
@@ -207,6 +204,11 @@ processed_events = sa.Table(
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("job_id", sa.String(36), nullable=True),
 )
+
+#: One live job per key (see LIVE); failed and cancelled ones may share it with a later job.
+_live = sa.text("status IN (" + ", ".join(f"'{s.value}'" for s in JobStatus if s in LIVE) + ")")
+sa.Index("uq_jobs_idempotency_key_live", jobs.c.idempotency_key, unique=True,
+         postgresql_where=_live, sqlite_where=_live)
 
 outbox = sa.Table(
     "outbox",

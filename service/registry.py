@@ -102,7 +102,9 @@ class ModelRegistry:
                 log.warning("version %s has no model.json in the store; ignored", version.version)
                 continue
             card = json.loads(self.store.read_bytes(f"{prefix}/model.json"))
-            aliases = sorted(version.aliases)
+            # search results carry no aliases; a plain get does
+            current = self._call("get version", self.client.get_model_version, self.model_name, version.version)
+            aliases = sorted(current.aliases)
             return Registration(
                 model_name=self.model_name, model_version=int(version.version), aliases=aliases,
                 promoted=CHAMPION in aliases, model_uri=f"models:/{self.model_name}/{version.version}",

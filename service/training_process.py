@@ -22,6 +22,8 @@ from pathlib import Path
 from service.cli import EXIT_INTERRUPTED, EXIT_OK
 from service.settings import Settings
 
+EXIT_UNREADABLE = 125  # ours, not the child's: it exited 0 but its result could not be read
+
 STDERR_LINE_LIMIT = 1 << 20
 PR_SET_PDEATHSIG = 1
 
@@ -106,7 +108,12 @@ class TrainingProcess:
         stdout = await self.proc.stdout.read()
         self.outcome.returncode = await self.proc.wait()
         if self.outcome.returncode == EXIT_OK:
-            self.outcome.result = json.loads(stdout.decode())
+            try:
+                self.outcome.result = json.loads(stdout.decode())
+            except ValueError:
+                self.outcome.returncode = EXIT_UNREADABLE
+                self.outcome.failure = {"stage": "register", "error_type": "UnreadableResult", "retryable": True,
+                                        "message": f"the job exited 0 but printed no JSON result: {stdout[:300]!r}"}
         return self.outcome
 
     def signal(self, signum: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import S3Server, mlflow_server, seaweedfs
+from tests.servers import Postgres, S3Server, mlflow_server, seaweedfs
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples" / "nw-italy-mini" / "v1"
 BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]
@@ -39,3 +39,11 @@ def clean_env(monkeypatch):
         if key.startswith("HEIMDALL_"):
             monkeypatch.delenv(key)
     return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Throwaway databases on the local PostgreSQL (deploy/services.sh starts it); dropped at the end."""
+    server = Postgres()
+    yield server
+    server.close()

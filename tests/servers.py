@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 ACCESS_KEY, SECRET_KEY = "heimdall-test", "heimdall-test-secret"
+PG_SOCKET_DIR = "/var/run/postgresql"
 BIN = Path(sys.executable).parent
 
 
@@ -115,3 +117,27 @@ def mlflow_server(workdir: Path, s3: S3Server, artifacts_uri: str):
         wait_until(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).status == 200,
                    "mlflow server", 120, proc, workdir / "mlflow.log")
         yield url
+
+
+class Postgres:
+    """Creates throwaway databases on the local server and drops them all at the end."""
+
+    def __init__(self):
+        import psycopg2
+
+        self._admin = psycopg2.connect(host=PG_SOCKET_DIR, user="postgres", dbname="postgres")
+        self._admin.autocommit = True
+        self._names: list[str] = []
+
+    def create_database(self) -> str:
+        name = f"heimdall_test_{uuid.uuid4().hex[:12]}"
+        with self._admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        self._names.append(name)
+        return f"postgresql+psycopg2://postgres@/{name}?host={PG_SOCKET_DIR}"
+
+    def close(self) -> None:
+        with self._admin.cursor() as cursor:
+            for name in self._names:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self._admin.close()

@@ -25,9 +25,9 @@ from service.job_store import (
     OutboxMessage,
     UnknownJob,
 )
-from service.job_tables import ALEMBIC_VERSION_TABLE, metadata
+from service.config import job_key
+from service.job_tables import ALEMBIC_VERSION_TABLE, jobs, metadata
 
-PG_SOCKET_DIR = "/var/run/postgresql"
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
 LEASE_S = 60.0
 
@@ -37,42 +37,6 @@ def at(seconds: float) -> datetime:
 
 
 # --- servers and stores ---------------------------------------------------------------------
-
-
-class Postgres:
-    """Creates throwaway databases on the local server and drops them all at the end."""
-
-    def __init__(self):
-        import psycopg2
-
-        self._admin = psycopg2.connect(host=PG_SOCKET_DIR, user="postgres", dbname="postgres")
-        self._admin.autocommit = True
-        self._names: list[str] = []
-
-    def create_database(self) -> str:
-        name = f"heimdall_test_{uuid.uuid4().hex[:12]}"
-        with self._admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        self._names.append(name)
-        return f"postgresql+psycopg2://postgres@/{name}?host={PG_SOCKET_DIR}"
-
-    def close(self) -> None:
-        with self._admin.cursor() as cursor:
-            for name in self._names:
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        self._admin.close()
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    import psycopg2
-
-    try:
-        server = Postgres()
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on {PG_SOCKET_DIR}: {exc}")
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -243,11 +207,108 @@ def test_another_event_for_the_same_key_maps_to_the_same_job(store):
     assert len(store.pending_messages()) == 1
 
 
-def test_export_only_and_checkpoint_make_distinct_keys(store):
+def test_the_key_is_config_job_key_and_export_and_resume_make_distinct_keys(store):
     plain = accept(store).job
     export = accept(store, kind="manual", export_only=True, checkpoint_uri="s3://ckpt/a.ckpt").job
-    assert export.id != plain.id
-    assert export.idempotency_key.startswith("nw-italy-2m/v1/c0ffee/export/ckpt-")
+    resume = accept(store, kind="manual", checkpoint_uri="s3://ckpt/a.ckpt").job
+    other = accept(store, kind="manual", checkpoint_uri="s3://ckpt/b.ckpt").job
+
+    assert len({plain.id, export.id, resume.id, other.id}) == 4
+    assert plain.idempotency_key == job_key("nw-italy-2m", 1, "c0ffee")
+    assert export.idempotency_key == job_key("nw-italy-2m", 1, "c0ffee", export_only=True, checkpoint="s3://ckpt/a.ckpt")
+    assert resume.idempotency_key == job_key("nw-italy-2m", 1, "c0ffee", checkpoint="s3://ckpt/a.ckpt")
+    assert "/resume-" in resume.idempotency_key and "/export-" in export.idempotency_key
+
+
+def _finish(store: JobStore, job, outcome: str):
+    if outcome == "cancelled":
+        return store.request_cancel(job.id, "ops said so", cancelled_message, now=at(2))
+    store.claim_next("w1", LEASE_S, now=at(1))
+    if outcome == "failed":
+        return store.finish_failed(job.id, "w1", {"stage": "train"}, now=at(2))
+    return store.finish_succeeded(job.id, "w1", {"model_version": 1}, now=at(2))
+
+
+@pytest.mark.parametrize("outcome", ["failed", "cancelled"])
+@pytest.mark.parametrize("kind", ["auto", "manual"])
+def test_a_failed_or_cancelled_job_does_not_block_a_new_one_for_its_key(store, outcome, kind):
+    first = accept(store, event_id="ev-1", kind=kind).job
+    assert _finish(store, first, outcome).status is JobStatus(outcome)
+
+    again = accept(store, event_id="ev-2", kind=kind, now=at(10))
+
+    assert again.created and again.job.id != first.id and again.job.status is JobStatus.QUEUED
+    assert again.job.idempotency_key == first.idempotency_key
+    assert store.get(first.id).status is JobStatus(outcome)  # the old one stays as it was
+    # the replayed event id is still a duplicate, answered with its own (final) job
+    replay = accept(store, event_id="ev-1", kind=kind, now=at(11))
+    assert replay.duplicate_event and not replay.created and replay.job.id == first.id
+    # a third event maps to the new live job
+    third = accept(store, event_id="ev-3", kind=kind, now=at(12))
+    assert not third.created and third.job.id == again.job.id
+    assert len(store.list_jobs()) == 2
+
+
+@pytest.mark.parametrize("state", ["running", "succeeded"])
+def test_a_running_or_succeeded_job_still_holds_its_key(store, state):
+    first = accept(store, event_id="ev-1").job
+    if state == "succeeded":
+        _finish(store, first, "succeeded")
+    else:
+        store.claim_next("w1", LEASE_S, now=at(1))
+
+    again = accept(store, event_id="ev-2", kind="manual", now=at(10))
+
+    assert not again.created and again.job.id == first.id and again.job.status is JobStatus(state)
+    assert len(store.list_jobs()) == 1
+
+
+def test_the_database_allows_one_live_job_per_key(store):
+    """The partial unique index itself, below the store's own checks."""
+    first = accept(store, event_id="ev-1").job
+    row = {column.name: getattr(first, column.name) for column in jobs.c}
+    row["status"] = first.status.value
+
+    def insert(**changes) -> None:
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(jobs).values(row | {"id": str(uuid.uuid4())} | changes))
+
+    with pytest.raises(sa.exc.IntegrityError):
+        insert()  # a second queued job
+    with pytest.raises(sa.exc.IntegrityError):
+        insert(status="succeeded")
+    insert(status="failed")  # any number of final failures and cancels
+    insert(status="failed")
+    insert(status="cancelled")
+    assert len(store.list_jobs()) == 4
+
+
+def test_replicas_retriggering_a_failed_key_at_once_make_one_new_job(store, open_store):
+    first = accept(store, event_id="ev-0", kind="manual").job
+    _finish(store, first, "failed")
+    replicas = [open_store() for _ in range(4)]
+
+    results = race(4, lambda i: accept(replicas[i], event_id=f"ev-{i + 1}", kind="manual", now=at(10)))
+
+    assert sum(result.created for result in results) == 1
+    assert len({result.job.id for result in results}) == 1 and results[0].job.id != first.id
+    assert len(store.list_jobs(JobStatus.QUEUED)) == 1
+
+
+def test_known_dataset_answers_from_jobs_of_any_status(store):
+    assert store.known_dataset("nw-italy-2m") is None
+    v1 = accept(store, version=1).job
+    accept(store, version=3, now=at(1))  # supersedes v1: cancelled, still known
+    accept(store, version=2, kind="manual", now=at(2))
+    accept(store, version=9, dataset_id="other", dataset_uri="s3://heimdall-datasets/other/v9", now=at(3))
+    assert store.get(v1.id).status is JobStatus.CANCELLED
+
+    assert store.known_dataset("nw-italy-2m") == (3, "s3://heimdall-datasets/nw-italy-2m/v3")
+    assert store.known_dataset("nw-italy-2m", 1) == (1, "s3://heimdall-datasets/nw-italy-2m/v1")
+    assert store.known_dataset("nw-italy-2m", 2) == (2, "s3://heimdall-datasets/nw-italy-2m/v2")
+    assert store.known_dataset("nw-italy-2m", 4) is None
+    assert store.known_dataset("other") == (9, "s3://heimdall-datasets/other/v9")
+    assert store.known_dataset("nw-italy") is None  # an exact id, not a prefix
 
 
 def test_a_newer_auto_version_supersedes_queued_older_ones(store):

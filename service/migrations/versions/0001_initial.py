@@ -19,6 +19,7 @@ depends_on: Union[str, Sequence[str], None] = None
 # Spelled out rather than imported from service.job_tables: a migration is a frozen record of
 # the schema at its revision, and must not change when the tables module does.
 STATUSES = "'queued', 'running', 'succeeded', 'failed', 'cancelled'"
+LIVE_STATUSES = "'queued', 'running', 'succeeded'"  # the states that hold an idempotency key
 
 
 def _utc() -> sa.DateTime:
@@ -52,10 +53,12 @@ def upgrade() -> None:
         sa.Column("finished_at", _utc(), nullable=True),
         sa.Column("result", sa.JSON, nullable=True),
         sa.Column("error", sa.JSON, nullable=True),
-        sa.UniqueConstraint("idempotency_key", name="uq_jobs_idempotency_key"),
         sa.CheckConstraint(f"status IN ({STATUSES})", name="ck_jobs_status"),
         sa.CheckConstraint("trigger_kind IN ('auto', 'manual')", name="ck_jobs_trigger_kind"),
     )
+    live = sa.text(f"status IN ({LIVE_STATUSES})")
+    op.create_index("uq_jobs_idempotency_key_live", "jobs", ["idempotency_key"], unique=True,
+                    postgresql_where=live, sqlite_where=live)
     op.create_index("ix_jobs_status_not_before", "jobs", ["status", "not_before"])
     op.create_index("ix_jobs_dataset", "jobs", ["dataset_id", "trigger_kind", "dataset_version"])
 

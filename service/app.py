@@ -1,0 +1,128 @@
+"""`heimdall-training serve`: the consumer, the worker, the outbox relay and the probes.
+
+Lifecycle: migrate the job store, connect (one robust connection to consume, another to
+publish), declare the topology, start consuming; on SIGTERM or SIGINT stop consuming, let the
+running job checkpoint (bounded by `shutdown_grace_s`), put it back in the queue, and exit.
+This module never imports torch, Lightning, MLflow or ONNX: training happens in a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from functools import partial
+
+import aio_pika
+
+from service.consumer import Consumer
+from service.job_store import JobStore
+from service.logs import log_event
+from service.outbox import OutboxRelay
+from service.probes import ProbeServer
+from service.service_metrics import ServiceMetrics
+from service.settings import Settings
+from service.topology import WORK_QUEUES, declare_exchange, declare_topology
+from service.worker import JobRunner
+
+log = logging.getLogger(__name__)
+METRICS_REFRESH_S = 5.0
+
+
+async def connect(settings: Settings, role: str) -> aio_pika.abc.AbstractRobustConnection:
+    return await aio_pika.connect_robust(settings.amqp_url.get_secret_value(),
+                                         client_properties={"connection_name": f"heimdall-training-{role}-"
+                                                                               f"{settings.replica_id}"})
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = JobStore(settings.job_store_url)
+        self.metrics = ServiceMetrics()
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.migrate)
+        self.consume_conn = await connect(self.settings, "consume")
+        self.publish_conn = await connect(self.settings, "publish")
+        consume_channel = await self.consume_conn.channel()
+        await consume_channel.set_qos(prefetch_count=self.settings.prefetch_count)
+        publish_channel = await self.publish_conn.channel(publisher_confirms=True)
+        queues = await declare_topology(consume_channel)
+        self.relay = OutboxRelay(self.store, await declare_exchange(publish_channel))
+        self.runner = JobRunner(self.settings, self.store, self.metrics, self.relay.notify)
+        consumer = Consumer(self.settings, self.store, publish_channel, on_accepted=self.on_accepted,
+                            on_cancel=self.runner.cancel)
+        self.tasks = [asyncio.create_task(self.runner.run(), name="worker"),
+                      asyncio.create_task(self.relay.run(), name="outbox"),
+                      asyncio.create_task(self.refresh_metrics(), name="metrics")]
+        self.consumer_tags = []
+        for work in WORK_QUEUES:
+            queue = queues[work.name]
+            tag = await queue.consume(partial(self.on_message, consumer, work))
+            self.consumer_tags.append((queue, tag))
+        self.probes = ProbeServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.render_metrics})
+        if self.settings.http_port:
+            await self.probes.start(self.settings.http_port)
+        log_event(log, "serving", replica_id=self.settings.replica_id, queues=[w.name for w in WORK_QUEUES])
+
+    def on_accepted(self) -> None:
+        self.relay.notify()
+        self.runner.wake.set()
+
+    async def on_message(self, consumer: Consumer, work, message) -> None:
+        log_event(log, "received", event_id=message.message_id, routing_key=message.routing_key)
+        await consumer.handle(message, work)
+        self.relay.notify()
+
+    async def stop(self) -> None:
+        log_event(log, "stopping", replica_id=self.settings.replica_id)
+        for queue, tag in self.consumer_tags:  # stop taking work first
+            await queue.cancel(tag)
+        await self.runner.shutdown()
+        await asyncio.sleep(0.5)  # give the relay a moment to flush what the shutdown decided
+        for task in self.tasks:
+            task.cancel()
+        await self.probes.close()
+        await self.consume_conn.close()
+        await self.publish_conn.close()
+        self.store.close()
+        log_event(log, "stopped", replica_id=self.settings.replica_id)
+
+    async def refresh_metrics(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.metrics.refresh, self.store)
+            except Exception as exc:  # metrics must never take the service down
+                log.warning("metrics refresh failed: %s", exc)
+            await asyncio.sleep(METRICS_REFRESH_S)
+
+    async def healthz(self):
+        return 200, b"ok\n", "text/plain"
+
+    async def readyz(self):
+        problems = [name for name, conn in (("consume", self.consume_conn), ("publish", self.publish_conn))
+                    if conn.is_closed]
+        if not self.relay.healthy:
+            problems.append("outbox")
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.counts_by_status), 5)
+        except Exception:
+            problems.append("job-store")
+        body = ("not ready: " + ", ".join(problems) if problems else "ready") + "\n"
+        return (503 if problems else 200), body.encode(), "text/plain"
+
+    async def render_metrics(self):
+        return 200, self.metrics.render(), "text/plain; version=0.0.4"
+
+
+async def serve(settings: Settings) -> None:
+    service = Service(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await service.start()
+    await stop.wait()
+    await service.stop()
