@@ -93,14 +93,15 @@ class Stack:
     def start(self, name: str = "a") -> ServiceProcess:
         state = self.tmp / f"state-{name}"  # one state dir per replica: replicas share no disk
         env = {**self.env, "HEIMDALL_STATE_DIR": str(state), "HEIMDALL_HTTP_PORT": str(free_port())}
-        service = ServiceProcess(env, self.tmp / f"serve-{name}.log")
+        service = ServiceProcess(env, self.tmp / f"serve-{name}-{len(self.services)}.log")
         self.services.append(service)
         if self.tap is None:
             self.tap = Tap(self.vhost.url())
         return service
 
     def publish(self, event: dict, routing_key: str, **properties) -> None:
-        publish(self.vhost.url(), event, routing_key, **properties)
+        """As guest, who is on the ops allow-list (the user_id an ops tool sets)."""
+        publish(self.vhost.url(), event, routing_key, **{"user_id": "guest", **properties})
 
     def close(self) -> None:
         for service in self.services:
@@ -262,8 +263,6 @@ def test_kill_9_mid_training_then_restart_finishes_the_job_exactly_once(stack_fa
     assert [s["data"]["attempt"] for s in starts] == [1, 2]
     claims = [line for line in second.log_lines() if line.get("event") == "claimed" and line["job_id"] == long_job]
     assert len(claims) == 1
-    resumed = [line for line in second.log_lines() if "Restored all states" in line.get("msg", "")]
-    assert not resumed or True  # the child's own log is not the service's; the checkpoint check is below
     assert (stack.tmp / "state-a" / "checkpoints" / long_job / "last.ckpt").is_file()
 
 
@@ -287,6 +286,7 @@ def test_sigterm_checkpoints_the_running_job_and_a_restart_resumes_it(stack_fact
     stack = stack_factory()
     first = stack.start("a")
     stack.publish(dataset_ready("svc-kill", 1, datasets["svc-kill"]), "dataset.ready")
+    stack.tap.wait_for("training.accepted")  # announced: a manual request can now name version 1
     stack.publish(training_requested("svc-kill", 1, overrides={"epochs": 60, "patience": 60}), "training.requested")
     long_job = stack.tap.wait_for("training.accepted", count=2)[-1]["data"]["job_id"]
     stack.tap.wait_for("training.progress", job_id=long_job)
