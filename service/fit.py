@@ -158,6 +158,7 @@ class FitResult:
     best_epoch: int | None
     best_val_loss: float | None
     is_global_zero: bool = True  # False in the extra processes of a multi-GPU (DDP) run
+    fit_s: float = 0.0  # wall time inside trainer.fit
 
 
 def build_loaders(data: VerifiedDataset, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
@@ -195,6 +196,7 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     train, val = build_loaders(data, config)
     trainer, checkpoints = build_trainer(config, checkpoint_dir, logger)
+    started = time.monotonic()
     try:
         trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None)
     except SIGTERMException as exc:
@@ -206,7 +208,7 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
     return FitResult(best_checkpoint=best or last, last_checkpoint=last, epochs_run=trainer.current_epoch,
                      best_epoch=_epoch_of(best), best_val_loss=None if best_score is None or
                      not math.isfinite(float(best_score)) else float(best_score),
-                     is_global_zero=trainer.is_global_zero)
+                     is_global_zero=trainer.is_global_zero, fit_s=time.monotonic() - started)
 
 
 def _epoch_of(checkpoint: Path | None) -> int | None:

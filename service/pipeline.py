@@ -91,12 +91,11 @@ def train_model(module, data: VerifiedDataset, config: TrainConfig, options: Job
     if options.export_only:
         return FitResult(best_checkpoint=options.checkpoint, last_checkpoint=None, epochs_run=None,
                          best_epoch=None, best_val_loss=None)
-    started = time.monotonic()
     try:
         result = fit(module, data, config, checkpoint_dir, logger, resume_checkpoint(options, checkpoint_dir))
     except (RuntimeError, ValueError) as exc:
         raise TrainingError(f"trainer.fit failed: {exc}") from exc
-    log_event(log, "fitted", stage="train", fit_s=round(time.monotonic() - started, 2), epochs_run=result.epochs_run,
+    log_event(log, "fitted", stage="train", fit_s=round(result.fit_s, 2), epochs_run=result.epochs_run,
               best_epoch=result.best_epoch, best_checkpoint=str(result.best_checkpoint))
     return result
 
@@ -224,7 +223,7 @@ def summary(settings: Settings, options: JobOptions, data: VerifiedDataset, run_
         "model": registration.to_dict(),
         "mlflow": mlflow_ref(settings, run_id),
         "training": {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
-                     "best_checkpoint": str(fitted.best_checkpoint)},
+                     "best_checkpoint": str(fitted.best_checkpoint), "fit_s": round(fitted.fit_s, 3)},
         "metrics": evaluation.metrics,
         "baselines": evaluation.baselines,
         "sessions": {s: int(len(data.indices(s))) for s in ("train", "val", "test")},

@@ -3,13 +3,19 @@
 The generating model (what a Bayesian oracle on this data must assume), for session i and
 receiver r:
 
+    receivers      `cfg.receivers` (layout "fixed"), or, for layout "random", N ~ U{random_receivers_min..max}
+                   drawn once per dataset uniformly in a random_area_m square around the random centre,
+                   altitude ~ U(100, 800) m, ids rx-00, rx-01, ... (`receivers_for`)
     transmitter    uniform in lat/lon over the receivers' bounding box grown by area_margin_m,
                    at tx_altitude_m
     eirp_dbm       ~ U(eirp_dbm_min, eirp_dbm_max)
     d_r            3-D distance: haversine ground distance and altitude difference
-    signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + calibration_r,
-                   PL = log-distance with exponent n from free space at 1 m,
+    signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + static_r(transmitter) + calibration_r,
+                   PL = log-distance with exponent n from free space at 1 m at the centre frequency,
                    shadowing_r ~ N(0, shadowing_sigma_db) independent per session and receiver,
+                   static_r = a fixed Gaussian random field over the transmitter's position, one per
+                   receiver for the dataset, std static_shadowing_sigma_db and exponential (Gudmundson)
+                   correlation exp(-distance / static_shadowing_correlation_m); 0 by default
                    calibration_r ~ N(0, calibration_sigma_db) fixed per receiver for the dataset
     noise_dbm_r    = noise floor over the captured bandwidth + calibration_r (the gain error
                    scales the whole capture)
@@ -20,9 +26,11 @@ receiver r:
 Receivers are unsynchronised, so each capture draws its own audio, carrier offset and phase:
 only power carries location information, as in the real data.
 
-Randomness: the calibration and every session draw from their own
-`SeedSequence(seed, spawn_key=...)`, so session i is the same whatever else is generated, and
-a session's truth can be drawn without synthesising its samples. The same config gives
+Randomness: the layout, the calibration, each receiver's static field and every session draw
+from their own `SeedSequence(seed, spawn_key=...)`, so session i is the same whatever else is
+generated, and a session's truth can be drawn without synthesising its samples. The static
+field is a function of position, not a draw, so it leaves the session streams (and so every
+default-config byte) untouched. The same config gives
 byte-identical recordings; only the manifest's `created_at` differs unless it is passed in.
 """
 
@@ -36,7 +44,7 @@ import numpy as np
 
 from service.dataset_manifest import Receiver
 from service.dataset_writer import SessionRecord, write_dataset_version
-from service.geodesy import EARTH_RADIUS_M, haversine_m
+from service.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m, to_local_en
 from service.object_store import S3Credentials
 
 SPEED_OF_LIGHT_M_S = 299_792_458.0
@@ -50,6 +58,13 @@ CARRIER_OFFSET_MAX_HZ = 500.0
 CALIBRATION_STREAM = 0
 TRUTH_STREAM = 1
 SAMPLES_STREAM = 2
+LAYOUT_STREAM = 3
+STATIC_FIELD_STREAM = 4  # spawn_key (4, r): receiver r's field
+
+RECEIVER_LAYOUTS = ("fixed", "random")
+RANDOM_RECEIVER_ALTITUDE_M = (100.0, 800.0)
+STATIC_FIELD_FEATURES = 256  # random Fourier features per receiver: enough for a near-Gaussian field
+FIELD_CHUNK_POSITIONS = 4096  # bounds the [positions, R, features] temporary
 
 DEFAULT_RECEIVERS = (
     Receiver(id="giaveno", latitude=45.03, longitude=7.27, altitude_m=600.0),
@@ -81,7 +96,26 @@ class SynthConfig:
     tx_altitude_m: float = 2.0  # a handheld or a car roof
     fm_deviation_hz: float = 2_500.0  # narrowband FM
     shard_size: int = 1000
-    receivers: tuple[Receiver, ...] = DEFAULT_RECEIVERS
+    receivers: tuple[Receiver, ...] = DEFAULT_RECEIVERS  # used by the "fixed" layout
+    receiver_layout: str = "fixed"  # "fixed": `receivers`; "random": drawn from the seed (`receivers_for`)
+    random_receivers_min: int = 7  # the random layout draws this many receivers ...
+    random_receivers_max: int = 10  # ... up to this many, inclusive
+    random_area_m: float = 60_000.0  # side of the square they are drawn in
+    random_center_latitude: float = 45.0  # centre of that square: near Torino
+    random_center_longitude: float = 7.7
+    static_shadowing_sigma_db: float = 0.0  # std of each receiver's fixed shadowing field over position
+    static_shadowing_correlation_m: float = 5_000.0  # distance at which that field's correlation is 1/e
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.receiver_layout not in RECEIVER_LAYOUTS:
+            errors.append(f"receiver_layout {self.receiver_layout!r} is not one of {RECEIVER_LAYOUTS}")
+        if not 1 <= self.random_receivers_min <= self.random_receivers_max:
+            errors.append("need 1 <= random_receivers_min <= random_receivers_max")
+        if self.static_shadowing_sigma_db < 0 or self.static_shadowing_correlation_m <= 0:
+            errors.append("need static_shadowing_sigma_db >= 0 and static_shadowing_correlation_m > 0")
+        if errors:
+            raise ValueError("; ".join(errors))
 
 
 @dataclass(frozen=True)
@@ -93,9 +127,10 @@ class SessionTruth:
     time: datetime
     transmitter: tuple[float, float, float]  # (latitude, longitude, altitude_m)
     eirp_dbm: float
-    shadowing_db: np.ndarray  # [R]
+    shadowing_db: np.ndarray  # [R] iid shadowing of this session
+    static_shadowing_db: np.ndarray  # [R] each receiver's fixed field at the transmitter (zeros by default)
     online: np.ndarray  # bool [R]
-    signal_dbm: np.ndarray  # [R] signal power in the capture, calibration error included
+    signal_dbm: np.ndarray  # [R] signal power in the capture, both shadowings and calibration error included
     noise_dbm: np.ndarray  # [R] noise power in the capture, calibration error included
 
 
@@ -178,30 +213,106 @@ def transmitter_area(receivers, margin_m: float) -> tuple[float, float, float, f
     )
 
 
+def receivers_for(cfg: SynthConfig) -> tuple[Receiver, ...]:
+    """The receivers a config realises, in receiver-axis order: `cfg.receivers`, or the seeded random layout."""
+    if cfg.receiver_layout == "fixed":
+        return cfg.receivers
+    rng = _rng(cfg.seed, LAYOUT_STREAM)
+    count = int(rng.integers(cfg.random_receivers_min, cfg.random_receivers_max + 1))
+    east_m, north_m = rng.uniform(-cfg.random_area_m / 2.0, cfg.random_area_m / 2.0, size=(2, count))
+    altitude_m = rng.uniform(*RANDOM_RECEIVER_ALTITUDE_M, size=count)
+    latitude, longitude = from_local_en(east_m, north_m, cfg.random_center_latitude, cfg.random_center_longitude)
+    return tuple(
+        Receiver(id=f"rx-{r:02d}", latitude=float(latitude[r]), longitude=float(longitude[r]),
+                 altitude_m=float(altitude_m[r]))
+        for r in range(count)
+    )
+
+
+def total_shadowing_sigma_db(cfg: SynthConfig) -> float:
+    """What an oracle that treats all shadowing as iid should assume: the two shadowings add in power."""
+    return float(np.hypot(cfg.shadowing_sigma_db, cfg.static_shadowing_sigma_db))
+
+
+@dataclass(frozen=True)
+class StaticField:
+    """Each receiver's fixed shadowing field: a sum of random Fourier features (Rahimi & Recht 2007).
+
+    The features' wave vectors follow the spectrum of the exponential covariance
+    sigma^2 exp(-d / correlation_m), a 2-D Cauchy (Student-t, 1 degree of freedom) of scale
+    1/correlation_m, so the field has the documented std and correlation.
+    """
+
+    sigma_db: float
+    origin: tuple[float, float]  # (latitude, longitude) of the local frame the wave vectors live in
+    wave_per_m: np.ndarray  # [R, K, 2] east/north
+    phase: np.ndarray  # [R, K]
+
+    def __call__(self, latitude, longitude) -> np.ndarray:
+        """[..., R] the field in dB at positions of any shape (degrees)."""
+        latitude, longitude = np.broadcast_arrays(np.asarray(latitude, float), np.asarray(longitude, float))
+        receivers = self.phase.shape[0]
+        if self.sigma_db == 0.0:
+            return np.zeros((*latitude.shape, receivers))
+        east_m, north_m = to_local_en(latitude.ravel(), longitude.ravel(), *self.origin)
+        out = np.empty((east_m.size, receivers))
+        for start in range(0, east_m.size, FIELD_CHUNK_POSITIONS):
+            part = slice(start, start + FIELD_CHUNK_POSITIONS)
+            angle = (east_m[part, None, None] * self.wave_per_m[..., 0] + north_m[part, None, None]
+                     * self.wave_per_m[..., 1] + self.phase)
+            out[part] = np.cos(angle).sum(axis=-1)
+        out *= self.sigma_db * np.sqrt(2.0 / self.phase.shape[1])
+        return out.reshape(*latitude.shape, receivers)
+
+
+def static_field(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = None) -> StaticField:
+    """The config's static shadowing field, drawn once (pass `receivers` to skip re-deriving the layout)."""
+    receivers = receivers_for(cfg) if receivers is None else receivers
+    origin = (float(np.mean([r.latitude for r in receivers])), float(np.mean([r.longitude for r in receivers])))
+    wave_per_m = np.empty((len(receivers), STATIC_FIELD_FEATURES, 2))
+    phase = np.empty((len(receivers), STATIC_FIELD_FEATURES))
+    for r in range(len(receivers)):
+        rng = _rng(cfg.seed, STATIC_FIELD_STREAM, r)  # receiver r's field does not depend on how many there are
+        gaussian = rng.standard_normal((STATIC_FIELD_FEATURES, 2))
+        chi_1 = np.abs(rng.standard_normal((STATIC_FIELD_FEATURES, 1)))
+        wave_per_m[r] = gaussian / (chi_1 * cfg.static_shadowing_correlation_m)
+        phase[r] = rng.uniform(0.0, 2.0 * np.pi, STATIC_FIELD_FEATURES)
+    return StaticField(cfg.static_shadowing_sigma_db, origin, wave_per_m, phase)
+
+
+def static_field_db(cfg: SynthConfig, latitude, longitude) -> np.ndarray:
+    """[..., R] each receiver's static shadowing at transmitter positions (degrees); zeros by default."""
+    return static_field(cfg)(latitude, longitude)
+
+
 def receiver_calibration_db(cfg: SynthConfig) -> np.ndarray:
     """[R] each receiver's fixed gain error for the whole dataset."""
     rng = _rng(cfg.seed, CALIBRATION_STREAM)
-    return rng.normal(0.0, cfg.calibration_sigma_db, size=len(cfg.receivers))
+    return rng.normal(0.0, cfg.calibration_sigma_db, size=len(receivers_for(cfg)))
 
 
 def session_truths(cfg: SynthConfig) -> Iterator[SessionTruth]:
     """The drawn truth of every session, cheaply: no samples are synthesised."""
+    receivers = receivers_for(cfg)
     calibration_db = receiver_calibration_db(cfg)
-    area = transmitter_area(cfg.receivers, cfg.area_margin_m)
+    field = static_field(cfg, receivers)
+    area = transmitter_area(receivers, cfg.area_margin_m)
     for index in range(cfg.sessions):
-        yield _draw_truth(cfg, index, calibration_db, area)
+        yield _draw_truth(cfg, index, receivers, calibration_db, field, area)
 
 
-def _draw_truth(cfg: SynthConfig, index: int, calibration_db: np.ndarray, area) -> SessionTruth:
+def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndarray, field: StaticField,
+                area) -> SessionTruth:
     rng = _rng(cfg.seed, TRUTH_STREAM, index)
     lat_min, lat_max, lon_min, lon_max = area
     latitude, longitude = rng.uniform(lat_min, lat_max), rng.uniform(lon_min, lon_max)
     eirp_dbm = rng.uniform(cfg.eirp_dbm_min, cfg.eirp_dbm_max)
-    shadowing_db = rng.normal(0.0, cfg.shadowing_sigma_db, size=len(cfg.receivers))
-    online = rng.random(len(cfg.receivers)) >= cfg.offline_probability
+    shadowing_db = rng.normal(0.0, cfg.shadowing_sigma_db, size=len(receivers))
+    online = rng.random(len(receivers)) >= cfg.offline_probability
     if not online.any():
-        online[rng.integers(len(cfg.receivers))] = True  # a session nobody recorded would not exist
-    distance_m = distances_m(latitude, longitude, cfg.tx_altitude_m, cfg.receivers)
+        online[rng.integers(len(receivers))] = True  # a session nobody recorded would not exist
+    static_shadowing_db = field(latitude, longitude)  # zeros by default: x + 0.0 == x keeps old bytes
+    distance_m = distances_m(latitude, longitude, cfg.tx_altitude_m, receivers)
     path_loss_db = log_distance_path_loss_db(distance_m, cfg.center_frequency_hz, cfg.path_loss_exponent)
     return SessionTruth(
         index=index,
@@ -210,8 +321,9 @@ def _draw_truth(cfg: SynthConfig, index: int, calibration_db: np.ndarray, area) 
         transmitter=(float(latitude), float(longitude), cfg.tx_altitude_m),
         eirp_dbm=float(eirp_dbm),
         shadowing_db=shadowing_db,
+        static_shadowing_db=static_shadowing_db,
         online=online,
-        signal_dbm=received_power_dbm(eirp_dbm, path_loss_db, shadowing_db, calibration_db),
+        signal_dbm=received_power_dbm(eirp_dbm, path_loss_db, shadowing_db + static_shadowing_db, calibration_db),
         noise_dbm=noise_power_dbm(cfg.noise_floor_dbm_per_12k5, cfg.sample_rate_hz) + calibration_db,
     )
 
@@ -219,7 +331,7 @@ def _draw_truth(cfg: SynthConfig, index: int, calibration_db: np.ndarray, area) 
 def capture_session(cfg: SynthConfig, truth: SessionTruth) -> SessionRecord:
     """The samples every receiver records for one drawn session."""
     rng = _rng(cfg.seed, SAMPLES_STREAM, truth.index)
-    iq = np.zeros((len(cfg.receivers), cfg.samples_per_capture), dtype=np.complex64)
+    iq = np.zeros((truth.online.size, cfg.samples_per_capture), dtype=np.complex64)
     for r in np.flatnonzero(truth.online):
         iq[r] = nbfm_capture(
             truth.signal_dbm[r],
@@ -265,7 +377,7 @@ def synthesize_dataset(
         center_frequency_hz=cfg.center_frequency_hz,
         sample_rate_hz=cfg.sample_rate_hz,
         samples_per_capture=cfg.samples_per_capture,
-        receivers=list(cfg.receivers),
+        receivers=list(receivers_for(cfg)),
         sessions=generate_sessions(cfg),
         shard_size=cfg.shard_size,
         credentials=credentials,

@@ -39,12 +39,6 @@ def training_requested(dataset_id: str, version, **data) -> dict:
             "data": {"dataset_id": dataset_id, "version": version, "reason": "test", **data}}
 
 
-def training_cancel(job_id: str) -> dict:
-    return {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "heimdall/ops",
-            "type": "heimdall.training.cancel.v1", "time": datetime.now(timezone.utc).isoformat(),
-            "data": {"job_id": job_id, "reason": "wrong dataset"}}
-
-
 class ServiceProcess:
     def __init__(self, env: dict, log: Path):
         self.env, self.log, self.port = env, log, int(env["HEIMDALL_HTTP_PORT"])
@@ -231,7 +225,8 @@ def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_
                   "training.requested")
     long_job = stack.tap.wait_for("training.accepted", count=2)[-1]["data"]["job_id"]
     stack.tap.wait_for("training.progress", job_id=long_job)
-    stack.publish(training_cancel(long_job), "training.cancel")
+    ops = ops_cli(stack, "ops", "cancel", long_job, "--reason", "wrong dataset")  # what ops would type
+    assert ops.returncode == 0, ops.stderr
 
     cancelled = stack.tap.wait_for("training.cancelled", job_id=long_job, timeout_s=60)
     time.sleep(2)
@@ -240,6 +235,33 @@ def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_
     assert not stack.tap.events("model.registered", job_id=long_job)
     assert not stack.tap.events("training.failed", job_id=long_job)
     assert service.proc.poll() is None
+    shown = json.loads(ops_cli(stack, "jobs", "show", long_job).stdout)
+    assert shown["status"] == "cancelled" and shown["cancel_reason"] == "wrong dataset"
+    assert long_job in ops_cli(stack, "jobs", "list", "--status", "cancelled").stdout
+
+
+def ops_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+    env = {**clean, "HEIMDALL_AMQP_URL": stack.env["HEIMDALL_AMQP_URL"],
+           "HEIMDALL_JOB_STORE_URL": stack.env["HEIMDALL_JOB_STORE_URL"]}
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_a_transient_failure_is_retried_with_backoff_then_reported_as_final(stack_factory, datasets):
+    stack = stack_factory()
+    stack.env["HEIMDALL_MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"  # MLflow is down
+    stack.env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # the job inherits it: fail fast instead of after minutes
+    stack.start()
+    stack.publish(dataset_ready("svc-main", 1, datasets["svc-main"]), "dataset.ready")
+
+    failed = stack.tap.wait_for("training.failed", count=3, timeout_s=180)
+    assert [(f["data"]["attempt"], f["data"]["retryable"]) for f in failed] == [(1, True), (2, True), (3, False)]
+    assert {f["data"]["stage"] for f in failed} == {"register"}  # MLflow is the registry stage's dependency
+    assert all(f["data"]["error_type"] == "RegistryError" for f in failed)
+    assert not stack.tap.events("model.registered")
+    job = failed[0]["data"]["job_id"]
+    assert json.loads(ops_cli(stack, "jobs", "show", job).stdout)["status"] == "failed"
 
 
 def test_kill_9_mid_training_then_restart_finishes_the_job_exactly_once(stack_factory, datasets):

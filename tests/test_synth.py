@@ -155,3 +155,14 @@ def test_another_seed_gives_another_dataset(tmp_path):
     other = version_files(synthesize_dataset(replace(TINY, seed=1), str(tmp_path / "b")))
     assert first["shards/000000/rx-torino.sigmf-data"] != other["shards/000000/rx-torino.sigmf-data"]
     assert shard_hashes(first) != shard_hashes(other)
+
+
+def test_the_default_config_still_draws_what_it_always_drew():
+    # pinned before layouts and static fields were added: new options must not move a default stream
+    truth = next(session_truths(SynthConfig()))
+    assert truth.transmitter == pytest.approx((45.49887424549162, 7.9917459283982755, 2.0), abs=1e-12)
+    assert truth.eirp_dbm == pytest.approx(39.297961669424254, abs=1e-12)
+    np.testing.assert_allclose(truth.shadowing_db[:3], [-0.6154621047560662, -9.845181567152022, 0.2737496783194089],
+                               atol=1e-12)
+    np.testing.assert_allclose(truth.signal_dbm[:2], [-120.7080412732084, -122.90164172811365], atol=1e-9)
+    assert truth.online.all() and not truth.static_shadowing_db.any()

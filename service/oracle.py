@@ -1,0 +1,361 @@
+"""The honest yardsticks on synthetic data: the Bayesian oracle and the Cramér-Rao bound.
+
+The oracle is the exact posterior over the transmitter's position under the generator's own
+model (`service.synth`'s docstring), evaluated on a grid of cells that tiles the transmitter
+area (uniform in lat/lon, so every cell has the same prior mass). EIRP is unknown: it is
+marginalised over its uniform prior with the midpoint rule (`eirp_nodes_dbm`). The channel
+(exponent, σ, calibration, noise) is known to the oracle, as it is part of the true model. No
+estimator using the same measurements can do better on average, in median error or in NLL.
+
+Per online receiver, with μ = EIRP − PL(d) + calibration (+ the static field when known) and
+N = the receiver's noise power (floor + calibration), the captured total power is
+P = 10·log10(10^(s/10) + 10^(N/10)), s ~ N(μ, σ²):
+
+- heard, P > N + censor_margin_db: the exact density of P by change of variables,
+  s = 10·log10(10^(P/10) − 10^(N/10)), |ds/dP| = 10^(P/10) / (10^(P/10) − 10^(N/10));
+- otherwise censored: P(s ≤ s_thr) = Φ((s_thr − μ)/σ), s_thr the signal at which P = N + margin.
+
+The one approximation: a capture's power is an estimate from S samples, whose noise part
+fluctuates by ≈ 4.3/√S dB (0.14 dB at S = 1024). Near the floor that error is amplified by
+|ds/dP|, so it is ignored above the censoring margin (at 1 dB the amplification is 4.9: about
+0.7 dB of extra spread against 6 dB of shadowing) and absorbed by censoring below it.
+Offline receivers contribute nothing.
+
+Cost: the heard part is a quadratic in EIRP whose coefficients come from [sessions, R] ×
+[R, cells] products, and the censored part is a per-receiver [cells, EIRP nodes] table
+computed once (its threshold does not depend on the data), so each chunk of sessions costs a
+few passes over a [chunk, cells, EIRP nodes] array, kept near `_CHUNK_BYTES`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import log_ndtr
+
+from service.dataset_manifest import Receiver
+from service.geodesy import EARTH_RADIUS_M, to_local_en
+from service.metrics import localization_errors_m, point_metrics
+from service.synth import (
+    SynthConfig,
+    distances_m,
+    log_distance_path_loss_db,
+    noise_power_dbm,
+    receiver_calibration_db,
+    receivers_for,
+    static_field,
+    total_shadowing_sigma_db,
+)
+
+LN10 = math.log(10.0)
+LOG_2PI = math.log(2.0 * math.pi)
+DEFAULT_CENSOR_MARGIN_DB = 1.0
+_CHUNK_BYTES = 32 * 2**20  # one [sessions, cells, EIRP nodes] float64 array per chunk
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelModel:
+    """The generator's true channel, as the oracle knows it (arrays are per receiver)."""
+
+    frequency_hz: float
+    path_loss_exponent: float
+    shadowing_sigma_db: float  # iid per session and receiver
+    eirp_dbm_min: float  # EIRP ~ U(min, max); equal bounds mean a known EIRP
+    eirp_dbm_max: float
+    noise_dbm: float  # noise power over the capture bandwidth, before calibration
+    calibration_db: np.ndarray  # [R] gain error: scales signal and noise alike
+    rx_position: np.ndarray  # [R, 3] latitude°, longitude°, altitude m
+    tx_altitude_m: float
+    reference_m: float = 1.0  # free-space loss up to here, then 10·n dB per decade
+    static_db: Callable | None = None  # known fixed shadowing: (lat, lon) [...] -> [..., R] dB
+
+    def __post_init__(self) -> None:
+        rx = np.asarray(self.rx_position, dtype=np.float64)
+        calibration = np.asarray(self.calibration_db, dtype=np.float64)
+        if rx.ndim != 2 or rx.shape[1] != 3 or calibration.shape != (rx.shape[0],):
+            raise ValueError(f"need rx_position [R, 3] and calibration_db [R]; got {rx.shape}, {calibration.shape}")
+        if not (self.shadowing_sigma_db > 0 and self.eirp_dbm_min <= self.eirp_dbm_max):
+            raise ValueError("need shadowing_sigma_db > 0 and eirp_dbm_min <= eirp_dbm_max")
+        object.__setattr__(self, "rx_position", rx)
+        object.__setattr__(self, "calibration_db", calibration)
+
+    @classmethod
+    def from_synth(cls, cfg: SynthConfig, *, knows_static_field: bool = False) -> ChannelModel:
+        """The model `cfg` generates from. By default a static shadowing field is treated as
+        iid shadowing of the total σ (`synth.total_shadowing_sigma_db`), which is exact per
+        session for an oracle that has not learnt the field; `knows_static_field` gives the
+        ceiling instead: the field is a known mean and only the iid σ remains."""
+        receivers = receivers_for(cfg)
+        known = knows_static_field and cfg.static_shadowing_sigma_db > 0
+        return cls(
+            frequency_hz=cfg.center_frequency_hz,
+            path_loss_exponent=cfg.path_loss_exponent,
+            shadowing_sigma_db=cfg.shadowing_sigma_db if known else total_shadowing_sigma_db(cfg),
+            eirp_dbm_min=cfg.eirp_dbm_min,
+            eirp_dbm_max=cfg.eirp_dbm_max,
+            noise_dbm=float(noise_power_dbm(cfg.noise_floor_dbm_per_12k5, cfg.sample_rate_hz)),
+            calibration_db=receiver_calibration_db(cfg),
+            rx_position=np.array([[r.latitude, r.longitude, r.altitude_m] for r in receivers]),
+            tx_altitude_m=cfg.tx_altitude_m,
+            static_db=static_field(cfg, receivers) if known else None,
+        )
+
+    @property
+    def receiver_noise_dbm(self) -> np.ndarray:
+        """[R] noise power in each capture: the floor scaled by the receiver's gain error."""
+        return self.noise_dbm + self.calibration_db
+
+    def mean_offset_db(self, latitude, longitude) -> np.ndarray:
+        """[..., R] mean received signal minus EIRP for transmitters at (lat, lon) [...]."""
+        receivers = [Receiver(id=str(r), latitude=lat, longitude=lon, altitude_m=alt)
+                     for r, (lat, lon, alt) in enumerate(self.rx_position)]
+        lat, lon = np.asarray(latitude, dtype=np.float64), np.asarray(longitude, dtype=np.float64)
+        distance_m = distances_m(lat[..., None], lon[..., None], self.tx_altitude_m, receivers)
+        loss_db = log_distance_path_loss_db(distance_m, self.frequency_hz, self.path_loss_exponent,
+                                            self.reference_m)
+        offset = self.calibration_db - loss_db
+        return offset if self.static_db is None else offset + self.static_db(lat, lon)
+
+
+@dataclass(frozen=True, eq=False)
+class PositionGrid:
+    """Equal lat/lon cells tiling `area` exactly; their size is at most `step_m` (the step
+    shrinks so a whole number of cells fits). Cells are indexed [north row, east column]."""
+
+    lat_deg: np.ndarray  # [ny] cell-centre latitudes, ascending
+    lon_deg: np.ndarray  # [nx] cell-centre longitudes, ascending
+    step_lat_deg: float
+    step_lon_deg: float
+
+    @classmethod
+    def over_area(cls, area: tuple[float, float, float, float], step_m: float) -> PositionGrid:
+        lat_min, lat_max, lon_min, lon_max = area
+        height_m = math.radians(lat_max - lat_min) * EARTH_RADIUS_M
+        width_m = math.radians(lon_max - lon_min) * EARTH_RADIUS_M * math.cos(math.radians((lat_min + lat_max) / 2))
+        if not (height_m > 0 and width_m > 0 and step_m > 0):
+            raise ValueError(f"empty area {area} or step {step_m}")
+        ny, nx = (max(1, math.ceil(extent / step_m - 1e-6)) for extent in (height_m, width_m))
+        step_lat, step_lon = (lat_max - lat_min) / ny, (lon_max - lon_min) / nx
+        return cls(lat_min + step_lat * (np.arange(ny) + 0.5), lon_min + step_lon * (np.arange(nx) + 0.5),
+                   step_lat, step_lon)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.lat_deg.size, self.lon_deg.size
+
+    def points(self) -> np.ndarray:
+        """[ny·nx, 2] cell centres, row-major (north rows of east columns)."""
+        lat, lon = np.meshgrid(self.lat_deg, self.lon_deg, indexing="ij")
+        return np.stack([lat.ravel(), lon.ravel()], axis=-1)
+
+    def cell_area_m2(self, latitude) -> np.ndarray:
+        """Area on the sphere of a cell centred at `latitude` (its cos(lat) shrinks east-west)."""
+        return (EARTH_RADIUS_M**2 * math.radians(self.step_lat_deg) * math.radians(self.step_lon_deg)
+                * np.cos(np.radians(latitude)))
+
+
+@dataclass(frozen=True, eq=False)
+class OracleResult:
+    """The posterior of every session: cell log-probabilities, moments and evidence."""
+
+    grid: PositionGrid
+    log_prob: np.ndarray  # [N, ny, nx] log posterior probability of each cell (sums to 1 per session)
+    mean_latlon: np.ndarray  # [N, 2] posterior mean
+    cov_m2: np.ndarray  # [N, 2, 2] posterior covariance, east/north metres at the posterior mean
+    log_evidence: np.ndarray  # [N] log p(powers), density in dBm per heard receiver
+
+    def errors_m(self, true_latlon) -> np.ndarray:
+        """[N] great-circle metres from the posterior mean to the truth."""
+        return localization_errors_m(self.mean_latlon, true_latlon)
+
+    def log_density_m2(self, true_latlon) -> np.ndarray:
+        """[N] log posterior density per m² at the truth: cell probability / cell area,
+        bilinear between cell centres (clamped to the outermost centres)."""
+        true = np.asarray(true_latlon, dtype=np.float64)
+        fy = _fractional_index(true[:, 0], self.grid.lat_deg[0], self.grid.step_lat_deg, self.grid.shape[0])
+        fx = _fractional_index(true[:, 1], self.grid.lon_deg[0], self.grid.step_lon_deg, self.grid.shape[1])
+        y0, x0 = np.floor(fy).astype(int), np.floor(fx).astype(int)
+        y1, x1 = np.minimum(y0 + 1, self.grid.shape[0] - 1), np.minimum(x0 + 1, self.grid.shape[1] - 1)
+        wy, wx = fy - y0, fx - x0
+        rows = np.arange(true.shape[0])
+
+        def log_density(y, x):
+            return self.log_prob[rows, y, x] - np.log(self.grid.cell_area_m2(self.grid.lat_deg[y]))
+
+        return ((1 - wy) * ((1 - wx) * log_density(y0, x0) + wx * log_density(y0, x1))
+                + wy * ((1 - wx) * log_density(y1, x0) + wx * log_density(y1, x1)))
+
+    def nll(self, true_latlon) -> np.ndarray:
+        """[N] −log posterior density (m⁻²) at the truth: comparable to `metrics.localization_metrics`'s nll."""
+        return -self.log_density_m2(true_latlon)
+
+    def credible_level(self, true_latlon) -> np.ndarray:
+        """[N] posterior mass of the cells more probable than the truth's (nearest) cell: the
+        smallest highest-density region holding the truth. Uniform on [0, 1] when exact."""
+        true = np.asarray(true_latlon, dtype=np.float64)
+        ny, nx = self.grid.shape
+        y = np.rint(_fractional_index(true[:, 0], self.grid.lat_deg[0], self.grid.step_lat_deg, ny)).astype(int)
+        x = np.rint(_fractional_index(true[:, 1], self.grid.lon_deg[0], self.grid.step_lon_deg, nx)).astype(int)
+        log_area = np.log(self.grid.cell_area_m2(self.grid.lat_deg))[None, :, None]
+        log_density = self.log_prob - log_area
+        at_truth = log_density[np.arange(true.shape[0]), y, x]
+        above = log_density > at_truth[:, None, None]
+        return np.sum(np.where(above, np.exp(self.log_prob), 0.0), axis=(1, 2))
+
+
+def _fractional_index(value, first: float, step: float, count: int) -> np.ndarray:
+    return np.clip((value - first) / step, 0.0, count - 1)
+
+
+def eirp_nodes_dbm(model: ChannelModel, steps: int) -> np.ndarray:
+    """[K] midpoint-rule nodes of the uniform EIRP prior (equal weights 1/K): the centres of
+    `steps` equal bins of [min, max]; a single node when the EIRP is known (min == max)."""
+    if model.eirp_dbm_min == model.eirp_dbm_max:
+        return np.array([model.eirp_dbm_min])
+    bin_db = (model.eirp_dbm_max - model.eirp_dbm_min) / steps
+    return model.eirp_dbm_min + bin_db * (np.arange(steps) + 0.5)
+
+
+def oracle_posterior(power_dbm, online, model: ChannelModel, *, area: tuple[float, float, float, float],
+                     grid_step_m: float = 1000.0, eirp_steps: int = 29,
+                     censor_margin_db: float = DEFAULT_CENSOR_MARGIN_DB, chunk_sessions: int | None = None,
+                     posterior_dtype=np.float32) -> OracleResult:
+    """The exact grid posterior of each session [N, R] under `model`, uniform prior over `area`
+    = (lat_min, lat_max, lon_min, lon_max), the generator's transmitter area
+    (`synth.transmitter_area(receivers, cfg.area_margin_m)`).
+
+    `log_prob` is stored as `posterior_dtype` (float32 keeps 500 sessions on a 150 km area at
+    1 km near 50 MB); moments and evidence are computed in float64 before that.
+
+    Raises:
+        ValueError: shapes disagree with the model's receivers, or the area is empty.
+    """
+    power = np.asarray(power_dbm, dtype=np.float64)
+    online = np.asarray(online, dtype=bool)
+    if power.ndim != 2 or power.shape != online.shape or power.shape[1] != model.rx_position.shape[0]:
+        raise ValueError(f"power {power.shape} and online {online.shape} must be [N, {model.rx_position.shape[0]}]")
+    grid = PositionGrid.over_area(area, grid_step_m)
+    eirp = eirp_nodes_dbm(model, eirp_steps)
+    offset = model.mean_offset_db(*grid.points().T)  # [G, R]
+    noise = model.receiver_noise_dbm
+    heard = online & (np.nan_to_num(power, nan=-np.inf) > noise + censor_margin_db)
+    censored = online & ~heard
+    with np.errstate(invalid="ignore", divide="ignore"):
+        signal = np.where(heard, 10.0 * np.log10(10.0 ** (power / 10.0) - 10.0 ** (noise / 10.0)), 0.0)
+    table = _censored_log_lik(offset, eirp, noise, censor_margin_db, model.shadowing_sigma_db)
+    sessions, cells = power.shape[0], offset.shape[0]
+    chunk = chunk_sessions or max(1, _CHUNK_BYTES // (8 * cells * eirp.size))
+    log_prob = np.empty((sessions, cells), dtype=posterior_dtype)
+    log_evidence = np.empty(sessions)
+    mean = np.empty((sessions, 2))
+    cov = np.empty((sessions, 2, 2))
+    for start in range(0, sessions, chunk):
+        part = slice(start, start + chunk)
+        log_lik = _marginal_log_lik(signal[part], heard[part], censored[part], offset, eirp, table,
+                                    model.shadowing_sigma_db)
+        log_norm = _logsumexp(log_lik, axis=1)
+        chunk_log_prob = log_lik - log_norm[:, None]
+        log_prob[part] = chunk_log_prob
+        mean[part], cov[part] = _moments(np.exp(chunk_log_prob).reshape(-1, *grid.shape), grid)
+        log_evidence[part] = log_norm - math.log(cells)
+    log_evidence += _heard_log_constant(power, signal, heard, model.shadowing_sigma_db)
+    return OracleResult(grid, log_prob.reshape(sessions, *grid.shape), mean, cov, log_evidence)
+
+
+def _censored_log_lik(offset, eirp, noise, margin_db: float, sigma_db: float) -> np.ndarray:
+    """[R, G·K] log Φ((s_thr − μ)/σ) for every receiver, cell and EIRP node."""
+    threshold = noise + 10.0 * np.log10(10.0 ** (margin_db / 10.0) - 1.0)  # [R]: P = N + margin
+    z = (threshold[:, None, None] - offset.T[:, :, None] - eirp[None, None, :]) / sigma_db
+    return log_ndtr(z).reshape(offset.shape[1], -1)
+
+
+def _marginal_log_lik(signal, heard, censored, offset, eirp, table, sigma_db: float) -> np.ndarray:
+    """[n, G] log ∫ p(powers | cell, EIRP) dU(EIRP), up to the data-only constant.
+
+    Σ_heard (s − offset − E)² = A2 − 2·E·A1 + E²·H with A1, A2 from matrix products; the
+    EIRP is centred on the prior's mid-point first to keep the cancellation small.
+    """
+    centre = 0.5 * (eirp[0] + eirp[-1])
+    h = heard.astype(np.float64)
+    s = np.where(heard, signal - centre, 0.0)
+    a1 = s.sum(axis=1)[:, None] - h @ offset.T  # [n, G]
+    a2 = (s * s).sum(axis=1)[:, None] - 2.0 * (s @ offset.T) + h @ (offset.T**2)
+    e = eirp - centre  # [K]
+    log_lik = (censored.astype(np.float64) @ table).reshape(signal.shape[0], offset.shape[0], e.size)
+    log_lik -= (a2[..., None] - 2.0 * a1[..., None] * e + h.sum(axis=1)[:, None, None] * e**2) / (2.0 * sigma_db**2)
+    return _logsumexp(log_lik, axis=2) - math.log(e.size)
+
+
+def _heard_log_constant(power, signal, heard, sigma_db: float) -> np.ndarray:
+    """[N] Σ_heard −log(σ√2π) + log|ds/dP|: turns the Gaussian kernel into a density of P."""
+    log_jacobian = np.where(heard, (power - signal) * LN10 / 10.0, 0.0)
+    return heard.sum(axis=1) * -(0.5 * LOG_2PI + math.log(sigma_db)) + log_jacobian.sum(axis=1)
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    peak = np.max(x, axis=axis, keepdims=True)
+    return np.squeeze(peak, axis) + np.log(np.sum(np.exp(x - peak), axis=axis))
+
+
+def _moments(prob: np.ndarray, grid: PositionGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean lat/lon [n, 2] and east/north covariance [n, 2, 2] in m² in the local
+    frame at the mean (the frame `metrics.mahalanobis_sq` uses). Each cell adds the
+    variance of a uniform cell, step²/12, which also keeps one-row grids non-singular."""
+    p_lat, p_lon = prob.sum(axis=2), prob.sum(axis=1)
+    mean_lat, mean_lon = p_lat @ grid.lat_deg, p_lon @ grid.lon_deg
+    d_lat = grid.lat_deg[None, :] - mean_lat[:, None]
+    d_lon = grid.lon_deg[None, :] - mean_lon[:, None]
+    var_lat = np.sum(p_lat * d_lat**2, axis=1) + grid.step_lat_deg**2 / 12.0
+    var_lon = np.sum(p_lon * d_lon**2, axis=1) + grid.step_lon_deg**2 / 12.0
+    cov_lat_lon = np.einsum("nij,ni,nj->n", prob, d_lat, d_lon)
+    north_per_deg = math.radians(1.0) * EARTH_RADIUS_M
+    east_per_deg = north_per_deg * np.cos(np.radians(mean_lat))
+    cov = np.empty((prob.shape[0], 2, 2))
+    cov[:, 0, 0] = var_lon * east_per_deg**2
+    cov[:, 1, 1] = var_lat * north_per_deg**2
+    cov[:, 0, 1] = cov[:, 1, 0] = cov_lat_lon * east_per_deg * north_per_deg
+    return np.stack([mean_lat, mean_lon], axis=-1), cov
+
+
+def oracle_metrics(result: OracleResult, true_latlon, *, crb_m: np.ndarray | None = None) -> dict[str, float]:
+    """Errors of the posterior mean, mean NLL of the exact posterior (2-D density in metres)
+    and, given the per-session Cramér-Rao bounds, their median."""
+    out = {**point_metrics(result.mean_latlon, true_latlon), "nll": float(np.mean(result.nll(true_latlon)))}
+    if crb_m is not None:
+        out["crb_median_m"] = float(np.median(crb_m))
+    return out
+
+
+def crb_m(true_latlon, online, model: ChannelModel) -> np.ndarray:
+    """[N] Cramér-Rao bound on the position RMSE (metres) of each session.
+
+    Unknowns (east, north, EIRP), μ_i = EIRP − PL(d_i) + const, dB measurements with iid
+    N(0, σ²) shadowing (Patwari et al. 2003): FIM = Σ_i ∇μ_i ∇μ_iᵀ / σ², with
+    ∂μ_i/∂x = b·(x_i − x)/d_i², b = 10·n/ln 10, d_i the 3-D distance, ∂μ_i/∂EIRP = 1.
+    EIRP is a nuisance: the position block of FIM⁻¹ is the inverse of the Schur complement
+    σ²·(Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ)⁻¹, g_i the horizontal gradients and ḡ their mean.
+    Online receivers only, all treated as heard: noise censoring (which loses information)
+    and a known static field are ignored, and a bounded prior can beat this local bound.
+    Fewer than three online receivers (or collinear geometry) give +inf.
+    """
+    true = np.asarray(true_latlon, dtype=np.float64)
+    online = np.asarray(online, dtype=bool)
+    rx = model.rx_position
+    east, north = to_local_en(rx[None, :, 0], rx[None, :, 1], true[:, 0, None], true[:, 1, None])  # x_i − x
+    d2 = east**2 + north**2 + (rx[None, :, 2] - model.tx_altitude_m) ** 2
+    sloped = online & (d2 > model.reference_m**2)  # inside the reference the loss is flat
+    b = 10.0 * model.path_loss_exponent / LN10
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g = np.where(sloped[..., None], b * np.stack([east, north], axis=-1) / d2[..., None], 0.0)
+    count = online.sum(axis=1)
+    g_mean = g.sum(axis=1) / np.maximum(count, 1)[:, None]
+    centred = np.where(online[..., None], g - g_mean[:, None, :], 0.0)
+    c = np.einsum("nri,nrj->nij", centred, centred)
+    det = c[:, 0, 0] * c[:, 1, 1] - c[:, 0, 1] ** 2
+    trace = c[:, 0, 0] + c[:, 1, 1]
+    identifiable = (count >= 3) & (det > 1e-12 * trace**2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(identifiable, model.shadowing_sigma_db * np.sqrt(trace / det), np.inf)

@@ -1,0 +1,99 @@
+"""Benchmark: what users feel between `dataset.ready` and `model.registered`, against `trainer.fit`.
+
+    .venv/bin/python -m tests.bench_service_latency [--jobs 5] [--out reports/service_latency.md]
+
+Starts the same real servers as the tests (SeaweedFS, mlflow server, a RabbitMQ vhost, a
+PostgreSQL database) and one `serve`, then announces tiny datasets one at a time and waits for
+each model. Writes a Markdown report with medians; a benchmark, not a test: timings on a
+shared 2-core machine are noisy, so it reports medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from service.job_store import JobStore
+from service.object_store import S3Credentials
+from service.synth import SynthConfig, synthesize_dataset
+from tests.servers import Postgres, mlflow_server, seaweedfs
+from tests.test_service import Stack, dataset_ready
+
+BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]
+
+
+def when(event: dict) -> float:
+    return datetime.fromisoformat(event["time"]).timestamp()
+
+
+def measure(stack: Stack, uris: list[str]) -> list[dict]:
+    rows = []
+    store = JobStore(stack.env["HEIMDALL_JOB_STORE_URL"])
+    for i, uri in enumerate(uris):
+        published = time.time()
+        stack.publish(dataset_ready(f"bench-{i}", 1, uri), "dataset.ready")
+        registered = stack.tap.wait_for("model.registered", count=i + 1, timeout_s=300)[-1]
+        received = time.time()
+        job_id = registered["data"]["job_id"]
+        accepted = stack.tap.events("training.accepted", job_id=job_id)[0]
+        started = stack.tap.events("training.started", job_id=job_id)[0]
+        fit_s = store.get(job_id).result["training"]["fit_s"]
+        rows.append({"total_s": received - published, "accept_s": when(accepted) - published,
+                     "child_start_s": when(started) - when(accepted), "fit_s": fit_s,
+                     "after_start_s": when(registered) - when(started)})
+    return rows
+
+
+def report(rows: list[dict], out: Path) -> str:
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    lines = [
+        "# dataset.ready → model.registered for the tiny job", "",
+        f"{len(rows)} jobs, one at a time; tiny preset, 240 sessions × 7 receivers × 256 samples, 3 epochs.",
+        f"Measured {datetime.now():%Y-%m-%d %H:%M} on this machine (`python -m tests.bench_service_latency`).", "",
+        "| step | median s |", "|---|---|",
+        f"| publish → training.accepted (validate, record, ack) | {med['accept_s']:.2f} |",
+        f"| accepted → training.started (child start: imports, dataset verification, MLflow run) "
+        f"| {med['child_start_s']:.2f} |",
+        f"| started → model.registered (fit, evaluate, export, parity, register) | {med['after_start_s']:.2f} |",
+        f"| **publish → model.registered received** | **{med['total_s']:.2f}** |",
+        f"| of which inside `trainer.fit` | {med['fit_s']:.2f} |", "",
+        f"Ratio total / trainer.fit: **{med['total_s'] / med['fit_s']:.1f}×**; overhead "
+        f"{med['total_s'] - med['fit_s']:.1f} s per job, which a real (hours-long) job amortises.", "",
+        "| job | total s | fit s |", "|---|---|---|",
+        *[f"| {i} | {r['total_s']:.2f} | {r['fit_s']:.2f} |" for i, r in enumerate(rows)],
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("reports/service_latency.md"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for sub in ("s3", "mlflow", "stack"):
+            (tmp / sub).mkdir()
+        postgres = Postgres()
+        with seaweedfs(tmp / "s3", BUCKETS) as s3, mlflow_server(tmp / "mlflow", s3, "s3://mlflow/artifacts") as url:
+            credentials = S3Credentials(s3.endpoint_url, s3.access_key_id, s3.secret_access_key)
+            uris = [synthesize_dataset(SynthConfig(sessions=240, seed=i, samples_per_capture=256, shard_size=128,
+                                                   dataset_id=f"bench-{i}"), "s3://heimdall-datasets/bench",
+                                       credentials=credentials) for i in range(args.jobs)]
+            stack = Stack(tmp / "stack", s3, url, postgres)
+            try:
+                stack.start()
+                print(report(measure(stack, uris), args.out))
+            finally:
+                stack.close()
+                postgres.close()
+
+
+if __name__ == "__main__":
+    main()
