@@ -20,7 +20,7 @@ def code_version() -> str:
 
 def build_card(*, model_name: str, onnx: dict, data: VerifiedDataset, config: TrainConfig, job_id: str,
                metrics: dict, parity: dict, mlflow_run_id: str, epochs_run: int | None,
-               best_epoch: int | None) -> dict:
+               best_epoch: int | None, net_covariance_scale: float) -> dict:
     """The card without `model_version`: the registry fills that in once MLflow has assigned it."""
     manifest = data.manifest
     return {
@@ -46,6 +46,7 @@ def build_card(*, model_name: str, onnx: dict, data: VerifiedDataset, config: Tr
             "seed": config.seed,
             "epochs_run": epochs_run,
             "best_epoch": best_epoch,
+            "covariance_scale": float(net_covariance_scale),
         },
         "metrics": {key: float(metrics[key]) for key in CARD_METRICS},
         "parity": parity,

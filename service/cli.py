@@ -2,6 +2,7 @@
 
   synth   write a synthetic dataset version (local folder or s3://)
   train   run the training job: data, model, fit, export, register
+  bench   score a model against the Bayesian oracle and classical baselines, per scenario
   serve   the event-driven service: consume triggers, run jobs, publish events
   ops     publish a manual training.requested or training.cancel
   jobs    list or show jobs in the job store
@@ -52,6 +53,13 @@ def add_train(sub) -> None:
                    help="resume epoch, optimizer and scheduler from --checkpoint (default: <checkpoint_dir>/last.ckpt)")
     p.add_argument("--job_id", default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="model vs the Bayesian oracle, the Cramér-Rao bound and classical baselines")
+    p.add_argument("--scenario", action="append", help="a scenario name (repeatable); default: all of them")
+    p.add_argument("--quick", action="store_true", help="600 sessions and 8 epochs per scenario: minutes, not half an hour")
+    p.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder")
 
 
 def add_service(sub) -> None:
@@ -121,6 +129,24 @@ def run_train(args, settings) -> int:
     return 0
 
 
+def run_bench(args, settings) -> int:
+    from service.bench import run_scenario, scenario_names
+    from service.bench_report import write_summary
+    from service.logs import configure_logging
+
+    configure_logging(None)
+    names = args.scenario or scenario_names()
+    unknown = sorted(set(names) - set(scenario_names()))
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; known: {scenario_names()}")
+    runs = []
+    with contextlib.redirect_stdout(sys.stderr):
+        for name in names:
+            runs.append(run_scenario(settings, name, quick=args.quick, out_dir=args.out))
+    print(write_summary(runs, args.out).read_text())
+    return 0
+
+
 def run_serve(args, settings) -> int:
     if args.check:
         from service.probes import check
@@ -163,7 +189,8 @@ def run_jobs(args, settings) -> int:
     return 0
 
 
-COMMANDS = {"synth": run_synth, "train": run_train, "serve": run_serve, "ops": run_ops, "jobs": run_jobs}
+COMMANDS = {"synth": run_synth, "train": run_train, "bench": run_bench, "serve": run_serve, "ops": run_ops,
+            "jobs": run_jobs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_synth(sub)
     add_train(sub)
+    add_bench(sub)
     add_service(sub)
     args = parser.parse_args(argv)
     from pydantic import ValidationError

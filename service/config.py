@@ -28,6 +28,9 @@ class TrainConfig(BaseModel):
     test_split: float = Field(0.15, gt=0, lt=0.5)  # share hashed to test; fixed per dataset lineage
     preset: Literal["tiny", "small", "large"] = "small"  # encoder size, see service.model.PRESETS
     beta: float = Field(0.5, ge=0, le=1)  # β-NLL weight: 0 = plain NLL, 1 = MSE-like gradients for the mean
+    # Training-only augmentation: each online receiver is marked offline with this probability
+    # (receivers do go offline), so the model cannot lean on any one of them.
+    receiver_dropout: float = Field(0.1, ge=0, lt=0.5)
     patience: int = Field(10, ge=1)  # early-stopping patience in epochs on val_loss
     min_labelled_sessions: int = Field(20, ge=3)  # fewer labelled sessions than this: refuse to train
     seed: int = 0

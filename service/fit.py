@@ -58,12 +58,23 @@ def haversine_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 2 * EARTH_RADIUS_M * torch.asin(torch.sqrt(h.clamp(0, 1)))
 
 
+def drop_receivers(online: torch.Tensor, probability: float) -> torch.Tensor:
+    """Mark online receivers offline at random; a session keeps at least two of its receivers."""
+    if probability <= 0:
+        return online
+    kept = online * (torch.rand_like(online) >= probability).float()
+    enough = kept.sum(dim=1, keepdim=True) >= torch.minimum(online.sum(dim=1, keepdim=True),
+                                                            torch.full_like(online[:, :1], 2.0))
+    return torch.where(enough, kept, online)
+
+
 class LocalizationModule(pl.LightningModule):
     def __init__(self, samples: int, preset: str, sample_rate_hz: float, learning_rate: float,
-                 weight_decay: float, beta: float):
+                 weight_decay: float, beta: float, frame_scale_m: float, receiver_dropout: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
-        self.net = LocalizationNet(samples=samples, preset=preset, sample_rate_hz=sample_rate_hz)
+        self.net = LocalizationNet(samples=samples, preset=preset, sample_rate_hz=sample_rate_hz,
+                                   frame_scale_m=frame_scale_m)
         self._val_errors: list[torch.Tensor] = []
 
     def forward(self, iq, rx_position, rx_online):
@@ -75,6 +86,7 @@ class LocalizationModule(pl.LightningModule):
         return gaussian_nll(mean, chol, target, beta).mean()
 
     def training_step(self, batch, batch_idx):
+        batch = {**batch, "rx_online": drop_receivers(batch["rx_online"], self.hparams.receiver_dropout)}
         loss = self._nll(batch, self.hparams.beta)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["iq"]))
         return loss

@@ -25,7 +25,7 @@ from torch import nn
 
 from service.geodesy import EARTH_RADIUS_M
 
-LOCAL_SCALE_M = 50_000.0  # one scaled unit of the local frame; the served area is ~100 km across
+LOCAL_SCALE_M = 50_000.0  # default unit of the local frame; `frame_scale_for` picks one per receiver layout
 ALT_SCALE_M = 1_000.0  # receiver altitudes are hundreds of metres
 DB_OFFSET, DB_SCALE = 100.0, 20.0  # fixed affine: -100 dBm -> 0, every 20 dB -> 1
 POWER_EPS = 1e-18  # -180 dBm floor, far below thermal noise (~-133 dBm in 12.5 kHz)
@@ -141,8 +141,13 @@ def to_scaled_db(power: torch.Tensor) -> torch.Tensor:
 
 
 class LocalizationNet(nn.Module):
-    def __init__(self, samples: int, preset: str = "small", sample_rate_hz: float = 12500.0):
+    def __init__(self, samples: int, preset: str = "small", sample_rate_hz: float = 12500.0,
+                 frame_scale_m: float = LOCAL_SCALE_M):
         super().__init__()
+        self.frame_scale_m = float(frame_scale_m)
+        # Post-hoc calibration: the covariance is multiplied by this, fitted on the validation split
+        # after training (service.calibration.fit_variance_scale). Part of the state, so of the export.
+        self.register_buffer("covariance_scale", torch.ones(()))
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         p = PRESETS[preset]
@@ -172,6 +177,7 @@ class LocalizationNet(nn.Module):
             "preset": self.preset_name,
             "samples": self.samples,
             "sample_rate_hz": self.sample_rate_hz,
+            "frame_scale_m": self.frame_scale_m,
             "nfft": self.preset.nfft,
             "frames": self.frames,
             **{k: v for k, v in asdict(self.preset).items() if k != "nfft"},
@@ -203,18 +209,16 @@ class LocalizationNet(nn.Module):
         latlon = torch.where(online[..., None], rx_position[..., :2], torch.zeros_like(rx_position[..., :2]))
         return (latlon * weight[..., None]).sum(dim=1) / weight.sum(dim=1, keepdim=True).clamp(min=1.0)
 
-    @staticmethod
-    def target_to_local(target_latlon: torch.Tensor, origin_latlon: torch.Tensor) -> torch.Tensor:
-        """[..., 2] lat/lon degrees -> [..., 2] (east, north) / LOCAL_SCALE_M from the origin."""
+    def target_to_local(self, target_latlon: torch.Tensor, origin_latlon: torch.Tensor) -> torch.Tensor:
+        """[..., 2] lat/lon degrees -> [..., 2] (east, north) / frame_scale_m from the origin."""
         lat0 = origin_latlon[..., 0]
         north = torch.deg2rad(target_latlon[..., 0] - lat0) * EARTH_RADIUS_M
         east = torch.deg2rad(target_latlon[..., 1] - origin_latlon[..., 1]) * torch.cos(torch.deg2rad(lat0))
-        return torch.stack([east * EARTH_RADIUS_M, north], dim=-1) / LOCAL_SCALE_M
+        return torch.stack([east * EARTH_RADIUS_M, north], dim=-1) / self.frame_scale_m
 
-    @staticmethod
-    def local_to_latlon(local: torch.Tensor, origin_latlon: torch.Tensor) -> torch.Tensor:
+    def local_to_latlon(self, local: torch.Tensor, origin_latlon: torch.Tensor) -> torch.Tensor:
         lat0, lon0 = origin_latlon[:, 0], origin_latlon[:, 1]
-        east_m, north_m = local[:, 0] * LOCAL_SCALE_M, local[:, 1] * LOCAL_SCALE_M
+        east_m, north_m = local[:, 0] * self.frame_scale_m, local[:, 1] * self.frame_scale_m
         lat = lat0 + torch.rad2deg(north_m / EARTH_RADIUS_M)
         lon = lon0 + torch.rad2deg(east_m / (EARTH_RADIUS_M * torch.cos(torch.deg2rad(lat0))))
         return torch.stack([lat, lon], dim=-1)
@@ -260,8 +264,20 @@ class LocalizationNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ONNX graph: -> position [B, 2] lat/lon degrees, covariance [B, 2, 2] m² (east/north)."""
         mean, chol, origin = self.forward_local(iq, rx_position, rx_online)
-        chol_m = chol * LOCAL_SCALE_M
-        return self.local_to_latlon(mean, origin), chol_m @ chol_m.transpose(1, 2)
+        chol_m = chol * self.frame_scale_m
+        return self.local_to_latlon(mean, origin), chol_m @ chol_m.transpose(1, 2) * self.covariance_scale
+
+
+def frame_scale_for(rx_latlon) -> float:
+    """The local frame's unit for a receiver layout: half its widest span, within [500 m, 50 km].
+
+    Keeps the network's outputs O(1) whether the receivers span 3 km (POWDER) or 150 km (NW Italy).
+    """
+    from service.geodesy import haversine_m
+
+    lat, lon = rx_latlon[:, 0][:, None], rx_latlon[:, 1][:, None]
+    span = float(haversine_m(lat, lon, lat.T, lon.T).max())
+    return min(max(span / 2, 500.0), LOCAL_SCALE_M)
 
 
 def gaussian_nll(mean: torch.Tensor, chol: torch.Tensor, target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:

@@ -53,7 +53,8 @@ from service.synth import (
 LN10 = math.log(10.0)
 LOG_2PI = math.log(2.0 * math.pi)
 DEFAULT_CENSOR_MARGIN_DB = 1.0
-_CHUNK_BYTES = 32 * 2**20  # one [sessions, cells, EIRP nodes] float64 array per chunk
+_CHUNK_BYTES = 32 * 2**20  # one [sessions, EIRP nodes, cells] float64 array per chunk
+_LEVEL_CHUNK_SESSIONS = 64
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,10 +201,14 @@ class OracleResult:
         y = np.rint(_fractional_index(true[:, 0], self.grid.lat_deg[0], self.grid.step_lat_deg, ny)).astype(int)
         x = np.rint(_fractional_index(true[:, 1], self.grid.lon_deg[0], self.grid.step_lon_deg, nx)).astype(int)
         log_area = np.log(self.grid.cell_area_m2(self.grid.lat_deg))[None, :, None]
-        log_density = self.log_prob - log_area
-        at_truth = log_density[np.arange(true.shape[0]), y, x]
-        above = log_density > at_truth[:, None, None]
-        return np.sum(np.where(above, np.exp(self.log_prob), 0.0), axis=(1, 2))
+        out = np.empty(true.shape[0])
+        for start in range(0, true.shape[0], _LEVEL_CHUNK_SESSIONS):
+            part = slice(start, start + _LEVEL_CHUNK_SESSIONS)
+            log_density = self.log_prob[part] - log_area
+            at_truth = log_density[np.arange(log_density.shape[0]), y[part], x[part]]
+            above = log_density > at_truth[:, None, None]
+            out[part] = np.sum(np.where(above, np.exp(self.log_prob[part]), 0.0), axis=(1, 2))
+        return out
 
 
 def _fractional_index(value, first: float, step: float, count: int) -> np.ndarray:
@@ -256,7 +261,7 @@ def oracle_posterior(power_dbm, online, model: ChannelModel, *, area: tuple[floa
         part = slice(start, start + chunk)
         log_lik = _marginal_log_lik(signal[part], heard[part], censored[part], offset, eirp, table,
                                     model.shadowing_sigma_db)
-        log_norm = _logsumexp(log_lik, axis=1)
+        log_norm = _logsumexp(log_lik.copy(), axis=1)
         chunk_log_prob = log_lik - log_norm[:, None]
         log_prob[part] = chunk_log_prob
         mean[part], cov[part] = _moments(np.exp(chunk_log_prob).reshape(-1, *grid.shape), grid)
@@ -266,9 +271,9 @@ def oracle_posterior(power_dbm, online, model: ChannelModel, *, area: tuple[floa
 
 
 def _censored_log_lik(offset, eirp, noise, margin_db: float, sigma_db: float) -> np.ndarray:
-    """[R, G·K] log Φ((s_thr − μ)/σ) for every receiver, cell and EIRP node."""
+    """[R, K·G] log Φ((s_thr − μ)/σ) for every receiver, EIRP node and cell."""
     threshold = noise + 10.0 * np.log10(10.0 ** (margin_db / 10.0) - 1.0)  # [R]: P = N + margin
-    z = (threshold[:, None, None] - offset.T[:, :, None] - eirp[None, None, :]) / sigma_db
+    z = (threshold[:, None, None] - eirp[None, :, None] - offset.T[:, None, :]) / sigma_db
     return log_ndtr(z).reshape(offset.shape[1], -1)
 
 
@@ -276,7 +281,8 @@ def _marginal_log_lik(signal, heard, censored, offset, eirp, table, sigma_db: fl
     """[n, G] log ∫ p(powers | cell, EIRP) dU(EIRP), up to the data-only constant.
 
     Σ_heard (s − offset − E)² = A2 − 2·E·A1 + E²·H with A1, A2 from matrix products; the
-    EIRP is centred on the prior's mid-point first to keep the cancellation small.
+    EIRP is centred on the prior's mid-point first to keep the cancellation small. EIRP nodes
+    run along axis 1, so the reductions over them are element-wise over long rows of cells.
     """
     centre = 0.5 * (eirp[0] + eirp[-1])
     h = heard.astype(np.float64)
@@ -284,9 +290,11 @@ def _marginal_log_lik(signal, heard, censored, offset, eirp, table, sigma_db: fl
     a1 = s.sum(axis=1)[:, None] - h @ offset.T  # [n, G]
     a2 = (s * s).sum(axis=1)[:, None] - 2.0 * (s @ offset.T) + h @ (offset.T**2)
     e = eirp - centre  # [K]
-    log_lik = (censored.astype(np.float64) @ table).reshape(signal.shape[0], offset.shape[0], e.size)
-    log_lik -= (a2[..., None] - 2.0 * a1[..., None] * e + h.sum(axis=1)[:, None, None] * e**2) / (2.0 * sigma_db**2)
-    return _logsumexp(log_lik, axis=2) - math.log(e.size)
+    log_lik = (censored.astype(np.float64) @ table).reshape(signal.shape[0], e.size, offset.shape[0])
+    scale = -0.5 / sigma_db**2
+    for k, e_k in enumerate(e):  # in place: no [n, K, G] temporaries
+        log_lik[:, k] += scale * (a2 - 2.0 * e_k * a1 + (e_k * e_k) * h.sum(axis=1)[:, None])
+    return _logsumexp(log_lik, axis=1) - math.log(e.size)
 
 
 def _heard_log_constant(power, signal, heard, sigma_db: float) -> np.ndarray:
@@ -296,8 +304,11 @@ def _heard_log_constant(power, signal, heard, sigma_db: float) -> np.ndarray:
 
 
 def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    """log Σ exp(x) along `axis`; overwrites x."""
     peak = np.max(x, axis=axis, keepdims=True)
-    return np.squeeze(peak, axis) + np.log(np.sum(np.exp(x - peak), axis=axis))
+    x -= peak
+    np.exp(x, out=x)
+    return np.squeeze(peak, axis) + np.log(np.sum(x, axis=axis))
 
 
 def _moments(prob: np.ndarray, grid: PositionGrid) -> tuple[np.ndarray, np.ndarray]:

@@ -51,11 +51,14 @@ def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedD
 
 def build_module(data: VerifiedDataset, config: TrainConfig, checkpoint: Path | None):
     from service.fit import LocalizationModule
+    from service.model import frame_scale_for
 
     if checkpoint is None:
+        frame_scale_m = frame_scale_for(data.rx_position[:, :2].astype(np.float64))
         return LocalizationModule(samples=data.manifest.samples_per_capture, preset=config.preset,
                                   sample_rate_hz=data.manifest.sample_rate_hz, learning_rate=config.learning_rate,
-                                  weight_decay=config.weight_decay, beta=config.beta)
+                                  weight_decay=config.weight_decay, beta=config.beta,
+                                  receiver_dropout=config.receiver_dropout, frame_scale_m=frame_scale_m)
     if not checkpoint.is_file():
         raise ConfigError(f"--checkpoint {checkpoint}: no such file", stage="train")
     module = LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
@@ -145,6 +148,7 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
         if not fitted.is_global_zero:
             return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
         best = load_net(fitted.best_checkpoint)
+        calibrate_covariance(best, data)
         evaluation = evaluate(best, data)
         log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
         registration = export_and_register(settings, config, options, data, best, evaluation, fitted, logger,
@@ -166,6 +170,20 @@ def load_net(checkpoint: Path):
     return LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu").net.eval()
 
 
+def calibrate_covariance(net, data: VerifiedDataset) -> float:
+    """Fit the post-hoc variance scale on the validation split and set it in the model (and so the export)."""
+    from service.calibration import fit_variance_scale
+    from service.evaluation import predict
+
+    val = data.indices("val")
+    net.covariance_scale.fill_(1.0)
+    pred, cov = predict(net, data, val)
+    scale = fit_variance_scale(pred, cov, data.emitter[val, :2])
+    net.covariance_scale.fill_(scale)
+    log_event(log, "calibrated", stage="train", covariance_scale=round(scale, 4), val_sessions=int(len(val)))
+    return scale
+
+
 def export_and_register(settings: Settings, config: TrainConfig, options: JobOptions, data: VerifiedDataset, net,
                         evaluation, fitted, logger, registry, key: str):
     """model.onnx + parity, the run's metrics and plot, then the card and the registry version."""
@@ -183,7 +201,8 @@ def export_and_register(settings: Settings, config: TrainConfig, options: JobOpt
             record_run(logger, evaluation, data, Path(tmp))
         card = build_card(model_name=settings.model_name, onnx=onnx_info, data=data, config=config,
                           job_id=options.job_id, metrics=evaluation.metrics, parity=parity,
-                          mlflow_run_id=logger.run_id, epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch)
+                          mlflow_run_id=logger.run_id, epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch,
+                          net_covariance_scale=float(net.covariance_scale))
         return registry.publish(
             run_id=logger.run_id, onnx_path=onnx_path, card=card, data=data, test_idx=evaluation.indices,
             median_error_m=evaluation.metrics["median_error_m"], parity_passed=parity["passed"],

@@ -1,0 +1,201 @@
+"""`heimdall-training bench`: how close a trained model gets to what physics allows.
+
+For one named scenario, every number comes from one run on the same test sessions: the model,
+the Bayesian oracle and the Cramér-Rao bound (synthetic scenarios, where the generating model
+is known), and the classical baselines (weighted centroid, maximum-likelihood grid search with
+the exponent fitted on the training split, kNN on received power). The report is Markdown plus
+PNG figures, written to a folder and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from service.config import TrainConfig
+from service.evaluation import noise_floor_dbm, predict, session_powers
+from service.logs import log_event
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+POWDER_VARIANTS = {"powder-all": "all", "powder-seven": "seven"}
+POWDER_NOT_HEARD_DBM = -101.0
+
+
+@dataclass
+class BenchRun:
+    scenario: str
+    sessions: dict[str, int]
+    rows: dict[str, dict] = field(default_factory=dict)  # method -> metrics
+    errors: dict[str, np.ndarray] = field(default_factory=dict)
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    model_prediction: tuple[np.ndarray, np.ndarray] | None = None  # positions, covariances on the test split
+    test_power: tuple[np.ndarray, np.ndarray] | None = None  # capture dBm and online mask on the test split
+
+
+def scenario_names() -> list[str]:
+    from service.scenarios import SCENARIOS
+
+    return [*SCENARIOS, *POWDER_VARIANTS]
+
+
+def bench_config(quick: bool) -> TrainConfig:
+    """The tuned defaults; --quick trades accuracy for a few minutes in total."""
+    return TrainConfig(epochs=8 if quick else 40, patience=10, preset="small", batch_size=64)
+
+
+def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | None = None) -> tuple[str, object | None]:
+    """The scenario's dataset URI (generated once, then reused) and its generator config (None for POWDER)."""
+    from service.scenarios import QUICK_SESSIONS, scenario
+    from service.synth import synthesize_dataset
+
+    root = settings.state_dir / "bench" / ("quick" if quick else "full")
+    if name in POWDER_VARIANTS:
+        from service.powder import import_powder
+
+        uri, cfg = f"{root}/{name}/v1", None
+        if not Path(uri, "dataset.json").is_file():
+            import_powder(str(root), variant=POWDER_VARIANTS[name], dataset_id=name, samples_per_capture=256)
+        return uri, cfg
+    cfg = scenario(name, sessions=sessions or (QUICK_SESSIONS if quick else None))
+    uri = f"{root}/{name}-{cfg.sessions}/v1"
+    if not Path(uri, "dataset.json").is_file():
+        synthesize_dataset(replace(cfg, dataset_id=f"{name}-{cfg.sessions}"), str(root))
+    return uri, cfg
+
+
+def train_for_bench(settings: Settings, data, config: TrainConfig, name: str, workdir: Path):
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from service.fit import fit
+    from service.pipeline import build_module, calibrate_covariance, load_net
+
+    logger = MLFlowLogger(experiment_name="heimdall-bench", run_name=f"bench-{name}",
+                          tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri)
+    started = time.monotonic()
+    fitted = fit(build_module(data, config, None), data, config, workdir / "checkpoints", logger, None)
+    train_s = time.monotonic() - started
+    net = load_net(fitted.best_checkpoint)
+    scale = calibrate_covariance(net, data)
+    return net, logger, {"train_s": train_s, "fit_s": fitted.fit_s, "epochs": fitted.epochs_run,
+                         "covariance_scale": scale}
+
+
+def score_model(run: BenchRun, net, data, test_idx, true) -> None:
+    from service.calibration import calibration_report, reliability_curve
+    from service.metrics import localization_errors_m, localization_metrics
+
+    started = time.monotonic()
+    pred, cov = predict(net, data, test_idx)
+    run.timings["eval_s"] = time.monotonic() - started
+    run.rows["model"] = {**localization_metrics(pred, cov, true), **calibration_report(pred, cov, true)}
+    run.errors["model"] = localization_errors_m(pred, true)
+    run.curves["model"] = reliability_curve(pred, cov, true)
+    run.model_prediction = (pred, cov)
+
+
+def score_baselines(run: BenchRun, data, test_idx, true, *, noise: float, margin_db: float, grid_step_m: float,
+                    grid_margin_m: float) -> None:
+    from service.baselines import fit_path_loss, knn_fingerprint, ml_grid_search, weighted_centroid
+    from service.metrics import localization_errors_m, point_metrics
+
+    train_idx = data.indices("train")
+    train_power, train_online = session_powers(data, train_idx)
+    power, online = session_powers(data, test_idx)
+    fitted = fit_path_loss(train_power, data.rx_position, train_online, data.emitter[train_idx, :2], noise,
+                           detection_margin_db=margin_db)
+    estimates = {
+        "weighted_centroid": weighted_centroid(power, data.rx_position, online, noise_floor_dbm=noise,
+                                               detection_margin_db=margin_db),
+        "ml_grid_search": ml_grid_search(power, data.rx_position, online, exponent=fitted.exponent,
+                                         noise_floor_dbm=noise, sigma_db=fitted.residual_sigma_db,
+                                         grid_step_m=grid_step_m, margin_m=grid_margin_m,
+                                         detection_margin_db=margin_db),
+        "knn": knn_fingerprint(train_power, train_online, data.emitter[train_idx, :2], power, online,
+                               noise_floor_dbm=noise),
+    }
+    for method, estimate in estimates.items():
+        run.rows[method] = point_metrics(estimate, true)
+        run.errors[method] = localization_errors_m(estimate, true)
+    run.notes.append(f"ML grid search: path-loss exponent fitted on the training split n = {fitted.exponent:.2f}, "
+                     f"residual σ = {fitted.residual_sigma_db:.1f} dB.")
+    run.test_power = (power, online)
+
+
+def score_oracle(run: BenchRun, cfg, true) -> None:
+    from service.calibration import calibration_report, reliability_curve
+    from service.oracle import ChannelModel, crb_m, oracle_metrics, oracle_posterior
+    from service.synth import receivers_for, transmitter_area
+
+    power, online = run.test_power
+    model = ChannelModel.from_synth(cfg)
+    started = time.monotonic()
+    result = oracle_posterior(power, online, model, area=transmitter_area(receivers_for(cfg), cfg.area_margin_m))
+    run.timings["oracle_s"] = time.monotonic() - started
+    bound = crb_m(true, online, model)
+    run.rows["oracle"] = {**oracle_metrics(result, true, crb_m=bound),
+                          **calibration_report(result.mean_latlon, result.cov_m2, true)}
+    run.errors["oracle"] = result.errors_m(true)
+    run.curves["oracle"] = reliability_curve(result.mean_latlon, result.cov_m2, true)
+    run.rows["cramer_rao"] = {"median_error_m": float(np.median(bound)), "p90_error_m": float(np.percentile(bound, 90)),
+                              "mean_error_m": float(np.mean(bound))}
+    if cfg.static_shadowing_sigma_db > 0:
+        run.notes.append("static-shadowing: the oracle knows only the iid part of the generating model "
+                         f"(σ_total = {np.hypot(cfg.shadowing_sigma_db, cfg.static_shadowing_sigma_db):.1f} dB as iid); "
+                         "a model may beat it here only by learning the fixed per-receiver field.")
+
+
+def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, config: TrainConfig | None = None,
+                 sessions: int | None = None) -> BenchRun:
+    """Prepare, train, score and report one scenario. `config` and `sessions` shrink it for tests."""
+    from service.bench_report import write_report
+    from service.pipeline import open_dataset
+
+    started = time.monotonic()
+    uri, cfg = prepare_dataset(settings, name, quick, sessions)
+    config = config or bench_config(quick)
+    data = open_dataset(settings, config, uri)
+    test_idx = data.indices("test")
+    true = data.emitter[test_idx, :2].astype(np.float64)
+    run = BenchRun(name, {s: int(len(data.indices(s))) for s in ("train", "val", "test")})
+    run.timings["prepare_s"] = time.monotonic() - started
+    workdir = out_dir / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_event(log, "bench scenario", scenario=name, sessions=run.sessions)
+    net, logger, fit_info = train_for_bench(settings, data, config, name, workdir)
+    run.timings.update({k: v for k, v in fit_info.items() if k.endswith("_s")})
+    run.notes.append(f"Model: preset {config.preset}, {fit_info['epochs']} epochs run, post-hoc covariance scale "
+                     f"{fit_info['covariance_scale']:.3f} (fitted on {run.sessions['val']} validation sessions).")
+    score_model(run, net, data, test_idx, true)
+    if cfg is None:  # POWDER: km-scale campus, RSS floor -101 dB means "not heard"
+        score_baselines(run, data, test_idx, true, noise=POWDER_NOT_HEARD_DBM, margin_db=0.5, grid_step_m=20.0,
+                        grid_margin_m=300.0)
+    else:
+        score_baselines(run, data, test_idx, true, noise=noise_floor_dbm(data.manifest.sample_rate_hz),
+                        margin_db=3.0, grid_step_m=1000.0, grid_margin_m=20_000.0)
+        score_oracle(run, cfg, true)
+    run.timings["total_s"] = time.monotonic() - started
+    run.timings["train_sessions_per_s"] = run.sessions["train"] * fit_info["epochs"] / max(fit_info["fit_s"], 1e-9)
+    run.timings["eval_sessions_per_s"] = run.sessions["test"] / max(run.timings["eval_s"], 1e-9)
+    paths = write_report(run, data, workdir)
+    log_to_mlflow(logger, run, paths)
+    return run
+
+
+def log_to_mlflow(logger, run: BenchRun, paths: list[Path]) -> None:
+    client, run_id = logger.experiment, logger.run_id
+    for method, metrics in run.rows.items():
+        for key, value in metrics.items():
+            if np.isfinite(value):
+                client.log_metric(run_id, f"{method}_{key}", float(value))
+    for key, value in run.timings.items():
+        client.log_metric(run_id, f"timing_{key}", float(value))
+    for path in paths:
+        client.log_artifact(run_id, str(path), "bench")
+    client.set_terminated(run_id, "FINISHED")

@@ -1,0 +1,99 @@
+"""The bench report: a Markdown page and PNG figures per scenario, and a summary across scenarios."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TARGET_MEDIAN_RATIO = 1.15
+TARGET_COVERAGE_POINTS = 0.03
+TARGET_SPEARMAN = 0.6
+NOMINAL = {"coverage_1sigma": 0.393, "coverage_68": 0.683, "coverage_2sigma": 0.865, "coverage_95": 0.95}
+COLUMNS = ("median_error_m", "p90_error_m", "mean_error_m", "nll", "coverage_1sigma", "coverage_68",
+           "coverage_2sigma", "coverage_95", "mean_mahalanobis_sq", "sigma_error_spearman")
+
+
+def _cell(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if key.endswith("_error_m"):
+        return f"{value / 1000:.2f} km" if value >= 1000 else f"{value:.0f} m"
+    return f"{value:.3f}" if key.startswith(("coverage", "sigma")) else f"{value:.2f}"
+
+
+def headline(run) -> dict:
+    """Model ÷ oracle median, model − oracle NLL, and each target met or missed by how much."""
+    model, oracle = run.rows["model"], run.rows.get("oracle")
+    out = {"median_ratio": model["median_error_m"] / oracle["median_error_m"] if oracle else None,
+           "nll_gap": model["nll"] - oracle["nll"] if oracle else None,
+           "worst_coverage_gap": max(abs(model[k] - v) for k, v in NOMINAL.items()),
+           "spearman": model["sigma_error_spearman"]}
+    baselines = [run.rows[m]["median_error_m"] for m in ("ml_grid_search", "knn") if m in run.rows]
+    out["beats_ml_grid"] = model["median_error_m"] < run.rows["ml_grid_search"]["median_error_m"]
+    out["best_classical_m"] = min(baselines)
+    return out
+
+
+def targets(run) -> list[str]:
+    h = headline(run)
+    lines = []
+    if h["median_ratio"] is not None:
+        ok = h["median_ratio"] <= TARGET_MEDIAN_RATIO
+        lines.append(f"- median within {TARGET_MEDIAN_RATIO}× the oracle's: **{'met' if ok else 'missed'}** "
+                     f"({h['median_ratio']:.3f}×)")
+    ok = h["worst_coverage_gap"] <= TARGET_COVERAGE_POINTS
+    lines.append(f"- every coverage within ±3 points of nominal: **{'met' if ok else 'missed'}** "
+                 f"(worst gap {100 * h['worst_coverage_gap']:.1f} points)")
+    ok = h["spearman"] >= TARGET_SPEARMAN
+    lines.append(f"- Spearman(σ, error) ≥ {TARGET_SPEARMAN}: **{'met' if ok else 'missed'}** ({h['spearman']:.3f})")
+    lines.append(f"- beats maximum-likelihood grid search: **{'yes' if h['beats_ml_grid'] else 'no'}**")
+    return lines
+
+
+def write_report(run, data, workdir: Path) -> list[Path]:
+    from service.calibration import plot_reliability
+    from service.plots import plot_results
+
+    pred, cov = run.model_prediction
+    test = data.indices("test")
+    results_png = plot_results(workdir / "results.png", receivers_latlon=data.rx_position[:, :2],
+                               true_latlon=data.emitter[test, :2], pred_latlon=pred, cov_m2=cov,
+                               errors_by_method=run.errors, title=f"{run.scenario}: test split")
+    reliability_png = plot_reliability(workdir / "reliability.png", run.curves, title=f"{run.scenario}: reliability")
+    h = headline(run)
+    lines = [f"# Bench: {run.scenario}", "",
+             f"Sessions: train {run.sessions['train']}, val {run.sessions['val']}, test {run.sessions['test']} "
+             "(every number below is on the same test sessions).", ""]
+    if h["median_ratio"] is not None:
+        lines += [f"**Model median ÷ oracle median: {h['median_ratio']:.3f}×. Model NLL − oracle NLL: "
+                  f"{h['nll_gap']:+.3f}.**", ""]
+    lines += ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for method, row in run.rows.items():
+        lines.append(f"| {method} | " + " | ".join(_cell(k, row.get(k)) for k in COLUMNS) + " |")
+    lines += ["", "Nominal coverage: 0.393 (1σ), 0.683, 0.865 (2σ), 0.950; mean squared Mahalanobis ideal 2.", "",
+              "## Targets", "", *targets(run), "", "## Notes", "", *[f"- {n}" for n in run.notes], "",
+              "## Timings", "", "| what | value |", "|---|---|",
+              *[f"| {k} | {v:.1f} |" for k, v in run.timings.items()], "",
+              "![results](results.png)", "", "![reliability](reliability.png)", ""]
+    report = workdir / "report.md"
+    report.write_text("\n".join(lines))
+    return [report, results_png, reliability_png]
+
+
+def write_summary(runs: list, out_dir: Path) -> Path:
+    lines = ["# Bench summary", "", "| scenario | model median | oracle median | ratio | NLL gap | ML grid median | "
+             "kNN median | worst coverage gap | Spearman | wall time |", "|---" * 10 + "|"]
+    for run in runs:
+        h, rows = headline(run), run.rows
+        ratio = "–" if h["median_ratio"] is None else f"{h['median_ratio']:.3f}×"
+        gap = "–" if h["nll_gap"] is None else f"{h['nll_gap']:+.2f}"
+        cells = [run.scenario, _cell("median_error_m", rows["model"]["median_error_m"]),
+                 _cell("median_error_m", rows.get("oracle", {}).get("median_error_m")), ratio, gap,
+                 _cell("median_error_m", rows["ml_grid_search"]["median_error_m"]),
+                 _cell("median_error_m", rows["knn"]["median_error_m"]), f"{100 * h['worst_coverage_gap']:.1f} pts",
+                 f"{h['spearman']:.3f}", f"{run.timings['total_s'] / 60:.1f} min"]
+        lines.append("| " + " | ".join(cells) + " |")
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
