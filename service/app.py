@@ -54,8 +54,8 @@ class Service:
         self.runner = JobRunner(self.settings, self.store, self.metrics, self.relay.notify)
         consumer = Consumer(self.settings, self.store, publish_channel, on_accepted=self.on_accepted,
                             on_cancel=self.runner.cancel)
-        self.tasks = [asyncio.create_task(self.runner.run(), name="worker"),
-                      asyncio.create_task(self.relay.run(), name="outbox"),
+        self.worker = asyncio.create_task(self.runner.run(), name="worker")
+        self.tasks = [asyncio.create_task(self.relay.run(), name="outbox"),
                       asyncio.create_task(self.refresh_metrics(), name="metrics")]
         self.consumer_tags = []
         for work in WORK_QUEUES:
@@ -73,7 +73,8 @@ class Service:
 
     async def on_message(self, consumer: Consumer, work, message) -> None:
         log_event(log, "received", event_id=message.message_id, routing_key=message.routing_key)
-        await consumer.handle(message, work)
+        action = await consumer.handle(message, work)
+        self.metrics.messages.labels(action=action.value).inc()
         self.relay.notify()
 
     async def stop(self) -> None:
@@ -81,7 +82,14 @@ class Service:
         for queue, tag in self.consumer_tags:  # stop taking work first
             await queue.cancel(tag)
         await self.runner.shutdown()
-        await asyncio.sleep(0.5)  # give the relay a moment to flush what the shutdown decided
+        try:  # the worker records the interrupted job (back to the queue) before it returns
+            await asyncio.wait_for(self.worker, self.settings.shutdown_grace_s)
+        except asyncio.TimeoutError:
+            log.warning("worker did not finish within the shutdown grace; its lease will expire instead")
+        try:  # publish what the shutdown decided; if the broker is away the outbox keeps it for next time
+            await asyncio.wait_for(self.relay.relay_once(), 10)
+        except Exception as exc:
+            log.warning("outbox not flushed at shutdown (kept for the next start): %s", exc)
         for task in self.tasks:
             task.cancel()
         await self.probes.close()

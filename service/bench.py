@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from service.config import TrainConfig
-from service.evaluation import noise_floor_dbm, predict, session_powers
+from service.evaluation import BaselineSetup, predict
 from service.logs import log_event
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 POWDER_VARIANTS = {"powder-all": "all", "powder-seven": "seven"}
-POWDER_NOT_HEARD_DBM = -101.0
+# POWDER: a 3 km campus; RSS -101 dB is the "not heard" floor of its receivers.
+POWDER_BASELINES = BaselineSetup(noise_floor_dbm=-101.0, detection_margin_db=0.5, grid_step_m=20.0, grid_margin_m=300.0)
 
 
 @dataclass
@@ -100,32 +101,16 @@ def score_model(run: BenchRun, net, data, test_idx, true) -> None:
     run.model_prediction = (pred, cov)
 
 
-def score_baselines(run: BenchRun, data, test_idx, true, *, noise: float, margin_db: float, grid_step_m: float,
-                    grid_margin_m: float) -> None:
-    from service.baselines import fit_path_loss, knn_fingerprint, ml_grid_search, weighted_centroid
-    from service.metrics import localization_errors_m, point_metrics
+def score_baselines(run: BenchRun, data, test_idx, true, setup) -> None:
+    from service.evaluation import score_baselines as score
 
-    train_idx = data.indices("train")
-    train_power, train_online = session_powers(data, train_idx)
-    power, online = session_powers(data, test_idx)
-    fitted = fit_path_loss(train_power, data.rx_position, train_online, data.emitter[train_idx, :2], noise,
-                           detection_margin_db=margin_db)
-    estimates = {
-        "weighted_centroid": weighted_centroid(power, data.rx_position, online, noise_floor_dbm=noise,
-                                               detection_margin_db=margin_db),
-        "ml_grid_search": ml_grid_search(power, data.rx_position, online, exponent=fitted.exponent,
-                                         noise_floor_dbm=noise, sigma_db=fitted.residual_sigma_db,
-                                         grid_step_m=grid_step_m, margin_m=grid_margin_m,
-                                         detection_margin_db=margin_db),
-        "knn": knn_fingerprint(train_power, train_online, data.emitter[train_idx, :2], power, online,
-                               noise_floor_dbm=noise),
-    }
-    for method, estimate in estimates.items():
-        run.rows[method] = point_metrics(estimate, true)
-        run.errors[method] = localization_errors_m(estimate, true)
+    baselines = score(data, test_idx, true, setup)
+    run.rows.update(baselines.metrics)
+    run.errors.update(baselines.errors)
+    run.test_power = baselines.test_power
+    fitted = baselines.path_loss
     run.notes.append(f"ML grid search: path-loss exponent fitted on the training split n = {fitted.exponent:.2f}, "
                      f"residual σ = {fitted.residual_sigma_db:.1f} dB.")
-    run.test_power = (power, online)
 
 
 def score_oracle(run: BenchRun, cfg, true) -> None:
@@ -173,12 +158,10 @@ def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, c
     run.notes.append(f"Model: preset {config.preset}, {fit_info['epochs']} epochs run, post-hoc covariance scale "
                      f"{fit_info['covariance_scale']:.3f} (fitted on {run.sessions['val']} validation sessions).")
     score_model(run, net, data, test_idx, true)
-    if cfg is None:  # POWDER: km-scale campus, RSS floor -101 dB means "not heard"
-        score_baselines(run, data, test_idx, true, noise=POWDER_NOT_HEARD_DBM, margin_db=0.5, grid_step_m=20.0,
-                        grid_margin_m=300.0)
+    if cfg is None:
+        score_baselines(run, data, test_idx, true, POWDER_BASELINES)
     else:
-        score_baselines(run, data, test_idx, true, noise=noise_floor_dbm(data.manifest.sample_rate_hz),
-                        margin_db=3.0, grid_step_m=1000.0, grid_margin_m=20_000.0)
+        score_baselines(run, data, test_idx, true, BaselineSetup.for_dataset(data))
         score_oracle(run, cfg, true)
     run.timings["total_s"] = time.monotonic() - started
     run.timings["train_sessions_per_s"] = run.sessions["train"] * fit_info["epochs"] / max(fit_info["fit_s"], 1e-9)

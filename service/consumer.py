@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -73,10 +74,10 @@ class Consumer:
     settings: Settings
     store: JobStore
     channel: AbstractChannel  # the publishing channel, for dead-letters
-    on_accepted: callable  # wakes the worker
-    on_cancel: callable  # tells the local worker to stop a job it runs
+    on_accepted: Callable[[], None]  # wakes the worker
+    on_cancel: Callable[[str], None]  # tells the local worker to stop a job it runs
 
-    async def handle(self, message: AbstractIncomingMessage, queue: WorkQueue) -> None:
+    async def handle(self, message: AbstractIncomingMessage, queue: WorkQueue) -> Action:
         error = None
         try:
             event = parse_event(message.body, routing_key=message.routing_key)
@@ -95,6 +96,7 @@ class Consumer:
                                                       **fields}}, exc_info=reason == "unexpected")
             await asyncio.sleep(REQUEUE_DELAY_S)
             await message.nack(requeue=True)
+        return action
 
     async def dispatch(self, event, user_id: str | None) -> None:
         data = event.data

@@ -42,7 +42,7 @@ def test_train_json_prints_one_object_with_everything_a_script_needs(synth_datas
     assert card["model_version"] == model["model_version"] == 1 and model["aliases"] == ["candidate", "champion"]
     assert set(result["metrics"]) >= {"median_error_m", "p90_error_m", "mean_error_m", "coverage_1sigma",
                                       "coverage_2sigma", "coverage_95", "nll"}
-    assert set(result["baselines"]) == {"weighted_centroid", "ml_grid_search"}
+    assert set(result["baselines"]) == {"weighted_centroid", "ml_grid_search", "knn"}
     assert result["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
     log_lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert log_lines and all(line["job_id"] == result["job_id"] for line in log_lines)
