@@ -85,12 +85,15 @@ class ModelRegistry:
             return fn(*args, **kwargs)
 
     def ensure_registered_model(self) -> None:
+        """Create the registered model unless it exists; another replica may create it at the same moment."""
         from mlflow.exceptions import MlflowException
 
-        try:
-            self.client.get_registered_model(self.model_name)
-        except MlflowException:
-            self._call("create registered model", self.client.create_registered_model, self.model_name)
+        with mlflow_errors("create registered model"):
+            try:
+                self.client.create_registered_model(self.model_name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
 
     def find(self, idempotency_key: str) -> tuple[Registration, dict] | None:
         """The version already registered for this key, with its card, if its files are in the store."""
