@@ -86,12 +86,12 @@ class Service:
             await asyncio.wait_for(self.worker, self.settings.shutdown_grace_s)
         except asyncio.TimeoutError:
             log.warning("worker did not finish within the shutdown grace; its lease will expire instead")
+        for task in self.tasks:  # the relay stops before the last flush, so no row goes out twice from here
+            task.cancel()
         try:  # publish what the shutdown decided; if the broker is away the outbox keeps it for next time
             await asyncio.wait_for(self.relay.relay_once(), 10)
         except Exception as exc:
             log.warning("outbox not flushed at shutdown (kept for the next start): %s", exc)
-        for task in self.tasks:
-            task.cancel()
         await self.probes.close()
         await self.consume_conn.close()
         await self.publish_conn.close()

@@ -76,7 +76,9 @@ def train_for_bench(settings: Settings, data, config: TrainConfig, name: str, wo
 
     from service.fit import fit
     from service.pipeline import build_module, calibrate_covariance, load_net
+    from service.registry import ensure_experiment
 
+    ensure_experiment(settings.mlflow_tracking_uri, "heimdall-bench", settings.mlflow_artifacts_uri)
     logger = MLFlowLogger(experiment_name="heimdall-bench", run_name=f"bench-{name}",
                           tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri)
     started = time.monotonic()

@@ -71,6 +71,9 @@ def build_module(data: VerifiedDataset, config: TrainConfig, checkpoint: Path | 
 def build_logger(settings: Settings, options: JobOptions, data: VerifiedDataset):
     from pytorch_lightning.loggers import MLFlowLogger
 
+    from service.registry import ensure_experiment
+
+    ensure_experiment(settings.mlflow_tracking_uri, options.experiment_name, settings.mlflow_artifacts_uri)
     manifest = data.manifest
     run_name = f"{options.run_name_prefix}-{manifest.dataset_id}-v{manifest.version}-{options.job_id[:8]}"
     return MLFlowLogger(experiment_name=options.experiment_name, run_name=run_name,

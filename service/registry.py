@@ -73,6 +73,20 @@ def mlflow_errors(what: str):
         raise RegistryError(f"MLflow {what}: {exc}", retryable=True) from exc
 
 
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> None:
+    """Create the MLflow experiment unless it exists. Two replicas starting jobs at the same moment
+    would otherwise race inside Lightning's logger, and the loser would fail its job."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    with mlflow_errors("create experiment"):
+        try:
+            MlflowClient(tracking_uri=tracking_uri).create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+
 class ModelRegistry:
     def __init__(self, tracking_uri: str, model_name: str, store: ObjectStore):
         from mlflow import MlflowClient

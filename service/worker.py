@@ -195,6 +195,8 @@ class JobRunner:
                 "stage": "train", "error_type": f"ExitCode{outcome.returncode}", "retryable": outcome.returncode < 0,
                 "message": " | ".join(outcome.stderr_tail[-3:])[-1000:] or "the training process died"}
         retry = bool(failure.get("retryable")) and job.attempt < self.settings.max_attempts
+        log_event(log, "job failure", job_id=job.id, attempt=job.attempt, will_retry=retry,
+                  **{k: failure.get(k) for k in ("stage", "error_type", "message", "retryable")})
         event = make_event(TrainingFailed(job_id=job.id, stage=failure["stage"], error_type=failure["error_type"],
                                           message=str(failure["message"])[:2000], retryable=retry,
                                           attempt=job.attempt), subject=f"job/{job.id}")
