@@ -16,6 +16,8 @@ Decisions the callers rely on:
 
 from __future__ import annotations
 
+import fcntl
+
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -116,11 +118,27 @@ class JobStore:
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         url = self.engine.url.render_as_string(hide_password=False)
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolates %
-        with self._transaction(write=True) as conn:
-            if self._postgres:  # SQLite: BEGIN IMMEDIATE already serialises writers
+        with self._sqlite_file_lock(), self._transaction(write=True) as conn:
+            if self._postgres:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK_KEY)))
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    @contextmanager
+    def _sqlite_file_lock(self):
+        """SQLite: several processes opening a new database at once race on switching it to WAL
+        (which fails at once with "database is locked", busy timeout or not); a lock file
+        next to the database serialises their migrations."""
+        database = None if self._postgres else self.engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # --- accepting triggers -------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,13 +179,25 @@ class ModelRegistry:
             self.store.upload(f"{prefix}/model.json", card_path)
         aliases = [CANDIDATE] + ([CHAMPION] if promoted else [])
         for alias in aliases:
-            self._call("set alias", self.client.set_registered_model_alias, self.model_name, alias, str(version))
+            self._set_alias(alias, version)
         return Registration(
             model_name=self.model_name, model_version=version, aliases=aliases, promoted=promoted,
             model_uri=f"models:/{self.model_name}/{version}",
             onnx={"uri": self.store.uri_of(f"{prefix}/model.onnx"), "sha256": card["onnx"]["sha256"],
                   "bytes": card["onnx"]["bytes"]},
             card_uri=self.store.uri_of(f"{prefix}/model.json"), champion_median_error_m=champion_median)
+
+    def _set_alias(self, alias: str, version: int, tries: int = 5) -> None:
+        """Set an alias; two replicas moving the same alias at once can make MLflow's SQL store
+        report a unique-constraint clash (400), which a retry a moment later resolves."""
+        for attempt in range(1, tries + 1):
+            try:
+                return self._call("set alias", self.client.set_registered_model_alias, self.model_name, alias,
+                                  str(version))
+            except RegistryError:
+                if attempt == tries:
+                    raise
+                time.sleep(0.2 * attempt)
 
     def _undo(self, version: int) -> None:
         prefix = f"{self.model_name}/{version}"
