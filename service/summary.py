@@ -15,7 +15,7 @@ def format_summary(result: dict) -> str:
         *([f"  (already registered by job {result['already_registered_by']}: nothing was trained again)"]
           if "already_registered_by" in result else []),
         f"  dataset      {result['dataset']['id']} v{result['dataset']['version']}  {result['dataset']['uri']}",
-        f"  sessions     " + ", ".join(f"{k} {v}" for k, v in result["sessions"].items()),
+        "  sessions     " + ", ".join(f"{k} {v}" for k, v in result["sessions"].items()),
         f"  model.onnx   {model['onnx']['uri']}  ({model['onnx']['bytes']} bytes, sha256 {model['onnx']['sha256'][:12]}…)",
         f"  model.json   {model['card_uri']}",
         f"  mlflow run   {result['mlflow']['run_id']}  ({result['mlflow']['tracking_uri']})",

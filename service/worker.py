@@ -17,13 +17,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from messages import (ModelRegistered, TrainingFailed, TrainingProgress, TrainingStarted, make_event)
+from service.cli import EXIT_INTERRUPTED
 from service.consumer import cancelled_message, outbox
 from service.job_store import Job, JobStore, JobStoreUnavailable, LostClaim, utcnow
 from service.logs import log_event
 from service.object_store import open_store
 from service.service_metrics import ServiceMetrics
 from service.settings import Settings
-from service.training_process import EXIT_INTERRUPTED, Outcome, TrainingProcess, train_command
+from service.training_process import Outcome, TrainingProcess, train_command
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 2.0
