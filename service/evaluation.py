@@ -27,7 +27,6 @@ class Evaluation:
     metrics: dict
     baselines: dict[str, dict] = field(default_factory=dict)
     errors_by_method: dict[str, np.ndarray] = field(default_factory=dict)
-    path_loss_exponent: float | None = None
 
 
 def noise_floor_dbm(sample_rate_hz: float) -> float:
@@ -113,4 +112,4 @@ def evaluate(net: torch.nn.Module, data: VerifiedDataset) -> Evaluation:
     errors = {**baselines.errors, "model": localization_errors_m(pred, true_latlon)}
     return Evaluation(indices=test_idx, true_latlon=true_latlon, pred_latlon=pred, cov_m2=cov,
                       metrics=localization_metrics(pred, cov, true_latlon), baselines=baselines.metrics,
-                      errors_by_method=errors, path_loss_exponent=baselines.path_loss.exponent)
+                      errors_by_method=errors)
