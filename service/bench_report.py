@@ -66,8 +66,7 @@ def targets(run) -> list[str]:
 
 
 def write_report(run, data, workdir: Path) -> list[Path]:
-    from service.calibration import plot_reliability
-    from service.plots import plot_results
+    from service.plots import plot_reliability, plot_results
 
     pred, cov = run.model_prediction
     test = data.indices("test")

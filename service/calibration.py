@@ -84,31 +84,3 @@ def fit_variance_scale(pred_latlon, cov_m2, true_latlon) -> float:
     scales = start * np.exp(np.linspace(-1.5, 1.5, 301))
     worst = [np.max(np.abs(np.mean(d2[:, None] / s <= thresholds[None, :], axis=0) - nominal)) for s in scales]
     return float(scales[int(np.argmin(worst))])
-
-
-def plot_reliability(path, curves: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str = "Reliability"):
-    """Write a PNG of observed vs nominal coverage, one line per method in `curves`.
-
-    Uses `matplotlib.figure.Figure` with Agg, as `service.plots` does; matplotlib is imported
-    here only, so computing the numbers never loads it.
-
-    Raises:
-        OSError: the file cannot be written.
-    """
-    from pathlib import Path
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(5, 5), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
-    for name, (nominal, observed) in curves.items():
-        ax.plot(nominal, observed, marker="o", label=name)
-    ax.set(xlabel="nominal coverage", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1), title=title)
-    ax.legend()
-    fig.savefig(path, dpi=110)
-    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +11,7 @@ from service.baselines import (PathLossFit, capture_power_dbm, fit_path_loss, kn
                                 weighted_centroid)
 from service.dataset_reader import VerifiedDataset
 from service.metrics import localization_errors_m, localization_metrics, point_metrics
+from service.synth import noise_power_dbm
 
 NOISE_FLOOR_DBM_PER_12K5 = -120.0  # dataset.md: noise floor in 12.5 kHz
 FIT_SESSIONS_MAX = 2000  # training sessions used to fit the baselines' path-loss exponent
@@ -30,7 +30,7 @@ class Evaluation:
 
 
 def noise_floor_dbm(sample_rate_hz: float) -> float:
-    return NOISE_FLOOR_DBM_PER_12K5 + 10 * math.log10(sample_rate_hz / 12_500.0)
+    return noise_power_dbm(NOISE_FLOOR_DBM_PER_12K5, sample_rate_hz)
 
 
 @torch.no_grad()

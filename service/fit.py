@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from service.config import TrainConfig
 from service.dataset_reader import VerifiedDataset
 from service.errors import JobInterrupted
-from service.geodesy import EARTH_RADIUS_M
 from service.logs import log_event
+from service.metrics import localization_errors_m
 from service.model import LocalizationNet, gaussian_nll
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,6 @@ class SessionDataset(Dataset):
             "rx_online": torch.from_numpy(online),
             "target": torch.from_numpy(self.data.emitter[i, :2].astype(np.float32)),
         }
-
-
-def haversine_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Metres between [B,2] lat/lon tensors in degrees."""
-    p1, p2 = torch.deg2rad(a[:, 0].double()), torch.deg2rad(b[:, 0].double())
-    dl = torch.deg2rad(b[:, 1].double() - a[:, 1].double())
-    h = torch.sin((p2 - p1) / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * torch.asin(torch.sqrt(h.clamp(0, 1)))
 
 
 def drop_receivers(online: torch.Tensor, probability: float) -> torch.Tensor:
@@ -95,7 +87,8 @@ class LocalizationModule(pl.LightningModule):
         loss = self._nll(batch, 0.0)
         self.log(MONITOR, loss, on_epoch=True, prog_bar=True, batch_size=len(batch["iq"]))
         position, _ = self.net(batch["iq"], batch["rx_position"], batch["rx_online"])
-        self._val_errors.append(haversine_torch(position, batch["target"]).detach().cpu())
+        self._val_errors.append(torch.from_numpy(localization_errors_m(
+            position.detach().cpu().double().numpy(), batch["target"].cpu().double().numpy())))
 
     def on_validation_epoch_end(self):
         if self._val_errors:

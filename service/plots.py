@@ -26,10 +26,7 @@ def plot_results(path: Path, *, receivers_latlon, true_latlon, pred_latlon, cov_
     Raises:
         OSError: the file cannot be written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(13, 6), constrained_layout=True)
-    FigureCanvasAgg(fig)
+    path, fig = _figure(path, (13, 6))
     map_ax, cdf_ax = fig.subplots(1, 2)
     _draw_map(map_ax, np.asarray(receivers_latlon, dtype=np.float64),
               np.asarray(true_latlon, dtype=np.float64), np.asarray(pred_latlon, dtype=np.float64),
@@ -38,6 +35,29 @@ def plot_results(path: Path, *, receivers_latlon, true_latlon, pred_latlon, cov_
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_reliability(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], *,
+                     title: str = "Reliability") -> Path:
+    """Write a PNG of observed vs nominal coverage (`calibration.reliability_curve`), one line per
+    method in `curves`. Raises OSError when the file cannot be written."""
+    path, fig = _figure(path, (5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    for name, (nominal, observed) in curves.items():
+        ax.plot(nominal, observed, marker="o", label=name)
+    ax.set(xlabel="nominal coverage", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _figure(path: Path, size: tuple[float, float]) -> tuple[Path, Figure]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=size, constrained_layout=True)
+    FigureCanvasAgg(fig)
+    return path, fig
 
 
 def ellipse_latlon(center_latlon, cov_m2, n_sigma: float = 1.0) -> np.ndarray:

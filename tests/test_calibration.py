@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.plots import plot_reliability
 from service.calibration import (
     calibration_report,
     fit_variance_scale,
-    plot_reliability,
     predicted_sigma_m,
     reliability_curve,
 )
