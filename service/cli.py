@@ -21,9 +21,8 @@ import uuid
 from pathlib import Path
 
 from service.errors import HeimdallError, JobInterrupted
+from service.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from service.logs import log_event
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 
 
 def add_synth(sub) -> None:
@@ -99,7 +98,7 @@ def add_config_flags(parser) -> None:
 
 
 def run_synth(args, settings) -> int:
-    from service.synth import SynthConfig, synthesize_dataset
+    from service.datasets.synth import SynthConfig, synthesize_dataset
 
     cfg = SynthConfig(sessions=args.sessions, seed=args.seed, dataset_id=args.dataset_id,
                       samples_per_capture=args.samples_per_capture, path_loss_exponent=args.path_loss_exponent,
@@ -113,8 +112,8 @@ def run_synth(args, settings) -> int:
 def run_train(args, settings) -> int:
     from service.config import TrainConfig
     from service.logs import configure_logging
-    from service.pipeline import JobOptions, run_job
-    from service.summary import format_summary
+    from service.training.pipeline import JobOptions, run_job
+    from service.training.summary import format_summary
 
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None})
     options = JobOptions(data_uri=args.data_dir, job_id=args.job_id or str(uuid.uuid4()),
@@ -130,8 +129,8 @@ def run_train(args, settings) -> int:
 
 
 def run_bench(args, settings) -> int:
-    from service.bench import run_scenario, scenario_names
-    from service.bench_report import write_summary
+    from service.bench.runner import run_scenario, scenario_names
+    from service.bench.report import write_summary
     from service.logs import configure_logging
 
     configure_logging(None)

@@ -1,7 +1,7 @@
 """Distances and local metric frames on the WGS84 sphere approximation (numpy).
 
 The model carries its own torch copy of the local frame inside the ONNX graph
-(`service.model`); this module is what the host code (metrics, baselines, generator) uses.
+(`service.training.model`); this module is what the host code (metrics, baselines, generator) uses.
 An equirectangular frame is accurate to well under 0.1 % over the ~100 km areas we serve.
 """
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import asdict
-from datetime import datetime, timezone
 from urllib.parse import urlparse
 
 import aio_pika
 
 from messages import TrainingCancel, TrainingOverrides, TrainingRequested, make_event
-from messages import constants as wire
 from service.job_store import JobStatus, JobStore
 from service.settings import Settings
-from service.topology import declare_exchange
+from service.topology import declare_exchange, event_message
 
 
 async def publish(settings: Settings, event) -> None:
@@ -24,10 +22,8 @@ async def publish(settings: Settings, event) -> None:
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await declare_exchange(channel)
-        message = aio_pika.Message(body=event.to_bytes(), message_id=event.id, type=event.type,
-                                   content_type=wire.CONTENT_TYPE, timestamp=datetime.now(timezone.utc),
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                   user_id=urlparse(url).username or "guest")
+        message = event_message(event.to_bytes(), message_id=event.id, event_type=event.type,
+                                user_id=urlparse(url).username or "guest")
         await exchange.publish(message, routing_key=event.data.ROUTING_KEY, mandatory=True)
 
 

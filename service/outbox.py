@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime, timezone
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
 
-from messages import constants as wire
 from service.job_store import JobStore, JobStoreUnavailable, OutboxMessage
+from service.topology import event_message
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 1.0
@@ -25,10 +24,7 @@ RETRY_S = 2.0
 
 def amqp_message(row: OutboxMessage) -> aio_pika.Message:
     body = row.body.encode() if isinstance(row.body, str) else row.body
-    envelope = json.loads(body)
-    return aio_pika.Message(body=body, message_id=row.id, type=envelope["type"], content_type=wire.CONTENT_TYPE,
-                            timestamp=datetime.now(timezone.utc), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            app_id="heimdall-training")
+    return event_message(body, message_id=row.id, event_type=json.loads(body)["type"])
 
 
 class OutboxRelay:

@@ -9,6 +9,7 @@ re-published to the dead-letter queue with the reason in their headers, then ack
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -34,6 +35,14 @@ class WorkQueue:
 DATASET_EVENTS = WorkQueue("heimdall.training.datasets", (wire.DATASET_READY,))
 OPS_EVENTS = WorkQueue("heimdall.training.ops", (wire.TRAINING_REQUESTED, wire.TRAINING_CANCEL))
 WORK_QUEUES = (DATASET_EVENTS, OPS_EVENTS)
+
+
+def event_message(body: bytes, *, message_id: str | None, event_type: str | None, timestamp: datetime | None = None,
+                  **properties) -> aio_pika.Message:
+    """An AMQP message with the properties `events.md` fixes: persistent, JSON, id, type, time."""
+    return aio_pika.Message(body=body, message_id=message_id, type=event_type, content_type=wire.CONTENT_TYPE,
+                            timestamp=timestamp or datetime.now(timezone.utc),
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, app_id="heimdall-training", **properties)
 
 
 async def declare_exchange(channel: AbstractChannel) -> AbstractExchange:
@@ -67,9 +76,8 @@ async def dead_letter(channel: AbstractChannel, message: AbstractIncomingMessage
     """Re-publish `message` to `queue`'s dead-letter queue with the reason (confirmed), then ack it."""
     headers = {**(message.headers or {}), REASON_HEADER: reason, DETAIL_HEADER: detail[:1000],
                "x-original-routing-key": message.routing_key or "", "x-original-user-id": message.user_id or ""}
-    copy = aio_pika.Message(body=message.body, headers=headers, content_type=message.content_type,
-                            message_id=message.message_id, type=message.type, timestamp=message.timestamp,
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    copy = event_message(message.body, message_id=message.message_id, event_type=message.type,
+                         timestamp=message.timestamp, headers=headers)
     dlx = await channel.get_exchange(DEAD_LETTER_EXCHANGE)
     await dlx.publish(copy, routing_key=queue.name, mandatory=True)
     await message.ack()

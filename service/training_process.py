@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.cli import EXIT_OK
+from service.exit_codes import EXIT_OK
 from service.settings import Settings
 
 EXIT_UNREADABLE = 125  # ours, not the child's: it exited 0 but its result could not be read

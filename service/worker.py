@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from messages import (ModelRegistered, TrainingFailed, TrainingProgress, TrainingStarted, make_event)
-from service.cli import EXIT_INTERRUPTED
+from service.exit_codes import EXIT_INTERRUPTED
 from service.consumer import cancelled_message, outbox
 from service.job_store import Job, JobStore, JobStoreUnavailable, LostClaim, utcnow
 from service.logs import log_event

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from service.job_store import JobStore
 from service.object_store import S3Credentials
-from service.synth import SynthConfig, synthesize_dataset
+from service.datasets.synth import SynthConfig, synthesize_dataset
 from tests.servers import Postgres, mlflow_server, seaweedfs
 from tests.test_service import Stack, dataset_ready
 

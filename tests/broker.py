@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import aio_pika
 
 from messages import constants as wire
+from service.topology import event_message
 
 INTRUDER, INTRUDER_PASSWORD = "heimdall-test-intruder", "intruder-pw"
 
@@ -44,8 +45,9 @@ async def _publish(url: str, body: bytes, routing_key: str, **properties) -> Non
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.declare_exchange(wire.EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-        await exchange.publish(aio_pika.Message(body=body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                                content_type=wire.CONTENT_TYPE, **properties), routing_key=routing_key)
+        await exchange.publish(event_message(body, message_id=properties.pop("message_id", None),
+                                             event_type=properties.pop("type", None), **properties),
+                               routing_key=routing_key)
 
 
 def publish(url: str, body: bytes | dict, routing_key: str, **properties) -> None:

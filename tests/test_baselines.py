@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.baselines import (
+from service.training.baselines import (
     capture_power_dbm,
     fit_path_loss,
     ml_grid_search,
     weighted_centroid,
 )
 from service.geodesy import from_local_en, haversine_m
-from service.metrics import localization_errors_m
-from service.plots import plot_results
+from service.training.metrics import localization_errors_m
+from service.training.plots import plot_results
 
 NOISE_DBM = -120.0  # 12.5 kHz capture
 ORIGIN = (45.0, 8.0)

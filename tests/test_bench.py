@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.bench import run_scenario
+from service.bench.runner import run_scenario
 from service.config import TrainConfig
 from service.settings import Settings
 

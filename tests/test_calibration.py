@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.plots import plot_reliability
-from service.calibration import (
+from service.training.plots import plot_reliability
+from service.training.calibration import (
     calibration_report,
     fit_variance_scale,
     predicted_sigma_m,

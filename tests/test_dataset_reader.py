@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.dataset_reader import DatasetReader, Rule, VerifiedDataset
+from service.datasets.reader import DatasetReader, Rule, VerifiedDataset
 from service.errors import DatasetError
-from service.splits import assign_split
+from service.datasets.splits import assign_split
 
 DATASET_ID = "nw-italy-mini"
 RECEIVERS = ["giaveno", "montanaro", "torino", "coazze", "giovi", "genova", "milano"]

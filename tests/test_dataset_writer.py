@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sigmf.sigmffile import SigMFCollection, SigMFFile, fromfile
 
-from service.dataset_manifest import Manifest, Receiver
-from service.dataset_writer import SessionRecord, _write_with_rollback, write_dataset_version
+from service.datasets.manifest import Manifest, Receiver
+from service.datasets.writer import SessionRecord, _write_with_rollback, write_dataset_version
 from service.object_store import LocalStore
 
 RECEIVERS = [

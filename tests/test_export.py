@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from service.errors import ExportError
-from service.export import INPUT_NAMES, OPSET, OUTPUT_NAMES, check_parity, export_onnx
-from service.model import LocalizationNet
+from service.training.export import INPUT_NAMES, OPSET, OUTPUT_NAMES, check_parity, export_onnx
+from service.training.model import LocalizationNet
 from tests.test_model import SAMPLES, make_inputs
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.geodesy import EARTH_RADIUS_M, from_local_en
-from service.metrics import (
+from service.training.metrics import (
     localization_errors_m,
     localization_metrics,
     mahalanobis_sq,

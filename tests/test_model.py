@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from service.geodesy import to_local_en
-from service.model import LOCAL_SCALE_M, PRESETS, LocalizationNet, gaussian_nll
+from service.training.model import LOCAL_SCALE_M, PRESETS, LocalizationNet, gaussian_nll
 
 SAMPLES = 256
 

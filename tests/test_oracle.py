@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from service.baselines import capture_power_dbm, weighted_centroid
+from service.training.baselines import capture_power_dbm, weighted_centroid
 from service.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m
-from service.metrics import mahalanobis_sq
-from service.oracle import ChannelModel, crb_m, eirp_nodes_dbm, oracle_metrics, oracle_posterior
-from service.synth import (
+from service.training.metrics import mahalanobis_sq
+from service.bench.oracle import ChannelModel, crb_m, eirp_nodes_dbm, oracle_metrics, oracle_posterior
+from service.datasets.synth import (
     SynthConfig,
     generate_sessions,
     receiver_calibration_db,

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from service.config import TrainConfig
-from service.pipeline import JobOptions, open_dataset, run_job
+from service.training.pipeline import JobOptions, open_dataset, run_job
 from service.settings import S3Settings, Settings
-from service.synth import SynthConfig, synthesize_dataset
+from service.datasets.synth import SynthConfig, synthesize_dataset
 
 TINY = TrainConfig(preset="tiny", epochs=4, batch_size=32, learning_rate=5e-3, patience=3)
 CARD_FIELDS = {"schema", "model_name", "model_version", "created_at", "onnx", "signal", "receivers", "training",
@@ -118,10 +118,10 @@ def test_a_replayed_job_returns_the_registered_version_without_training(server_s
 def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_dataset_uri, first_job, tmp_path):
     from mlflow import MlflowClient
 
-    from service.export import export_onnx
-    from service.model import LocalizationNet
+    from service.training.export import export_onnx
+    from service.training.model import LocalizationNet
     from service.object_store import open_store
-    from service.registry import ModelRegistry
+    from service.training.registry import ModelRegistry
 
     # Registering the same checkpoint again: as good as the champion, so it is promoted.
     best = Path(first_job["training"]["best_checkpoint"])
@@ -149,8 +149,8 @@ def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_d
 def test_resume_training_restores_epoch_optimizer_and_scheduler(tmp_path, example_dataset):
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from service.fit import fit
-    from service.pipeline import build_module
+    from service.training.fit import fit
+    from service.training.pipeline import build_module
 
     settings = Settings(state_dir=tmp_path)
     config = TINY.model_copy(update={"epochs": 2, "min_labelled_sessions": 10, "batch_size": 8})
@@ -193,10 +193,10 @@ def test_a_failed_upload_leaves_no_version_and_no_files(server_settings, s3_data
     from mlflow import MlflowClient
 
     from service.errors import StorageUnavailable
-    from service.export import export_onnx
-    from service.model import LocalizationNet
+    from service.training.export import export_onnx
+    from service.training.model import LocalizationNet
     from service.object_store import open_store
-    from service.registry import ModelRegistry
+    from service.training.registry import ModelRegistry
 
     name = f"half-{uuid.uuid4().hex[:8]}"
     store = open_store(server_settings.models_uri, server_settings.s3.credentials())

@@ -1,4 +1,4 @@
-"""The POWDER importer keeps every session's power, position and split (service/powder.py)."""
+"""The POWDER importer keeps every session's power, position and split (service/datasets/powder.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from service.baselines import capture_power_dbm
-from service.dataset_reader import DatasetReader
-from service.powder import (
+from service.training.baselines import capture_power_dbm
+from service.datasets.reader import DatasetReader
+from service.datasets.powder import (
     COORDS_FILE, CSV_FILE, GROUND_ALTITUDE_M, HANDHELD_HEIGHT_M, NOT_HEARD_DB, POWDER_DIR, SEVEN_RECEIVERS,
     blocked_split, import_powder, load_powder, spatial_blocks,
 )

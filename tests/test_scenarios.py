@@ -8,10 +8,10 @@ from itertools import combinations, islice
 import numpy as np
 import pytest
 
-from service.dataset_manifest import MANIFEST_FILE, Manifest
+from service.datasets.manifest import MANIFEST_FILE, Manifest
 from service.geodesy import from_local_en, to_local_en
-from service.scenarios import QUICK_SESSIONS, SCENARIOS, scenario
-from service.synth import (
+from service.bench.scenarios import QUICK_SESSIONS, SCENARIOS, scenario
+from service.datasets.synth import (
     DEFAULT_RECEIVERS,
     SynthConfig,
     distances_m,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.synth import SynthConfig, synthesize_dataset
+from service.datasets.synth import SynthConfig, synthesize_dataset
 from tests.broker import INTRUDER, INTRUDER_PASSWORD, Tap, Vhost, dead_letters, publish
 from tests.servers import free_port
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.synth import (
+from service.datasets.synth import (
     DEFAULT_RECEIVERS,
     SynthConfig,
     distances_m,

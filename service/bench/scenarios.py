@@ -1,4 +1,4 @@
-"""Named, seeded configurations of the synthetic generator (`service.synth`), one per question.
+"""Named, seeded configurations of the synthetic generator (`service.datasets.synth`), one per question.
 
 Each scenario is a frozen `SynthConfig` whose `dataset_id` is its name and whose seed is its
 own, so `synthesize_dataset(SCENARIOS[name], root)` writes the same bytes every time. Session
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from types import MappingProxyType
 
-from service.synth import SynthConfig
+from service.datasets.synth import SynthConfig
 
 BENCH_SESSIONS = 6000  # enough for a model to beat a baseline; minutes to generate on 2 cores
 QUICK_SESSIONS = 600  # --quick: the whole pipeline in seconds, same physics

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from scipy.stats import spearmanr
 
-from service.metrics import localization_errors_m, mahalanobis_sq
+from service.training.metrics import localization_errors_m, mahalanobis_sq
 
 # name -> nominal probability of the ellipse
 COVERAGE_LEVELS = {

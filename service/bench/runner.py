@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from service.config import TrainConfig
-from service.evaluation import BaselineSetup, predict
+from service.training.evaluation import BaselineSetup, predict
 from service.logs import log_event
 from service.settings import Settings
 
@@ -41,7 +41,7 @@ class BenchRun:
 
 
 def scenario_names() -> list[str]:
-    from service.scenarios import SCENARIOS
+    from service.bench.scenarios import SCENARIOS
 
     return [*SCENARIOS, *POWDER_VARIANTS]
 
@@ -53,12 +53,12 @@ def bench_config(quick: bool) -> TrainConfig:
 
 def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | None = None) -> tuple[str, object | None]:
     """The scenario's dataset URI (generated once, then reused) and its generator config (None for POWDER)."""
-    from service.scenarios import QUICK_SESSIONS, scenario
-    from service.synth import synthesize_dataset
+    from service.bench.scenarios import QUICK_SESSIONS, scenario
+    from service.datasets.synth import synthesize_dataset
 
     root = settings.state_dir / "bench" / ("quick" if quick else "full")
     if name in POWDER_VARIANTS:
-        from service.powder import import_powder
+        from service.datasets.powder import import_powder
 
         uri, cfg = f"{root}/{name}/v1", None
         if not Path(uri, "dataset.json").is_file():
@@ -74,9 +74,9 @@ def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | 
 def train_for_bench(settings: Settings, data, config: TrainConfig, name: str, workdir: Path):
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from service.fit import fit
-    from service.pipeline import build_module, calibrate_covariance, load_net
-    from service.registry import ensure_experiment
+    from service.training.fit import fit
+    from service.training.pipeline import build_module, calibrate_covariance, load_net
+    from service.training.registry import ensure_experiment
 
     ensure_experiment(settings.mlflow_tracking_uri, "heimdall-bench", settings.mlflow_artifacts_uri)
     logger = MLFlowLogger(experiment_name="heimdall-bench", run_name=f"bench-{name}",
@@ -91,8 +91,8 @@ def train_for_bench(settings: Settings, data, config: TrainConfig, name: str, wo
 
 
 def score_model(run: BenchRun, net, data, test_idx, true) -> None:
-    from service.calibration import calibration_report, reliability_curve
-    from service.metrics import localization_errors_m, localization_metrics
+    from service.training.calibration import calibration_report, reliability_curve
+    from service.training.metrics import localization_errors_m, localization_metrics
 
     started = time.monotonic()
     pred, cov = predict(net, data, test_idx)
@@ -104,7 +104,7 @@ def score_model(run: BenchRun, net, data, test_idx, true) -> None:
 
 
 def score_baselines(run: BenchRun, data, test_idx, true, setup) -> None:
-    from service.evaluation import score_baselines as score
+    from service.training.evaluation import score_baselines as score
 
     baselines = score(data, test_idx, true, setup)
     run.rows.update(baselines.metrics)
@@ -116,9 +116,9 @@ def score_baselines(run: BenchRun, data, test_idx, true, setup) -> None:
 
 
 def score_oracle(run: BenchRun, cfg, true) -> None:
-    from service.calibration import calibration_report, reliability_curve
-    from service.oracle import ChannelModel, crb_m, oracle_metrics, oracle_posterior
-    from service.synth import receivers_for, transmitter_area
+    from service.training.calibration import calibration_report, reliability_curve
+    from service.bench.oracle import ChannelModel, crb_m, oracle_metrics, oracle_posterior
+    from service.datasets.synth import receivers_for, transmitter_area
 
     power, online = run.test_power
     model = ChannelModel.from_synth(cfg)
@@ -141,8 +141,8 @@ def score_oracle(run: BenchRun, cfg, true) -> None:
 def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, config: TrainConfig | None = None,
                  sessions: int | None = None) -> BenchRun:
     """Prepare, train, score and report one scenario. `config` and `sessions` shrink it for tests."""
-    from service.bench_report import write_report
-    from service.pipeline import open_dataset
+    from service.bench.report import write_report
+    from service.training.pipeline import open_dataset
 
     started = time.monotonic()
     uri, cfg = prepare_dataset(settings, name, quick, sessions)

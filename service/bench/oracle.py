@@ -1,7 +1,7 @@
 """The honest yardsticks on synthetic data: the Bayesian oracle and the Cramér-Rao bound.
 
 The oracle is the exact posterior over the transmitter's position under the generator's own
-model (`service.synth`'s docstring), evaluated on a grid of cells that tiles the transmitter
+model (`service.datasets.synth`'s docstring), evaluated on a grid of cells that tiles the transmitter
 area (uniform in lat/lon, so every cell has the same prior mass). EIRP is unknown: it is
 marginalised over its uniform prior with the midpoint rule (`eirp_nodes_dbm`). The channel
 (exponent, σ, calibration, noise) is known to the oracle, as it is part of the true model. No
@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
-from service.dataset_manifest import Receiver
+from service.datasets.manifest import Receiver
 from service.geodesy import EARTH_RADIUS_M, to_local_en
-from service.metrics import localization_errors_m, point_metrics
-from service.synth import (
+from service.training.metrics import localization_errors_m, point_metrics
+from service.datasets.synth import (
     SynthConfig,
     distances_m,
     log_distance_path_loss_db,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from service.config import TrainConfig, job_key
-from service.dataset_reader import DatasetReader, VerifiedDataset
+from service.datasets.reader import DatasetReader, VerifiedDataset
 from service.errors import ConfigError, TrainingError
 from service.logs import log_event
 from service.object_store import open_store
@@ -50,8 +50,8 @@ def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedD
 
 
 def build_module(data: VerifiedDataset, config: TrainConfig, checkpoint: Path | None):
-    from service.fit import LocalizationModule
-    from service.model import frame_scale_for
+    from service.training.fit import LocalizationModule
+    from service.training.model import frame_scale_for
 
     if checkpoint is None:
         frame_scale_m = frame_scale_for(data.rx_position[:, :2].astype(np.float64))
@@ -71,7 +71,7 @@ def build_module(data: VerifiedDataset, config: TrainConfig, checkpoint: Path | 
 def build_logger(settings: Settings, options: JobOptions, data: VerifiedDataset):
     from pytorch_lightning.loggers import MLFlowLogger
 
-    from service.registry import ensure_experiment
+    from service.training.registry import ensure_experiment
 
     ensure_experiment(settings.mlflow_tracking_uri, options.experiment_name, settings.mlflow_artifacts_uri)
     manifest = data.manifest
@@ -92,7 +92,7 @@ def resume_checkpoint(options: JobOptions, checkpoint_dir: Path) -> Path | None:
 
 
 def train_model(module, data: VerifiedDataset, config: TrainConfig, options: JobOptions, checkpoint_dir: Path, logger):
-    from service.fit import FitResult, fit
+    from service.training.fit import FitResult, fit
 
     if options.export_only:
         return FitResult(best_checkpoint=options.checkpoint, last_checkpoint=None, epochs_run=None,
@@ -123,8 +123,8 @@ def check_options(options: JobOptions) -> None:
 
 def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict | None:
     """The whole job. Returns the summary that `train --json` prints (None on DDP ranks other than zero)."""
-    from service.evaluation import evaluate
-    from service.registry import ModelRegistry, mlflow_errors
+    from service.training.evaluation import evaluate
+    from service.training.registry import ModelRegistry, mlflow_errors
 
     check_options(options)
     started = time.monotonic()
@@ -168,15 +168,15 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
 
 
 def load_net(checkpoint: Path):
-    from service.fit import LocalizationModule
+    from service.training.fit import LocalizationModule
 
     return LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu").net.eval()
 
 
 def calibrate_covariance(net, data: VerifiedDataset) -> float:
     """Fit the post-hoc variance scale on the validation split and set it in the model (and so the export)."""
-    from service.calibration import fit_variance_scale
-    from service.evaluation import predict
+    from service.training.calibration import fit_variance_scale
+    from service.training.evaluation import predict
 
     val = data.indices("val")
     net.covariance_scale.fill_(1.0)
@@ -190,9 +190,9 @@ def calibrate_covariance(net, data: VerifiedDataset) -> float:
 def export_and_register(settings: Settings, config: TrainConfig, options: JobOptions, data: VerifiedDataset, net,
                         evaluation, fitted, logger, registry, key: str):
     """model.onnx + parity, the run's metrics and plot, then the card and the registry version."""
-    from service.card import build_card
-    from service.export import check_parity, export_onnx
-    from service.registry import mlflow_errors
+    from service.training.card import build_card
+    from service.training.export import check_parity, export_onnx
+    from service.training.registry import mlflow_errors
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -215,7 +215,7 @@ def export_and_register(settings: Settings, config: TrainConfig, options: JobOpt
 
 def record_run(logger, evaluation, data: VerifiedDataset, workdir: Path) -> None:
     """Test metrics, baseline metrics and the results plot, on the MLflow run."""
-    from service.plots import plot_results
+    from service.training.plots import plot_results
 
     client, run_id = logger.experiment, logger.run_id
     for key, value in evaluation.metrics.items():

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sigmf.sigmffile import SigMFCollection, SigMFFile
 
-from service.dataset_manifest import (
+from service.datasets.manifest import (
     COLLECTION_FILE,
     DATASET_ID_PATTERN,
     DATATYPE,

@@ -42,8 +42,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from service.dataset_manifest import Receiver
-from service.dataset_writer import SessionRecord, write_dataset_version
+from service.datasets.manifest import Receiver
+from service.datasets.writer import SessionRecord, write_dataset_version
 from service.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m, to_local_en
 from service.object_store import S3Credentials
 

@@ -20,11 +20,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from service.config import TrainConfig
-from service.dataset_reader import VerifiedDataset
+from service.datasets.reader import VerifiedDataset
 from service.errors import JobInterrupted
 from service.logs import log_event
-from service.metrics import localization_errors_m
-from service.model import LocalizationNet, gaussian_nll
+from service.training.metrics import localization_errors_m
+from service.training.model import LocalizationNet, gaussian_nll
 
 log = logging.getLogger(__name__)
 MONITOR = "val_loss"

@@ -5,8 +5,8 @@ content-addressed cache, checks every rule of the contract and only then returns
 `VerifiedDataset`: a compact session index in RAM plus memory-mapped reads of the cached
 `.sigmf-data` files. Nothing trains on a version before all of it has passed.
 
-The cache (`service.dataset_cache`) only takes in the files of a version that passed in
-full; the per-file rules live in `service.dataset_checks`. Error rules: `Rule`.
+The cache (`service.datasets.cache`) only takes in the files of a version that passed in
+full; the per-file rules live in `service.datasets.checks`. Error rules: `Rule`.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from typing import Sequence
 import numpy as np
 from pydantic import ValidationError
 
-from service.dataset_cache import Cache, Digest, scan
-from service.dataset_checks import (
+from service.datasets.cache import Cache, Digest, scan
+from service.datasets.checks import (
     Rule, ShardIndex, Where, check_collection, check_global, check_manifest, check_recording, check_shard_files,
     merge_shard, parse_meta, refuse_invalid_manifest,
 )
-from service.dataset_manifest import (
+from service.datasets.manifest import (
     COLLECTION_FILE, DATASET_ID_PATTERN, MANIFEST_FILE, SCHEMA, SPLITS, Manifest, Receiver, Shard, data_name,
     meta_name,
 )
 from service.object_store import ObjectStore, S3Credentials, is_within, join_uri, normalise_uri, open_store
-from service.splits import assign_split
+from service.datasets.splits import assign_split
 
 __all__ = ["DatasetReader", "Rule", "VerifiedDataset"]
 

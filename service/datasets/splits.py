@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from service.dataset_manifest import SPLITS
+from service.datasets.manifest import SPLITS
 
 # Changing the salt reshuffles every session of every dataset: never change it.
 SPLIT_SALT = b"heimdall.split/1\x00"

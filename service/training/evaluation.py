@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from service.baselines import (PathLossFit, capture_power_dbm, fit_path_loss, knn_fingerprint, ml_grid_search,
+from service.training.baselines import (PathLossFit, capture_power_dbm, fit_path_loss, knn_fingerprint, ml_grid_search,
                                 weighted_centroid)
-from service.dataset_reader import VerifiedDataset
-from service.metrics import localization_errors_m, localization_metrics, point_metrics
-from service.synth import noise_power_dbm
+from service.datasets.reader import VerifiedDataset
+from service.training.metrics import localization_errors_m, localization_metrics, point_metrics
+from service.datasets.synth import noise_power_dbm
 
 NOISE_FLOOR_DBM_PER_12K5 = -120.0  # dataset.md: noise floor in 12.5 kHz
 FIT_SESSIONS_MAX = 2000  # training sessions used to fit the baselines' path-loss exponent

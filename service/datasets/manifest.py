@@ -1,6 +1,6 @@
 """`dataset.json` of `heimdall.dataset/1` as a pydantic model, plus the layout's fixed names.
 
-Shared by the writer (`service.dataset_writer`) and the reader (`service.dataset_reader`),
+Shared by the writer (`service.datasets.writer`) and the reader (`service.datasets.reader`),
 so both sides agree on one definition of the contract. Unknown extra fields are ignored:
 a newer writer may add some.
 """

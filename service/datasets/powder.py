@@ -42,8 +42,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from service.dataset_manifest import Receiver
-from service.dataset_writer import SessionRecord, write_dataset_version
+from service.datasets.manifest import Receiver
+from service.datasets.writer import SessionRecord, write_dataset_version
 from service.geodesy import to_local_en
 from service.object_store import S3Credentials
 
@@ -229,7 +229,7 @@ def capture_at_power(power_dbm: np.ndarray, samples: int, rng: np.random.Generat
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m service.powder ROOT [--variant seven]`: import by hand, print the version URI."""
+    """`python -m service.datasets.powder ROOT [--variant seven]`: import by hand, print the version URI."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root_uri")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="all")

@@ -146,7 +146,7 @@ class LocalizationNet(nn.Module):
         super().__init__()
         self.frame_scale_m = float(frame_scale_m)
         # Post-hoc calibration: the covariance is multiplied by this, fitted on the validation split
-        # after training (service.calibration.fit_variance_scale). Part of the state, so of the export.
+        # after training (service.training.calibration.fit_variance_scale). Part of the state, so of the export.
         self.register_buffer("covariance_scale", torch.ones(()))
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

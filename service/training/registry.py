@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.dataset_reader import VerifiedDataset
+from service.datasets.reader import VerifiedDataset
 from service.errors import RegistryError, StorageUnavailable
 from service.logs import log_event
-from service.metrics import localization_errors_m
+from service.training.metrics import localization_errors_m
 from service.object_store import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The rules of `heimdall.dataset/1` that a reader checks file by file (shared/contracts/dataset.md).
 
-Pure functions over parsed JSON and manifest models: no I/O, so `service.dataset_reader`
+Pure functions over parsed JSON and manifest models: no I/O, so `service.datasets.reader`
 decides what to fetch and when, and these decide whether what was fetched is acceptable.
 Every refusal raises `DatasetError` through `Where.refuse`, naming dataset, file and rule.
 """
@@ -20,7 +20,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import ValidationError
 from sigmf.validate import validate
 
-from service.dataset_manifest import (
+from service.datasets.manifest import (
     COLLECTION_FILE, DATATYPE, MANIFEST_FILE, SPLITS, Manifest, Shard, data_name, meta_name,
 )
 from service.errors import DatasetError

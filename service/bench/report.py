@@ -66,7 +66,7 @@ def targets(run) -> list[str]:
 
 
 def write_report(run, data, workdir: Path) -> list[Path]:
-    from service.plots import plot_reliability, plot_results
+    from service.training.plots import plot_reliability, plot_results
 
     pred, cov = run.model_prediction
     test = data.indices("test")

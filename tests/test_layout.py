@@ -1,0 +1,148 @@
+"""The boundaries the tree promises, enforced by walking the import graph of the source.
+
+Every `import` and `from ... import` in a module counts, at any depth (a lazy import inside a
+function still runs in the same process). The async service is everything the entry points
+`service.app`, `service.consumer`, `service.worker`, `service.job_store` and `service.outbox`
+reach through imports of `service.*`; the training job runs in a child process, so nothing it
+imports may pull in the service.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ASYNC_ENTRY_POINTS = ("service.app", "service.consumer", "service.worker", "service.job_store", "service.outbox")
+ASYNC_SERVICE_MODULES = ASYNC_ENTRY_POINTS + ("service.topology", "service.probes", "service.service_metrics",
+                                              "service.ops_commands", "service.training_process", "service.job_tables")
+HEAVY = ("torch", "pytorch_lightning", "lightning", "mlflow", "onnx", "onnxruntime", "onnxscript", "numpy", "scipy",
+         "matplotlib")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def source_modules() -> dict[str, Path]:
+    paths = [*ROOT.glob("service/**/*.py"), *ROOT.glob("messages/**/*.py")]
+    return {module_name(p): p for p in paths}
+
+
+def imports_of(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Every module `path` imports, absolute: `from a import b` is `a.b` when that is a module, else `a`."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            found.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                         for alias in node.names)
+    return found
+
+
+def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
+    modules = modules or source_modules()
+    return {name: imports_of(path, name, modules) for name, path in modules.items()}
+
+
+def reachable(graph: dict[str, set[str]], starts) -> dict[str, str]:
+    """Every module reachable from `starts`, each with one module that imports it (for the message)."""
+    seen = {s: "(start)" for s in starts}
+    todo = list(starts)
+    while todo:
+        here = todo.pop()
+        for target in graph.get(here, ()):
+            # A package import also runs the package's __init__.
+            for candidate in package_chain(target):
+                if candidate not in seen:
+                    seen[candidate] = here
+                    todo.append(candidate)
+    return seen
+
+
+def package_chain(target: str) -> list[str]:
+    parts = target.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def test_messages_imports_nothing_from_service():
+    graph = import_graph()
+    offenders = {m: sorted(t for t in targets if top(t) == "service")
+                 for m, targets in graph.items() if top(m) == "messages"}
+    assert not {m: t for m, t in offenders.items() if t}
+
+
+def test_the_async_service_never_reaches_training_bench_or_heavy_libraries():
+    seen = reachable(import_graph(), ASYNC_SERVICE_MODULES)
+    forbidden = sorted(m for m in seen if within(m, "service.training") or within(m, "service.bench") or top(m) in HEAVY)
+    assert not forbidden, {m: f"imported by {seen[m]}" for m in forbidden}
+
+
+def test_the_training_package_never_reaches_the_async_service():
+    graph = import_graph()
+    starts = [m for m in graph if within(m, "service.training")]
+    seen = reachable(graph, starts)
+    forbidden = sorted(m for m in seen if m in ASYNC_SERVICE_MODULES or m == "service.cli")
+    assert not forbidden, {m: f"imported by {seen[m]}" for m in forbidden}
+
+
+def test_there_is_no_import_circle_between_modules():
+    graph = import_graph()
+    internal = {m: {t for t in ts if t in graph and t != m} for m, ts in graph.items()}
+    colour: dict[str, int] = {}
+    circles = []
+
+    def visit(node, path):
+        colour[node] = 1
+        for nxt in sorted(internal[node]):
+            if colour.get(nxt) == 1:
+                circles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in colour:
+                visit(nxt, path + [nxt])
+        colour[node] = 2
+
+    for m in sorted(internal):
+        if m not in colour:
+            visit(m, [m])
+    assert not circles
+
+
+def test_the_graph_walk_sees_a_forbidden_import(tmp_path):
+    """The checks above would catch `import torch` in the consumer or the service in training."""
+    (tmp_path / "service" / "training").mkdir(parents=True)
+    consumer = tmp_path / "service" / "consumer.py"
+    consumer.write_text("import json\n\ndef f():\n    import torch\n")
+    app = tmp_path / "service" / "app.py"
+    app.write_text("def serve():\n    pass\n")
+    fit = tmp_path / "service" / "training" / "fit.py"
+    fit.write_text("from service.app import serve\n")
+    modules = {"service.consumer": consumer, "service.training.fit": fit, "service.app": app}
+    graph = import_graph(modules)
+    assert "torch" in reachable(graph, ["service.consumer"])
+    assert "service.app" in reachable(graph, ["service.training.fit"])
+
+
+def test_importing_the_async_service_loads_no_heavy_library():
+    code = ("import sys; import " + ", ".join(ASYNC_SERVICE_MODULES) + "; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=ROOT).stdout.split())
+    assert not loaded & set(HEAVY)
