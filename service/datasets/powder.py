@@ -47,7 +47,7 @@ from service.datasets.writer import SessionRecord, write_dataset_version
 from service.geodesy import to_local_en
 from service.object_store import S3Credentials
 
-POWDER_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "powder"
+POWDER_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "powder"
 CSV_FILE, COORDS_FILE = "single_tx.csv", "location_coordinates.json"
 CENTER_FREQUENCY_HZ = 462.7e6  # FRS channel of the Baofeng handhelds
 SAMPLE_RATE_HZ = 12_500.0  # nominal: the captures are synthetic stand-ins for an RSS value
