@@ -18,6 +18,11 @@ from urllib.parse import urlparse
 from service.errors import StorageUnavailable
 
 CHUNK_BYTES = 1 << 20
+# What a local store holds is published: an inference service running as another user reads
+# it from a shared volume. mkstemp's 0600 would hide it, and the process umask is left alone so
+# that the state directory's own files (job store, checkpoints) keep their private modes.
+PUBLISHED_MODE = 0o644
+PUBLISHED_DIR_MODE = 0o755
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,14 @@ def is_within(uri: str, root: str) -> bool:
     return uri == root or uri.startswith(root + "/")
 
 
+def _make_published_dirs(directory: Path) -> None:
+    """The missing folders down to `directory`, searchable by others whatever the umask."""
+    missing = [d for d in (directory, *directory.parents) if not d.is_dir()]
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        folder.chmod(PUBLISHED_DIR_MODE)
+
+
 class LocalStore:
     def __init__(self, root_uri: str):
         self.uri = normalise_uri(root_uri)
@@ -71,11 +84,12 @@ class LocalStore:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_published_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
+                os.fchmod(out.fileno(), PUBLISHED_MODE)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
