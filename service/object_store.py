@@ -51,14 +51,6 @@ def is_within(uri: str, root: str) -> bool:
     return uri == root or uri.startswith(root + "/")
 
 
-def _make_published_dirs(directory: Path) -> None:
-    """The missing folders down to `directory`, searchable by others whatever the umask."""
-    missing = [d for d in (directory, *directory.parents) if not d.is_dir()]
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        folder.chmod(PUBLISHED_DIR_MODE)
-
-
 class LocalStore:
     def __init__(self, root_uri: str):
         self.uri = normalise_uri(root_uri)
@@ -82,9 +74,19 @@ class LocalStore:
     def download(self, key: str, dest: Path) -> None:
         shutil.copyfile(self._path(key), dest)
 
+    def _make_published_dirs(self, directory: Path) -> None:
+        """The missing folders from the root down to `directory`, searchable by others whatever
+        the umask; folders above the root (the state directory) keep the umask's modes."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        missing = [d for d in (directory, *directory.parents) if d == self.root or self.root in d.parents]
+        for folder in reversed(missing):
+            if not folder.is_dir():
+                folder.mkdir(exist_ok=True)  # another writer may create it first
+                folder.chmod(PUBLISHED_DIR_MODE)
+
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        _make_published_dirs(path.parent)
+        self._make_published_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -36,8 +36,9 @@ def test_published_model_files_and_their_folders_are_readable_by_others(tmp_path
     published = state / "store" / "models" / "heimdall-localization" / "1"
     assert mode(published / "model.onnx") == 0o644
     assert mode(published / "model.json") == 0o644
-    for folder in (published, published.parent, state / "store" / "models", state / "store"):
+    for folder in (published, published.parent, state / "store" / "models"):
         assert mode(folder) == 0o755, folder
+    assert mode(state) == mode(state / "store") == 0o700  # above the store's root: the umask decides
     assert (published / "model.onnx").read_bytes() == b"onnx bytes"
     assert not [p.name for p in published.iterdir() if p.name.endswith(".part")]
 
