@@ -4,21 +4,18 @@
 """
 
 from messages.errors import REASONS, InvalidMessage, Reason
-from messages.events import (
+from messages.envelope import AnyEvent, ConsumedEvent, Event, PublishedEvent, make_event, parse_event
+from messages.payloads import (
     BY_TYPE,
     CONSUMED,
     PUBLISHED,
-    AnyEvent,
-    ConsumedEvent,
     DatasetReady,
     DatasetRef,
     EvaluationMetrics,
-    Event,
     EventData,
     ModelRegistered,
     OnnxArtifact,
     ProgressMetrics,
-    PublishedEvent,
     TrainingAccepted,
     TrainingCancel,
     TrainingCancelled,
@@ -27,8 +24,6 @@ from messages.events import (
     TrainingProgress,
     TrainingRequested,
     TrainingStarted,
-    make_event,
-    parse_event,
 )
 
 __version__ = "0.1.0"

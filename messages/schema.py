@@ -15,7 +15,8 @@ from pydantic.json_schema import models_json_schema
 
 import messages
 from messages import constants as c
-from messages.events import CONSUMED, PUBLISHED, Event, EventData
+from messages.envelope import Event
+from messages.payloads import CONSUMED, PUBLISHED, EventData
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_DIR = HERE / "schemas"

@@ -15,12 +15,13 @@ from pydantic import ValidationError
 import messages
 from messages import constants as c
 from messages import schema
-from messages.events import (
+from messages import (
     BY_TYPE,
     CONSUMED,
     PUBLISHED,
     DatasetReady,
     Event,
+    InvalidMessage,
     ModelRegistered,
     TrainingAccepted,
     TrainingCancel,
@@ -32,7 +33,6 @@ from messages.events import (
     make_event,
     parse_event,
 )
-from messages.errors import InvalidMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples" / "events"
