@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Heimdall training service: the RabbitMQ consumer and job runner (`heimdall-training serve`),
 # HTTP /healthz, /readyz and /metrics on 8080. The other subcommands (train, synth, ops, jobs)
 # run from the same image: `docker run --rm IMAGE train --data_dir s3://...`.
@@ -10,9 +9,17 @@
 # deploy/docker-compose.yml). An nvidia/cuda:*-cudnn-runtime base would add a second copy of
 # the same libraries (several GB) and an Ubuntu Python that is not the 3.11 pyproject requires.
 #
-# Build from the repository root:  docker build -t heimdall-training .
+# Build from the repository root (BuildKit, for the pip cache mounts):
+#   DOCKER_BUILDKIT=1 docker build -t heimdall-training .
 # CPU-only image (no CUDA libraries, a few GB smaller):
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t heimdall-training:cpu .
+# Where Docker Hub or PyTorch's index cannot be reached, two build arguments replace them:
+# PYTHON_IMAGE (any Debian bookworm image with Python 3.11 and venv) and TORCH_INDEX_URL (any
+# PEP 503 index holding torch and its dependencies, e.g. a local folder served over HTTP).
+# deploy/image-check.sh does both on this kind of machine.
+#
+# No `# syntax=` line on purpose: it makes BuildKit pull its frontend image first, which fails
+# offline, and the built-in frontend already supports `RUN --mount=type=cache`.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
