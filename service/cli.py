@@ -5,10 +5,14 @@
   bench   score a model against the Bayesian oracle and classical baselines, per scenario
   serve   the event-driven service: consume triggers, run jobs, publish events
   ops     publish a manual training.requested or training.cancel
-  jobs    list or show jobs in the job store
+  jobs    list the jobs, or show one job's timeline
 
-Imports stay lazy: `--help` and the service's own commands never pay for torch.
+On a terminal, synth, train and bench show their stages and a progress bar; elsewhere (or
+with --log-format json) they write JSON log lines on stderr. Results go to stdout.
 """
+
+# Imports of the heavy libraries stay inside the commands: `--help` and the service's own
+# commands never pay for torch.
 
 from __future__ import annotations
 
@@ -25,8 +29,22 @@ from service.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from service.logs import log_event
 
 
+def add_log_format(parser) -> None:
+    parser.add_argument("--log-format", dest="log_format", choices=("auto", "human", "json"), default="auto",
+                        help="auto (the default): stage lines and a progress bar on a terminal, JSON lines otherwise")
+
+
+def setup_logging(args, job_id: str | None) -> None:
+    from service.logs import configure_logging
+
+    human = args.log_format == "human" or (
+        args.log_format == "auto" and sys.stderr.isatty() and not getattr(args, "json", False))
+    configure_logging(job_id, human=human)
+
+
 def add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write a seeded synthetic dataset version")
+    add_log_format(p)
     p.add_argument("--out", required=True, help="dataset root: a folder, file:// or s3://bucket/prefix")
     p.add_argument("--dataset_id", default="synth-nw-italy")
     p.add_argument("--version", type=int, default=1)
@@ -41,6 +59,7 @@ def add_synth(sub) -> None:
 
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train, export, check and register a model")
+    add_log_format(p)
     p.add_argument("--data_dir", required=True, help="dataset version: folder, file:// or s3://.../<id>/v<k>/")
     add_config_flags(p)
     p.add_argument("--checkpoint_dir", type=Path)
@@ -51,11 +70,13 @@ def add_train(sub) -> None:
     p.add_argument("--resume_training", action="store_true",
                    help="resume epoch, optimizer and scheduler from --checkpoint (default: <checkpoint_dir>/last.ckpt)")
     p.add_argument("--job_id", default=None)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of the summary (and, with --log-format auto, JSON logs)")
 
 
 def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="model vs the Bayesian oracle, the Cramér-Rao bound and classical baselines")
+    add_log_format(p)
     p.add_argument("--scenario", action="append", help="a scenario name (repeatable); default: all of them")
     p.add_argument("--quick", action="store_true", help="600 sessions and 8 epochs per scenario: minutes, not half an hour")
     p.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder")
@@ -77,11 +98,11 @@ def add_service(sub) -> None:
     cancel = ops.add_parser("cancel", help="publish training.cancel")
     cancel.add_argument("job_id")
     cancel.add_argument("--reason", required=True)
-    jobs = sub.add_parser("jobs", help="the job store").add_subparsers(dest="action", required=True)
-    listing = jobs.add_parser("list")
+    jobs = sub.add_parser("jobs", help="follow the jobs").add_subparsers(dest="action", required=True)
+    listing = jobs.add_parser("list", help="newest first: state, dataset, attempt, progress, age")
     listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
-    listing.add_argument("--limit", type=int, default=50)
-    jobs.add_parser("show").add_argument("job_id")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
+    jobs.add_parser("show", help="one job's timeline, its model and its MLflow run").add_argument("job_id")
 
 
 def add_config_flags(parser) -> None:
@@ -100,6 +121,7 @@ def add_config_flags(parser) -> None:
 def run_synth(args, settings) -> int:
     from service.datasets.synth import SynthConfig, synthesize_dataset
 
+    setup_logging(args, None)
     cfg = SynthConfig(sessions=args.sessions, seed=args.seed, dataset_id=args.dataset_id,
                       samples_per_capture=args.samples_per_capture, path_loss_exponent=args.path_loss_exponent,
                       shadowing_sigma_db=args.shadowing_sigma_db, offline_probability=args.offline_probability,
@@ -111,7 +133,6 @@ def run_synth(args, settings) -> int:
 
 def run_train(args, settings) -> int:
     from service.config import TrainConfig
-    from service.logs import configure_logging
     from service.training.pipeline import JobOptions, run_job
     from service.training.summary import format_summary
 
@@ -120,7 +141,7 @@ def run_train(args, settings) -> int:
                          checkpoint_dir=args.checkpoint_dir, experiment_name=args.experiment_name,
                          run_name_prefix=args.run_name_prefix, export_only=args.export_only,
                          checkpoint=args.checkpoint, resume_training=args.resume_training)
-    configure_logging(options.job_id)
+    setup_logging(args, options.job_id)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result alone (MLflow prints links)
         result = run_job(settings, config, options)
     if result is not None:
@@ -131,9 +152,8 @@ def run_train(args, settings) -> int:
 def run_bench(args, settings) -> int:
     from service.bench.runner import run_scenario, scenario_names
     from service.bench.report import write_summary
-    from service.logs import configure_logging
 
-    configure_logging(None)
+    setup_logging(args, None)
     names = args.scenario or scenario_names()
     unknown = sorted(set(names) - set(scenario_names()))
     if unknown:

@@ -36,6 +36,7 @@ byte-identical recordings; only the manifest's `created_at` differs unless it is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -45,10 +46,12 @@ import numpy as np
 from service.datasets.manifest import Receiver
 from service.datasets.writer import SessionRecord, write_dataset_version
 from service.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m, to_local_en
+from service.logs import counted
 from service.object_store import S3Credentials
 
 SPEED_OF_LIGHT_M_S = 299_792_458.0
 NOISE_REFERENCE_BANDWIDTH_HZ = 12_500.0
+log = logging.getLogger(__name__)
 EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
 SESSION_INTERVAL_S = 30.0
 AUDIO_TONE_RANGE_HZ = (300.0, 3_000.0)
@@ -378,7 +381,7 @@ def synthesize_dataset(
         sample_rate_hz=cfg.sample_rate_hz,
         samples_per_capture=cfg.samples_per_capture,
         receivers=list(receivers_for(cfg)),
-        sessions=generate_sessions(cfg),
+        sessions=counted(generate_sessions(cfg), total=cfg.sessions, unit="sessions", logger=log),
         shard_size=cfg.shard_size,
         credentials=credentials,
         created_at=created_at,

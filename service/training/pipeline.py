@@ -11,6 +11,8 @@ RegistryError / StorageUnavailable (register).
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 import tempfile
 import time
 import uuid
@@ -233,7 +235,8 @@ def record_run(logger, evaluation, data: VerifiedDataset, workdir: Path) -> None
 def mlflow_ref(settings: Settings, run_id: str) -> dict:
     """Where the run is, and how to look at it: the UI command when embedded, the server's URL otherwise."""
     uri = settings.mlflow_tracking_uri
-    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
+    mlflow = shlex.quote(str(Path(sys.executable).with_name("mlflow")))  # the environment's own: not on PATH
+    ui = f"{mlflow} ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
     return {"tracking_uri": uri, "run_id": run_id, "ui": ui}
 
 
