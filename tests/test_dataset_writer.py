@@ -12,7 +12,8 @@ import pytest
 from sigmf.sigmffile import SigMFCollection, SigMFFile, fromfile
 
 from service.datasets.manifest import Manifest, Receiver
-from service.datasets.writer import SessionRecord, _write_with_rollback, write_dataset_version
+from service.datasets.sigmf_shard import SessionRecord
+from service.datasets.writer import _write_with_rollback, write_dataset_version
 from service.object_store import LocalStore
 
 RECEIVERS = [

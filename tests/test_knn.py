@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.training.baselines import knn_fingerprint
+from service.training.knn import knn_fingerprint
 
 NOISE_DBM = -120.0
 

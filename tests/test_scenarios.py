@@ -11,12 +11,11 @@ import pytest
 from service.datasets.manifest import MANIFEST_FILE, Manifest
 from service.geodesy import from_local_en, to_local_en
 from service.bench.scenarios import QUICK_SESSIONS, SCENARIOS, scenario
+from service.datasets.channel import distances_m, log_distance_path_loss_db
 from service.datasets.synth import (
     DEFAULT_RECEIVERS,
     SynthConfig,
-    distances_m,
     generate_sessions,
-    log_distance_path_loss_db,
     receiver_calibration_db,
     receivers_for,
     session_truths,

@@ -11,17 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.datasets.synth import (
-    DEFAULT_RECEIVERS,
-    SynthConfig,
+from service.datasets.channel import (
     distances_m,
     free_space_path_loss_db,
-    generate_sessions,
     log_distance_path_loss_db,
     nbfm_capture,
     noise_power_dbm,
-    receiver_calibration_db,
     received_power_dbm,
+)
+from service.datasets.synth import (
+    DEFAULT_RECEIVERS,
+    SynthConfig,
+    generate_sessions,
+    receiver_calibration_db,
     session_truths,
     synthesize_dataset,
     transmitter_area,

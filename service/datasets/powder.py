@@ -43,7 +43,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from service.datasets.manifest import Receiver
-from service.datasets.writer import SessionRecord, write_dataset_version
+from service.datasets.sigmf_shard import SessionRecord
+from service.datasets.writer import write_dataset_version
 from service.geodesy import to_local_en
 from service.object_store import S3Credentials
 

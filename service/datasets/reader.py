@@ -3,7 +3,8 @@
 `DatasetReader(uri, ...).open(...)` fetches every file of a dataset version through a
 content-addressed cache, checks every rule of the contract and only then returns a
 `VerifiedDataset`: a compact session index in RAM plus memory-mapped reads of the cached
-`.sigmf-data` files. Nothing trains on a version before all of it has passed.
+`.sigmf-data` files (`service.datasets.verified`). Nothing trains on a version before all
+of it has passed.
 
 The cache (`service.datasets.cache`) only takes in the files of a version that passed in
 full; the per-file rules live in `service.datasets.checks`. Error rules: `Rule`.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,16 +27,15 @@ from service.datasets.checks import (
     merge_shard, parse_meta, refuse_invalid_manifest,
 )
 from service.datasets.manifest import (
-    COLLECTION_FILE, DATASET_ID_PATTERN, MANIFEST_FILE, SCHEMA, SPLITS, Manifest, Receiver, Shard, data_name,
-    meta_name,
+    COLLECTION_FILE, DATASET_ID_PATTERN, MANIFEST_FILE, SCHEMA, Manifest, Shard, data_name, meta_name,
 )
-from service.object_store import ObjectStore, S3Credentials, is_within, join_uri, normalise_uri, open_store
 from service.datasets.splits import assign_split
+from service.datasets.verified import VerifiedDataset
+from service.object_store import ObjectStore, S3Credentials, is_within, join_uri, normalise_uri, open_store
 
 __all__ = ["DatasetReader", "Rule", "VerifiedDataset"]
 
 SAMPLE_BYTES = 8  # cf32_le: two little-endian float32
-OPEN_FILES_MAX = 128  # memmaps kept open per process; each holds a file descriptor
 
 
 @dataclass(frozen=True)
@@ -217,65 +216,3 @@ def _index(manifest: Manifest, uri: str, shards: list[ShardIndex], validation_sp
         shard_of=np.repeat(np.arange(len(shards), dtype=np.int64), counts),
         row_of=np.concatenate([np.zeros(0, np.int64), *(np.arange(n, dtype=np.int64) for n in counts)]),
         data_files=np.array([s.data_files for s in shards], dtype=str).reshape(len(shards), receivers))
-
-
-class VerifiedDataset:
-    """A version that passed every check: a session index (axis N) over receivers (axis R).
-
-    Only the index lives in RAM; samples are read from the cache's files through memmaps,
-    opened lazily in each process (they are dropped when pickled into a DataLoader worker).
-    """
-
-    def __init__(self, *, manifest: Manifest, uri: str, session_ids: np.ndarray, splits: np.ndarray,
-                 emitter: np.ndarray, online: np.ndarray, shard_of: np.ndarray, row_of: np.ndarray,
-                 data_files: np.ndarray):
-        self.manifest, self.uri = manifest, uri
-        self.receivers: list[Receiver] = list(manifest.receivers)  # their order is the receiver axis R
-        self.session_ids, self.splits = session_ids, splits  # [N] str
-        self.emitter = emitter  # [N, 3] latitude, longitude, altitude_m; NaN when unlabelled
-        self.labelled = ~np.isnan(emitter[:, 0])  # [N] bool
-        self.online = online  # [N, R] bool
-        self.rx_position = np.array([[r.latitude, r.longitude, r.altitude_m] for r in self.receivers],
-                                    dtype=np.float32).reshape(-1, 3)  # [R, 3]
-        self._shard_of, self._row_of, self._data_files = shard_of, row_of, data_files
-        self._open: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self.session_ids)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": OrderedDict()}  # memmaps are per process
-
-    def indices(self, split: str, labelled_only: bool = True) -> np.ndarray:
-        if split not in SPLITS:
-            raise ValueError(f"split {split!r} is not one of {SPLITS}")
-        chosen = self.splits == split
-        return np.flatnonzero(chosen & self.labelled if labelled_only else chosen)
-
-    def read_session(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(iq float32 [R, S, 2], online float32 [R]); offline receivers' iq is zeros."""
-        iq = np.zeros((len(self.receivers), self.manifest.samples_per_capture, 2), dtype=np.float32)
-        self._fill(int(i), iq)
-        return iq, self.online[i].astype(np.float32)
-
-    def read_many(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(iq float32 [B, R, S, 2], online float32 [B, R])."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        iq = np.zeros((len(indices), len(self.receivers), self.manifest.samples_per_capture, 2), dtype=np.float32)
-        for row, i in enumerate(indices):
-            self._fill(int(i), iq[row])
-        return iq, self.online[indices].astype(np.float32)
-
-    def _fill(self, i: int, out: np.ndarray) -> None:
-        for receiver in np.flatnonzero(self.online[i]):
-            out[receiver] = self._samples(self._data_files[self._shard_of[i], receiver])[self._row_of[i]]
-
-    def _samples(self, path: str) -> np.ndarray:
-        """[sessions, S, 2] view of one data file; least recently used ones are closed."""
-        samples = self._open.pop(path, None)
-        if samples is None:
-            samples = np.memmap(path, dtype="<f4", mode="r").reshape(-1, self.manifest.samples_per_capture, 2)
-            if len(self._open) >= OPEN_FILES_MAX:
-                self._open.popitem(last=False)
-        self._open[path] = samples
-        return samples

@@ -4,75 +4,40 @@ Sessions stream in and only one shard's samples are held at a time, so memory st
 whatever the dataset's size. `dataset.json` is written last: it is the commit point, and a
 version without it does not exist for a reader. A local version is built in a hidden
 staging folder beside its final place and renamed there at the end; on S3, which has no
-rename, the objects already written are deleted when anything fails. SigMF metadata is
-built, hashed and validated with the `sigmf` package, as the contract asks.
+rename, the objects already written are deleted when anything fails. The files of one shard
+are built by `service.datasets.sigmf_shard`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sigmf.sigmffile import SigMFCollection, SigMFFile
 
 from service.datasets.manifest import (
-    COLLECTION_FILE,
     DATASET_ID_PATTERN,
-    DATATYPE,
     MANIFEST_FILE,
     SCHEMA,
     SPLITS,
     Manifest,
     Receiver,
     Shard,
-    data_name,
-    meta_name,
     version_key,
 )
+from service.datasets.sigmf_shard import SessionRecord, VersionHeader, rfc3339_utc, shard_files
 from service.object_store import LocalStore, ObjectStore, S3Credentials, open_store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = [
-    {"name": "signal", "version": "1.0.0", "optional": True},
-    {"name": "heimdall", "version": "1.0.0", "optional": False},
-]
-SAMPLE_DTYPE = np.dtype("<c8")  # cf32_le
-
 Put = Callable[[str, bytes], None]  # writes one file, named relative to the version folder
-
-
-@dataclass
-class SessionRecord:
-    """One transmission as every receiver heard it, receivers in the dataset's order."""
-
-    session_id: str
-    time: datetime  # timezone-aware; written as UTC
-    emitter: tuple[float, float, float] | None  # (latitude, longitude, altitude_m); None = unlabelled
-    split: str | None  # pins the session to train/val/test; None lets the trainer choose
-    online: np.ndarray  # bool [R]
-    iq: np.ndarray  # complex64 [R, S], scaled so 10*log10(mean|x|^2) is dBm; zeros where offline
-
-
-@dataclass(frozen=True)
-class _Header:
-    """What every recording of the version shares."""
-
-    dataset_id: str
-    center_frequency_hz: float
-    sample_rate_hz: float
-    samples_per_capture: int
-    receivers: tuple[Receiver, ...]
 
 
 def write_dataset_version(
@@ -97,30 +62,16 @@ def write_dataset_version(
     ValueError for bad arguments or a bad session record, StorageUnavailable from the store.
     On any failure nothing of this version is left behind.
     """
-    header = _Header(dataset_id, center_frequency_hz, sample_rate_hz, samples_per_capture, tuple(receivers))
+    header = VersionHeader(dataset_id, center_frequency_hz, sample_rate_hz, samples_per_capture, tuple(receivers))
     _check_arguments(header, version, parent_version, shard_size)
     store = open_store(root_uri, credentials)
     key = version_key(dataset_id, version)
     _refuse_committed(store, key)
-    stamp = _rfc3339_utc(created_at or datetime.now(timezone.utc), timespec="seconds")
+    stamp = rfc3339_utc(created_at or datetime.now(timezone.utc), timespec="seconds")
 
     def write_version(put: Put) -> None:
         shards, labelled = _write_shards(put, header, sessions, shard_size)
-        manifest = Manifest(
-            schema=SCHEMA,
-            dataset_id=dataset_id,
-            version=version,
-            parent_version=parent_version,
-            created_at=stamp,
-            center_frequency_hz=center_frequency_hz,
-            sample_rate_hz=sample_rate_hz,
-            samples_per_capture=samples_per_capture,
-            receivers=list(receivers),
-            shards=shards,
-            sessions=sum(shard.sessions for shard in shards),
-            labelled_sessions=labelled,
-        )
-        put(MANIFEST_FILE, manifest.to_json().encode())
+        put(MANIFEST_FILE, _manifest(header, version, parent_version, stamp, shards, labelled).to_json().encode())
 
     if isinstance(store, LocalStore):
         _write_staged_locally(store, key, write_version)
@@ -130,7 +81,25 @@ def write_dataset_version(
     return store.uri_of(key)
 
 
-def _check_arguments(header: _Header, version: int, parent_version: int | None, shard_size: int) -> None:
+def _manifest(header: VersionHeader, version: int, parent_version: int | None, created_at: str,
+              shards: list[Shard], labelled: int) -> Manifest:
+    return Manifest(
+        schema=SCHEMA,
+        dataset_id=header.dataset_id,
+        version=version,
+        parent_version=parent_version,
+        created_at=created_at,
+        center_frequency_hz=header.center_frequency_hz,
+        sample_rate_hz=header.sample_rate_hz,
+        samples_per_capture=header.samples_per_capture,
+        receivers=list(header.receivers),
+        shards=shards,
+        sessions=sum(shard.sessions for shard in shards),
+        labelled_sessions=labelled,
+    )
+
+
+def _check_arguments(header: VersionHeader, version: int, parent_version: int | None, shard_size: int) -> None:
     problems = []
     if not re.fullmatch(DATASET_ID_PATTERN, header.dataset_id):
         problems.append(f"dataset_id {header.dataset_id!r} does not match {DATASET_ID_PATTERN}")
@@ -155,7 +124,7 @@ def _refuse_committed(store: ObjectStore, key: str) -> None:
 
 
 def _write_shards(
-    put: Put, header: _Header, sessions: Iterable[SessionRecord], shard_size: int
+    put: Put, header: VersionHeader, sessions: Iterable[SessionRecord], shard_size: int
 ) -> tuple[list[Shard], int]:
     """Write every shard; return the manifest's shard entries and the labelled-session count."""
     shards: list[Shard] = []
@@ -165,7 +134,7 @@ def _write_shards(
         for record in records:
             _check_record(record, header, seen_ids)
         path = f"shards/{index:06d}"
-        files = _shard_files(header, path, records)
+        files = shard_files(header, path, records)
         for name, content in files.items():
             put(f"{path}/{name}", content)
         hashes = {name: hashlib.sha256(content).hexdigest() for name, content in files.items()}
@@ -187,7 +156,7 @@ def _batches(items: Iterable[SessionRecord], size: int) -> Iterator[list[Session
         yield batch
 
 
-def _check_record(record: SessionRecord, header: _Header, seen_ids: set[str]) -> None:
+def _check_record(record: SessionRecord, header: VersionHeader, seen_ids: set[str]) -> None:
     """Refuse what a reader would refuse, before anything of the shard is written."""
     where = f"dataset {header.dataset_id}: session {record.session_id!r}"
     expected = (len(header.receivers), header.samples_per_capture)
@@ -210,85 +179,6 @@ def _check_record(record: SessionRecord, header: _Header, seen_ids: set[str]) ->
     if record.emitter is not None and not (-90 <= record.emitter[0] <= 90 and -180 <= record.emitter[1] <= 180):
         raise ValueError(f"{where}: emitter {record.emitter} is out of range")
 
-
-def _shard_files(header: _Header, path: str, records: list[SessionRecord]) -> dict[str, bytes]:
-    """Every file of one shard, in the manifest's order: each receiver's meta and data, then the collection."""
-    files: dict[str, bytes] = {}
-    for column, receiver in enumerate(header.receivers):
-        data = np.stack([record.iq[column] for record in records]).astype(SAMPLE_DTYPE).tobytes()
-        online = [bool(record.online[column]) for record in records]
-        files[meta_name(receiver.id)] = _recording_meta(header, receiver, records, online, data)
-        files[data_name(receiver.id)] = data
-    files[COLLECTION_FILE] = _collection(header, path, files)
-    return files
-
-
-def _recording_meta(
-    header: _Header, receiver: Receiver, records: list[SessionRecord], online: list[bool], data: bytes
-) -> bytes:
-    samples = header.samples_per_capture
-    metadata = {
-        "global": {
-            "core:datatype": DATATYPE,
-            "core:sample_rate": header.sample_rate_hz,
-            "core:num_channels": 1,
-            "core:geolocation": _point(receiver.latitude, receiver.longitude, receiver.altitude_m),
-            "core:extensions": EXTENSIONS,
-            "heimdall:receiver_id": receiver.id,
-        },
-        "captures": [
-            {
-                "core:sample_start": i * samples,
-                "core:frequency": header.center_frequency_hz,
-                "core:datetime": _rfc3339_utc(record.time, timespec="milliseconds"),
-                "heimdall:session_id": record.session_id,
-            }
-            for i, record in enumerate(records)
-        ],
-        "annotations": [_annotation(i * samples, samples, record, online[i]) for i, record in enumerate(records)],
-    }
-    recording = SigMFFile(metadata=metadata)
-    recording.set_data_file(data_buffer=io.BytesIO(data))  # sets core:sha512
-    recording.validate()
-    return (recording.dumps() + "\n").encode()
-
-
-def _annotation(sample_start: int, sample_count: int, record: SessionRecord, online: bool) -> dict:
-    annotation = {
-        "core:sample_start": sample_start,
-        "core:sample_count": sample_count,
-        "heimdall:session_id": record.session_id,
-        "heimdall:online": online,
-    }
-    if record.emitter is not None:
-        latitude, longitude, altitude_m = record.emitter
-        annotation["signal:emitter"] = {"geolocation": _point(latitude, longitude, altitude_m)}
-    if record.split is not None:
-        annotation["heimdall:split"] = record.split
-    return annotation
-
-
-def _collection(header: _Header, path: str, files: dict[str, bytes]) -> bytes:
-    """SigMF requires each stream's hash to be the SHA-512 of its .sigmf-meta file."""
-    streams = [
-        {"name": f"rx-{receiver.id}", "hash": hashlib.sha512(files[meta_name(receiver.id)]).hexdigest()}
-        for receiver in header.receivers
-    ]
-    collection = SigMFCollection(
-        metadata={"collection": {"core:description": f"{header.dataset_id} {path}", "core:streams": streams}},
-        skip_checksums=True,  # the metas are in memory, not on a disk sigmf could hash
-    )
-    return (collection.dumps() + "\n").encode()
-
-
-def _point(latitude: float, longitude: float, altitude_m: float) -> dict:
-    return {"type": "Point", "coordinates": [float(longitude), float(latitude), float(altitude_m)]}
-
-
-def _rfc3339_utc(moment: datetime, *, timespec: str) -> str:
-    if moment.tzinfo is None:
-        raise ValueError(f"{moment} must be timezone-aware")
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
 
 
 def _write_staged_locally(store: LocalStore, key: str, write_version: Callable[[Put], None]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from service.config import TrainConfig
-from service.datasets.reader import VerifiedDataset
+from service.datasets.verified import VerifiedDataset
 
 CARD_SCHEMA = "heimdall.model/1"
 CARD_METRICS = ("median_error_m", "p90_error_m", "mean_error_m", "coverage_1sigma", "coverage_2sigma",

@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from service.training.baselines import (PathLossFit, capture_power_dbm, fit_path_loss, knn_fingerprint, ml_grid_search,
-                                weighted_centroid)
-from service.datasets.reader import VerifiedDataset
+from service.datasets.channel import noise_power_dbm
+from service.datasets.verified import VerifiedDataset
+from service.training.baselines import PathLossFit, capture_power_dbm, fit_path_loss, weighted_centroid
+from service.training.grid_search import ml_grid_search
+from service.training.knn import knn_fingerprint
 from service.training.metrics import localization_errors_m, localization_metrics, point_metrics
-from service.datasets.synth import noise_power_dbm
 
 NOISE_FLOOR_DBM_PER_12K5 = -120.0  # dataset.md: noise floor in 12.5 kHz
 FIT_SESSIONS_MAX = 2000  # training sessions used to fit the baselines' path-loss exponent
-CHUNK_SESSIONS = 256
 
 
 @dataclass
@@ -38,11 +38,8 @@ def predict(net: torch.nn.Module, data: VerifiedDataset, indices: np.ndarray) ->
     """Positions [N,2] and covariances [N,2,2] for the given sessions, in chunks."""
     net.eval()
     positions, covariances = [], []
-    for start in range(0, len(indices), CHUNK_SESSIONS):
-        chunk = indices[start : start + CHUNK_SESSIONS]
-        iq, online = data.read_many(chunk)
-        rx = np.broadcast_to(data.rx_position, (len(chunk), *data.rx_position.shape))
-        position, cov = net(torch.from_numpy(iq), torch.from_numpy(np.ascontiguousarray(rx)), torch.from_numpy(online))
+    for _, iq, online, rx in data.chunks(indices):
+        position, cov = net(torch.from_numpy(iq), torch.from_numpy(rx), torch.from_numpy(online))
         positions.append(position.double().numpy())
         covariances.append(cov.double().numpy())
     return np.concatenate(positions), np.concatenate(covariances)
@@ -51,8 +48,7 @@ def predict(net: torch.nn.Module, data: VerifiedDataset, indices: np.ndarray) ->
 def session_powers(data: VerifiedDataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Capture power in dBm [N,R] and online mask [N,R] for the given sessions."""
     powers, onlines = [], []
-    for start in range(0, len(indices), CHUNK_SESSIONS):
-        iq, online = data.read_many(indices[start : start + CHUNK_SESSIONS])
+    for _, iq, online, _ in data.chunks(indices):
         powers.append(capture_power_dbm(iq))
         onlines.append(online > 0.5)
     return np.concatenate(powers), np.concatenate(onlines)

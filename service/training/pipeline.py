@@ -109,9 +109,7 @@ def train_model(module, data: VerifiedDataset, config: TrainConfig, options: Job
 
 
 def held_out_inputs(data: VerifiedDataset) -> dict[str, np.ndarray]:
-    indices = data.indices("test")[:PARITY_SESSIONS]
-    iq, online = data.read_many(indices)
-    rx = np.ascontiguousarray(np.broadcast_to(data.rx_position, (len(indices), *data.rx_position.shape)))
+    iq, online, rx = data.model_inputs(data.indices("test")[:PARITY_SESSIONS])
     return {"iq": iq, "rx_position": rx, "rx_online": online}
 
 

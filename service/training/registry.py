@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.datasets.reader import VerifiedDataset
+from service.datasets.verified import VerifiedDataset
 from service.errors import RegistryError, StorageUnavailable
 from service.logs import log_event
 from service.training.metrics import localization_errors_m
@@ -24,7 +24,6 @@ from service.object_store import ObjectStore
 
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION = "candidate", "champion"
-CHUNK_SESSIONS = 256
 
 
 @dataclass
@@ -51,10 +50,7 @@ def score_onnx(onnx_path: Path, data: VerifiedDataset, indices: np.ndarray) -> f
     if samples != data.manifest.samples_per_capture:
         return None
     errors = []
-    for start in range(0, len(indices), CHUNK_SESSIONS):
-        chunk = indices[start : start + CHUNK_SESSIONS]
-        iq, online = data.read_many(chunk)
-        rx = np.ascontiguousarray(np.broadcast_to(data.rx_position, (len(chunk), *data.rx_position.shape)))
+    for chunk, iq, online, rx in data.chunks(indices):
         position, _ = session.run(None, {"iq": iq, "rx_position": rx, "rx_online": online})
         errors.append(localization_errors_m(position.astype(np.float64), data.emitter[chunk, :2]))
     return float(np.median(np.concatenate(errors)))

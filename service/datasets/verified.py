@@ -1,0 +1,95 @@
+"""A dataset version that passed every check: the session index in RAM, samples through memory maps.
+
+`service.datasets.reader` builds it once the whole version is verified; training, evaluation,
+export and registration read sessions from it, one at a time or a chunk at a time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Sequence
+
+import numpy as np
+
+from service.datasets.manifest import SPLITS, Manifest, Receiver
+
+OPEN_FILES_MAX = 128  # memmaps kept open per process; each holds a file descriptor
+CHUNK_SESSIONS = 256  # sessions read at once by `chunks`: bounds one [chunk, R, S, 2] float32 array
+
+
+class VerifiedDataset:
+    """A version that passed every check: a session index (axis N) over receivers (axis R).
+
+    Only the index lives in RAM; samples are read from the cache's files through memmaps,
+    opened lazily in each process (they are dropped when pickled into a DataLoader worker).
+    """
+
+    def __init__(self, *, manifest: Manifest, uri: str, session_ids: np.ndarray, splits: np.ndarray,
+                 emitter: np.ndarray, online: np.ndarray, shard_of: np.ndarray, row_of: np.ndarray,
+                 data_files: np.ndarray):
+        self.manifest, self.uri = manifest, uri
+        self.receivers: list[Receiver] = list(manifest.receivers)  # their order is the receiver axis R
+        self.session_ids, self.splits = session_ids, splits  # [N] str
+        self.emitter = emitter  # [N, 3] latitude, longitude, altitude_m; NaN when unlabelled
+        self.labelled = ~np.isnan(emitter[:, 0])  # [N] bool
+        self.online = online  # [N, R] bool
+        self.rx_position = np.array([[r.latitude, r.longitude, r.altitude_m] for r in self.receivers],
+                                    dtype=np.float32).reshape(-1, 3)  # [R, 3]
+        self._shard_of, self._row_of, self._data_files = shard_of, row_of, data_files
+        self._open: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.session_ids)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": OrderedDict()}  # memmaps are per process
+
+    def indices(self, split: str, labelled_only: bool = True) -> np.ndarray:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        chosen = self.splits == split
+        return np.flatnonzero(chosen & self.labelled if labelled_only else chosen)
+
+    def read_session(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(iq float32 [R, S, 2], online float32 [R]); offline receivers' iq is zeros."""
+        iq = np.zeros((len(self.receivers), self.manifest.samples_per_capture, 2), dtype=np.float32)
+        self._fill(int(i), iq)
+        return iq, self.online[i].astype(np.float32)
+
+    def read_many(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(iq float32 [B, R, S, 2], online float32 [B, R])."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        iq = np.zeros((len(indices), len(self.receivers), self.manifest.samples_per_capture, 2), dtype=np.float32)
+        for row, i in enumerate(indices):
+            self._fill(int(i), iq[row])
+        return iq, self.online[indices].astype(np.float32)
+
+    def model_inputs(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's inputs for these sessions, float32: (iq [B, R, S, 2], online [B, R], rx_position [B, R, 3])."""
+        iq, online = self.read_many(indices)
+        rx = np.ascontiguousarray(np.broadcast_to(self.rx_position, (len(online), *self.rx_position.shape)))
+        return iq, online, rx
+
+    def chunks(self, indices: Sequence[int] | np.ndarray,
+               size: int = CHUNK_SESSIONS) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """(chunk indices, iq, online, rx_position) for `indices` in order, `size` sessions at a time,
+        so that scoring many sessions holds one chunk's samples in memory."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        for start in range(0, len(indices), size):
+            chunk = indices[start : start + size]
+            yield (chunk, *self.model_inputs(chunk))
+
+    def _fill(self, i: int, out: np.ndarray) -> None:
+        for receiver in np.flatnonzero(self.online[i]):
+            out[receiver] = self._samples(self._data_files[self._shard_of[i], receiver])[self._row_of[i]]
+
+    def _samples(self, path: str) -> np.ndarray:
+        """[sessions, S, 2] view of one data file; least recently used ones are closed."""
+        samples = self._open.pop(path, None)
+        if samples is None:
+            samples = np.memmap(path, dtype="<f4", mode="r").reshape(-1, self.manifest.samples_per_capture, 2)
+            if len(self._open) >= OPEN_FILES_MAX:
+                self._open.popitem(last=False)
+        self._open[path] = samples
+        return samples
