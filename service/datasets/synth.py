@@ -36,6 +36,7 @@ byte-identical recordings; only the manifest's `created_at` differs unless it is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -54,8 +55,10 @@ from service.datasets.manifest import Receiver
 from service.datasets.sigmf_shard import SessionRecord
 from service.datasets.writer import write_dataset_version
 from service.geodesy import EARTH_RADIUS_M, from_local_en
+from service.logs import counted
 from service.object_store import S3Credentials
 
+log = logging.getLogger(__name__)
 EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
 SESSION_INTERVAL_S = 30.0
 
@@ -280,7 +283,7 @@ def synthesize_dataset(
         sample_rate_hz=cfg.sample_rate_hz,
         samples_per_capture=cfg.samples_per_capture,
         receivers=list(receivers_for(cfg)),
-        sessions=generate_sessions(cfg),
+        sessions=counted(generate_sessions(cfg), total=cfg.sessions, unit="sessions", logger=log),
         shard_size=cfg.shard_size,
         credentials=credentials,
         created_at=created_at,
