@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 ASYNC_ENTRY_POINTS = ("service.app", "service.consumer", "service.worker", "service.job_store", "service.outbox")
@@ -21,6 +23,8 @@ ASYNC_SERVICE_MODULES = ASYNC_ENTRY_POINTS + ("service.topology", "service.probe
                                               "service.ops_commands", "service.training_process", "service.job_tables")
 HEAVY = ("torch", "pytorch_lightning", "lightning", "mlflow", "onnx", "onnxruntime", "onnxscript", "numpy", "scipy",
          "matplotlib")
+MAX_MODULE_LINES = 300
+MAX_FUNCTION_LINES = 50
 
 
 def module_name(path: Path) -> str:
@@ -146,3 +150,13 @@ def test_importing_the_async_service_loads_no_heavy_library():
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=ROOT).stdout.split())
     assert not loaded & set(HEAVY)
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in source_modules().values()
+                                        if "migrations/versions" not in p.as_posix()))
+def test_modules_and_functions_stay_readable(path):
+    source = (ROOT / path).read_text()
+    assert len(source.splitlines()) <= MAX_MODULE_LINES, f"{path}: {len(source.splitlines())} lines"
+    long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(ast.parse(source))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{path}: {long}"
