@@ -2,6 +2,7 @@
 # Makes sure the servers the tests talk to are running on this machine (Debian 12, no systemd):
 #   RabbitMQ     127.0.0.1:5672, user guest/guest
 #   PostgreSQL   15, on its Unix socket (/var/run/postgresql) and 127.0.0.1:5432
+# and that `promtool` (Debian's prometheus package, not started) is there for the alert-rule tests.
 # When both already answer it only checks, in well under a second. A missing server is
 # installed from Debian's packages; a stopped one is started with the commands that start it
 # on the CI machines. Idempotent. Needs root, or sudo, only when it has to install or start.
@@ -108,6 +109,7 @@ wait_until() {  # seconds, what, check-function
 
 main() {
   local need_rabbitmq="" need_postgres="" missing=()
+  command -v promtool >/dev/null || apt_install prometheus   # tests/test_monitoring.py runs promtool
   rabbitmq_answers || need_rabbitmq=1
   postgres_answers || need_postgres=1
   if [ -z "$need_rabbitmq$need_postgres" ]; then
