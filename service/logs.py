@@ -104,11 +104,11 @@ def counted(items: Iterable[T], *, total: int, unit: str, logger: logging.Logger
 # --- for people --------------------------------------------------------------------------
 
 
-def _km(metres: float) -> str:
+def format_km(metres: float) -> str:
     return f"{metres / 1000:.2f} km"
 
 
-def _clock(seconds: float) -> str:
+def format_clock(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
@@ -125,15 +125,16 @@ def stage_line(event: str | None, f: dict) -> str | None:
         case "started":
             return f"training            MLflow run {f['mlflow_run_id']}"
         case "fitted":
-            return f"training            done: {f['epochs_run']} epochs in {_clock(f['fit_s'])}, best epoch {f['best_epoch']}"
+            return (f"training            done: {f['epochs_run']} epochs in {format_clock(f['fit_s'])}, "
+                    f"best epoch {f['best_epoch']}")
         case "evaluated":
-            return f"evaluating          median error {_km(f['metrics']['median_error_m'])} on the test split"
+            return f"evaluating          median error {format_km(f['metrics']['median_error_m'])} on the test split"
         case "exported":
             return (f"exporting           model.onnx, {f['onnx_bytes'] / 1e6:.1f} MB; ONNX Runtime matches "
                     f"PyTorch to {f['parity']['position_m']:.2g} m")
         case "registered":
             return (f"registering         version {f['model_version']} ({', '.join(f['aliases'])}), "
-                    f"{_clock(f['elapsed_s'])} in all")
+                    f"{format_clock(f['elapsed_s'])} in all")
         case "checkpointed":
             return f"interrupted         checkpoint saved at epoch {f['epoch']}: resume with --resume_training"
         case "bench scenario":
@@ -146,7 +147,7 @@ def progress_text(f: dict, width: int) -> str:
     if "epoch" in f:
         label, done, total = "epoch", f["epoch"], f["max_epochs"]
         error = f.get("metrics", {}).get("val_median_error_m")
-        tail = (f"  val error {_km(error)}" if error is not None else "") + f"  ETA {_clock(f['eta_s'])}"
+        tail = (f"  val error {format_km(error)}" if error is not None else "") + f"  ETA {format_clock(f['eta_s'])}"
     else:
         label, done, total, tail = f["unit"], f["done"], f["total"], ""
     head = f"  {label} {done}/{total} "

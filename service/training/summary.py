@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
-def _km(metres: float) -> str:
-    return f"{metres / 1000:.2f} km"
+from service.logs import format_km
 
 
 def format_summary(result: dict) -> str:
@@ -21,12 +19,12 @@ def format_summary(result: dict) -> str:
         f"  mlflow run   {result['mlflow']['run_id']}  ({result['mlflow']['tracking_uri']})",
         "",
         "  test split             median       p90      mean",
-        f"  model            {_km(metrics['median_error_m']):>10} {_km(metrics['p90_error_m']):>10} "
-        f"{_km(metrics['mean_error_m']):>10}",
+        f"  model            {format_km(metrics['median_error_m']):>10} {format_km(metrics['p90_error_m']):>10} "
+        f"{format_km(metrics['mean_error_m']):>10}",
     ]
     for name, b in result["baselines"].items():
-        lines.append(f"  {name:<16} {_km(b['median_error_m']):>10} {_km(b['p90_error_m']):>10} "
-                     f"{_km(b['mean_error_m']):>10}")
+        lines.append(f"  {name:<16} {format_km(b['median_error_m']):>10} {format_km(b['p90_error_m']):>10} "
+                     f"{format_km(b['mean_error_m']):>10}")
     lines += [
         "",
         f"  coverage   1σ {metrics['coverage_1sigma']:.3f} (ideal 0.393)   2σ {metrics['coverage_2sigma']:.3f} "
