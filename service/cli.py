@@ -137,7 +137,11 @@ def run_train(args, settings) -> int:
     from service.training.summary import format_summary
 
     config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None})
-    options = JobOptions(data_uri=args.data_dir, job_id=args.job_id or str(uuid.uuid4()),
+    if args.job_id is None:
+        args.job_id = str(uuid.uuid4())
+        if sys.argv[1:2] == ["train"]:  # Lightning's DDP launcher re-executes sys.argv: every rank, one job id
+            sys.argv += ["--job_id", args.job_id]
+    options = JobOptions(data_uri=args.data_dir, job_id=args.job_id,
                          checkpoint_dir=args.checkpoint_dir, experiment_name=args.experiment_name,
                          run_name_prefix=args.run_name_prefix, export_only=args.export_only,
                          checkpoint=args.checkpoint, resume_training=args.resume_training)

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # Fields that decide where and how fast training runs, not what it produces.
-RUNTIME_FIELDS = frozenset({"num_workers", "accelerator", "devices"})
+RUNTIME_FIELDS = frozenset({"num_workers", "accelerator", "devices", "num_nodes", "cluster"})
 
 
 class TrainConfig(BaseModel):
@@ -36,7 +36,11 @@ class TrainConfig(BaseModel):
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"  # "auto" picks a GPU when there is one
-    devices: str = "auto"
+    devices: str = "auto"  # per node; "2" with accelerator "cpu" runs DDP over gloo
+    num_nodes: int = Field(1, ge=1)  # machines in a DDP run (torchrun, a Kubeflow PyTorchJob), each with `devices`
+    # Lightning detects SLURM and torchrun by itself; a Kubeflow PyTorchJob (RANK, WORLD_SIZE, MASTER_ADDR
+    # per pod, one process each) must be named, since its variables look like any other launcher's.
+    cluster: Literal["auto", "kubeflow"] = "auto"
 
     def config_hash(self) -> str:
         """SHA-256 (first 16 hex) of the fields that change the model."""

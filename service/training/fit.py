@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import KubeflowEnvironment
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
@@ -133,6 +136,8 @@ class ProgressLines(Callback):
         self._first_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return  # one line per epoch, not one per DDP rank
         done = trainer.current_epoch + 1
         elapsed = time.monotonic() - self._started
         per_epoch = elapsed / max(done - self._first_epoch, 1)
@@ -150,14 +155,39 @@ class CheckpointOnInterrupt(Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")
-            log_event(log, "checkpointed", stage="train", epoch=trainer.current_epoch,
-                      global_step=trainer.global_step, reason="SIGTERM")
+            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt")  # every rank: it holds a barrier
+            if trainer.is_global_zero:
+                log_event(log, "checkpointed", stage="train", epoch=trainer.current_epoch,
+                          global_step=trainer.global_step, reason="SIGTERM")
+
+
+class StopTogether(Callback):
+    """SIGTERM under DDP: every rank stops after the same batch.
+
+    Lightning's own handler acts wherever each rank happens to be when the signal lands (and
+    broadcasts from inside the handler), which deadlocks when the signal reaches every rank, as
+    the service's `killpg` does. Here the signal only sets a flag; after each training batch the
+    ranks agree (any rank asked) and all raise together, so the checkpoint's barrier lines up.
+    """
+
+    def __init__(self):
+        self.asked = False
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.world_size > 1:  # replaces Lightning's handler; its teardown restores the original
+            signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum, frame):
+        self.asked = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.asked, all=False):
+            raise SIGTERMException
 
 
 @dataclass
 class FitResult:
-    best_checkpoint: Path
+    best_checkpoint: Path | None  # None on DDP ranks other than zero
     last_checkpoint: Path | None
     epochs_run: int
     best_epoch: int | None
@@ -183,12 +213,19 @@ def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger) -> tuple[pl
                                   save_top_k=3, save_last=True)
     callbacks = [checkpoints, EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
                  LearningRateMonitor(logging_interval="epoch"), ProgressLines(config.epochs),
-                 CheckpointOnInterrupt(checkpoint_dir)]
+                 CheckpointOnInterrupt(checkpoint_dir), StopTogether()]
     trainer = pl.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
-                         logger=logger, callbacks=callbacks, deterministic=False, enable_progress_bar=False,
+                         num_nodes=config.num_nodes, plugins=[KubeflowEnvironment()] if config.cluster == "kubeflow"
+                         else None, logger=logger, callbacks=callbacks, deterministic=False, enable_progress_bar=False,
                          enable_model_summary=False, log_every_n_steps=10, gradient_clip_val=1.0,
                          num_sanity_val_steps=0)
     return trainer, checkpoints
+
+
+def is_global_zero() -> bool:
+    """This process is rank zero. Valid before `fit` too: Lightning reads the rank its launchers
+    (its own DDP re-execution, torchrun, Kubeflow) put in RANK / LOCAL_RANK."""
+    return rank_zero_only.rank == 0
 
 
 def _devices(value: str):
@@ -205,8 +242,12 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
     try:
         trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None)
     except SIGTERMException as exc:
+        if not trainer.is_global_zero:  # rank zero reports it (exit 3); an extra rank exiting non-zero
+            return _extra_rank_result(trainer, started)  # would make Lightning SIGKILL rank zero
         raise JobInterrupted(f"stopped by SIGTERM at epoch {trainer.current_epoch}; resume from "
                              f"{checkpoint_dir / 'last.ckpt'}") from exc
+    if not trainer.is_global_zero:
+        return _extra_rank_result(trainer, started)
     best = Path(checkpoints.best_model_path) if checkpoints.best_model_path else None
     last = Path(checkpoints.last_model_path) if checkpoints.last_model_path else None
     best_score = checkpoints.best_model_score
@@ -214,6 +255,12 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
                      best_epoch=_epoch_of(best), best_val_loss=None if best_score is None or
                      not math.isfinite(float(best_score)) else float(best_score),
                      is_global_zero=trainer.is_global_zero, fit_s=time.monotonic() - started)
+
+
+def _extra_rank_result(trainer: pl.Trainer, started: float) -> FitResult:
+    """A DDP rank other than zero: it only helped fit; the checkpoint files are rank zero's, maybe on another node."""
+    return FitResult(best_checkpoint=None, last_checkpoint=None, epochs_run=trainer.current_epoch, best_epoch=None,
+                     best_val_loss=None, is_global_zero=False, fit_s=time.monotonic() - started)
 
 
 def _epoch_of(checkpoint: Path | None) -> int | None:

@@ -103,8 +103,9 @@ def train_model(module, data: VerifiedDataset, config: TrainConfig, options: Job
         result = fit(module, data, config, checkpoint_dir, logger, resume_checkpoint(options, checkpoint_dir))
     except (RuntimeError, ValueError) as exc:
         raise TrainingError(f"trainer.fit failed: {exc}") from exc
-    log_event(log, "fitted", stage="train", fit_s=round(result.fit_s, 2), epochs_run=result.epochs_run,
-              best_epoch=result.best_epoch, best_checkpoint=str(result.best_checkpoint))
+    if result.is_global_zero:
+        log_event(log, "fitted", stage="train", fit_s=round(result.fit_s, 2), epochs_run=result.epochs_run,
+                  best_epoch=result.best_epoch, best_checkpoint=str(result.best_checkpoint))
     return result
 
 
@@ -124,6 +125,7 @@ def check_options(options: JobOptions) -> None:
 def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict | None:
     """The whole job. Returns the summary that `train --json` prints (None on DDP ranks other than zero)."""
     from service.training.evaluation import evaluate
+    from service.training.fit import is_global_zero
     from service.training.registry import ModelRegistry, mlflow_errors
 
     check_options(options)
@@ -144,7 +146,8 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
     with mlflow_errors("start run"):
         logger = build_logger(settings, options, data)
         logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash(), **module.net.describe()})
-        log_event(log, "started", stage="train", mlflow_run_id=logger.run_id)
+        if is_global_zero():  # the service reads one "started" per job
+            log_event(log, "started", stage="train", mlflow_run_id=logger.run_id)
     try:
         checkpoint_dir = options.checkpoint_dir or settings.state_dir / "checkpoints" / options.job_id
         fitted = train_model(module, data, config, options, checkpoint_dir, logger)
