@@ -15,14 +15,13 @@ seed, so `--fault NAME --seed S` replays it. A harness, not a test: it restarts 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
+import subprocess
 import statistics
 import tempfile
 import time
 import traceback
-import uuid
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -33,60 +32,13 @@ import sqlalchemy as sa
 from messages import constants as wire
 from service.datasets.synth import SynthConfig, synthesize_dataset
 from service.object_store import S3Credentials
-from tests.broker import _drain
+from tests.chaos_messages import OUTPUT_KEYS, EventLog
 from tests.servers import Postgres, mlflow_server, seaweedfs, seaweedfs_ports
 from tests.test_service import Stack
 
 BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]
-OUTPUT_KEYS = (wire.TRAINING_ACCEPTED, wire.TRAINING_STARTED, wire.TRAINING_PROGRESS, wire.TRAINING_FAILED,
-               wire.TRAINING_CANCELLED, wire.MODEL_REGISTERED)
 SETTLE_S = 300
 DATASETS_ROOT = "s3://heimdall-datasets/chaos"
-
-
-class EventLog:
-    """What the service publishes to heimdall.events in one vhost, stamped on arrival (every copy)."""
-
-    def __init__(self, url: str, keys: tuple[str, ...] = OUTPUT_KEYS):
-        self.url, self.queue = url, f"chaos-tap-{uuid.uuid4().hex[:8]}"
-        self.copies: list[tuple[float, object]] = []
-        for key in keys:
-            self.bind(key)
-
-    def bind(self, key: str) -> None:
-        self.copies += [(time.monotonic(), d) for d in asyncio.run(_drain(self.url, self.queue, key))]
-
-    def poll(self) -> None:
-        try:  # the broker may be away during a fault: what it holds arrives on a later poll
-            found = asyncio.run(asyncio.wait_for(_drain(self.url, self.queue, None), 30))
-        except Exception:
-            return
-        now = time.monotonic()
-        self.copies += [(now, d) for d in found]
-
-    def events(self, routing_key: str | None = None, **data) -> list[dict]:
-        """Distinct events (by CloudEvent id), in order of first arrival."""
-        self.poll()
-        unique: dict[str, dict] = {}
-        for _, delivery in self.copies:
-            if routing_key is None or delivery.routing_key == routing_key:
-                body = delivery.json()
-                unique.setdefault(body["id"], {**body, "routing_key": delivery.routing_key})
-        return [b for b in unique.values() if all(b["data"].get(k) == v for k, v in data.items())]
-
-    def wait_for(self, routing_key: str, count: int = 1, timeout_s: float = 180, **data) -> list[dict]:
-        deadline = time.monotonic() + timeout_s
-        while len(found := self.events(routing_key, **data)) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {count} × {routing_key} {data} within {timeout_s:.0f}s")
-            time.sleep(0.3)
-        return found
-
-    def first_after(self, t: float, job_id: str | None = None) -> float | None:
-        """Arrival time of the first copy after `t` (of an event about `job_id`, when given)."""
-        self.poll()
-        times = [at for at, d in self.copies if at > t and (job_id is None or d.json()["data"].get("job_id") == job_id)]
-        return min(times, default=None)
 
 
 @dataclass
@@ -159,7 +111,15 @@ class Lab:
 
     def stack(self, keys: tuple[str, ...] = OUTPUT_KEYS, **env: str) -> Stack:
         self.made += 1  # the folder names the trial, so a failing trial's serve logs are easy to find
-        stack = Stack(self.tmp / f"{self.trial_seed}-stack{self.made}", self.s3, self.mlflow_url, self.postgres)
+        for attempt in range(5):  # other sessions' Vhost() re-creates the shared intruder user: retry the race
+            try:
+                stack = Stack(self.tmp / f"{self.trial_seed}-stack{self.made}", self.s3, self.mlflow_url,
+                              self.postgres)
+                break
+            except subprocess.CalledProcessError:
+                if attempt == 4:
+                    raise
+                time.sleep(2)
         stack.tmp.mkdir()
         (stack.tmp / "tmp").mkdir()  # TMPDIR of serve and its child: where export writes model.onnx
         stack.env.update({"TMPDIR": str(stack.tmp / "tmp"),
@@ -195,20 +155,25 @@ def audit(stack: Stack, mlflow: bool = True) -> dict:
     final = registered + Counter(e["data"]["job_id"] for e in tap.events(wire.TRAINING_CANCELLED)) + Counter(
         e["data"]["job_id"] for e in tap.events(wire.TRAINING_FAILED) if not e["data"]["retryable"])
     seen = {e["id"] for e in tap.events()}
-    engine = sa.create_engine(stack.env["HEIMDALL_JOB_STORE_URL"])
-    try:
-        with engine.connect() as conn:
-            outbox = [r[0] for r in conn.execute(sa.text(
-                f"select id from outbox where routing_key in ({','.join(repr(k) for k in OUTPUT_KEYS)})"))]
-            stuck = conn.execute(sa.text("select count(*) from jobs where status in ('queued', 'running')")).scalar()
-    finally:
-        engine.dispose()
+    keys = ",".join(repr(k) for k in OUTPUT_KEYS)
+    outbox = [r[0] for r in query(stack, f"select id from outbox where routing_key in ({keys})")]
+    stuck = query(stack, "select count(*) from jobs where status in ('queued', 'running')")[0][0]
     result = {"accepted": len(accepted), "ended_once": sum(final[j] == 1 for j in accepted),
               "registered_per_job": max(registered.values(), default=0), "lost": sum(i not in seen for i in outbox),
               "stuck": stuck}
     if mlflow:
         result["versions_per_key"] = versions_per_key(stack)
     return result
+
+
+def query(stack: Stack, sql: str, **params) -> list[tuple]:
+    """Rows from the stack's job store database."""
+    engine = sa.create_engine(stack.env["HEIMDALL_JOB_STORE_URL"])
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+    finally:
+        engine.dispose()
 
 
 def versions_per_key(stack: Stack) -> int:
@@ -273,8 +238,6 @@ def report(results: list[tuple], args, wall_s: float) -> str:
 
 
 def git_head() -> str:
-    import subprocess
-
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 

@@ -12,16 +12,13 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import sqlalchemy as sa
-
 from messages import constants as wire
-from tests.chaos import OUTPUT_KEYS, Lab, Trial
-from tests.chaos_fuzz import fuzz, fuzz_count, publish_many
+from tests.chaos import Lab, Trial, query
+from tests.chaos_messages import fuzz, fuzz_count, storm, unroutable
 from tests.broker import dead_letters, rabbitmqctl
 from tests.test_service import TINY_TRAINING, ServiceProcess, Stack, dataset_ready
 
@@ -176,22 +173,11 @@ def rabbit_restart(lab: Lab, rng, trial: Trial, index: int) -> Stack:
 
 
 def db_now(stack: Stack):
-    engine = sa.create_engine(stack.env["HEIMDALL_JOB_STORE_URL"])
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("select now() at time zone 'utc'")).scalar()
-    finally:
-        engine.dispose()
+    return query(stack, "select now() at time zone 'utc'")[0][0]
 
 
 def outbox_between(stack: Stack, start, end) -> list[str]:
-    engine = sa.create_engine(stack.env["HEIMDALL_JOB_STORE_URL"])
-    try:
-        with engine.connect() as conn:
-            return [r[0] for r in conn.execute(sa.text("select id from outbox where created_at >= :a and "
-                                                       "created_at <= :b"), {"a": start, "b": end})]
-    finally:
-        engine.dispose()
+    return [r[0] for r in query(stack, "select id from outbox where created_at between :a and :b", a=start, b=end)]
 
 
 def terminate_backends(database: str) -> None:
@@ -294,43 +280,6 @@ def freeze_replica(lab: Lab, rng, trial: Trial, index: int) -> Stack:
     wait_until(lambda: logged(owner, "lost-claim", job_id=job) or owner.proc.poll() is not None, 60, 0.5)
     trial.check(not logged(owner, "succeeded", job_id=job), "the stale replica recorded a success")
     trial.recovery_s = recovery(stack, job, frozen)
-    return stack
-
-
-def storm(lab: Lab, rng, trial: Trial, index: int) -> Stack:
-    stack = lab.stack()
-    replicas = [stack.start("r1"), stack.start("r2")]
-    event = dataset_ready("chaos-a", 1, lab.datasets["chaos-a"])
-    events = [event] * 500 + [{**event, "id": str(uuid.uuid4())} for _ in range(500)]
-    rng.shuffle(events)
-    publish_many(stack.vhost, [(json.dumps(e).encode(), wire.DATASET_READY, e["id"], "guest") for e in events])
-    stormed = time.monotonic()
-    handled = lambda: sum(logged_count(r, ("accepted", "duplicate")) for r in replicas)  # noqa: E731
-    trial.check(wait_until(lambda: handled() >= 1000, 300, 1.0), f"only {handled()} of 1000 handled")
-    job = stack.tap.wait_for(wire.TRAINING_ACCEPTED, timeout_s=60)[0]["data"]["job_id"]
-    trial.check(wait_end(stack, job), "the job did not end")
-    trial.recovery_s = recovery(stack, job, stormed)
-    return stack
-
-
-def logged_count(service: ServiceProcess, events: tuple[str, ...]) -> int:
-    return sum(line.get("event") in events for line in service.log_lines())
-
-
-def unroutable(lab: Lab, rng, trial: Trial, index: int) -> Stack:
-    stack = lab.stack(keys=tuple(k for k in OUTPUT_KEYS if k != wire.MODEL_REGISTERED))
-    service = stack.start("a")
-    job = announce(lab, stack)
-    trial.check(wait_until(lambda: logged(service, "succeeded", job_id=job), 240, 0.5), "the job did not succeed")
-    behind = announce(lab, stack, "chaos-b")  # the events after the unroutable one must not wait for it
-    trial.check(wait_until(lambda: bool(stack.tap.events(wire.TRAINING_STARTED, job_id=behind)), 120, 0.5),
-                "events behind the unroutable model.registered were held up")
-    time.sleep(rng.uniform(5, 10))
-    stack.tap.bind(wire.MODEL_REGISTERED)  # the inference service declares its queue
-    bound = time.monotonic()
-    trial.check(wait_until(lambda: bool(stack.tap.events(wire.MODEL_REGISTERED, job_id=job)), 120, 0.5),
-                "model.registered never arrived once a queue was bound (lost)")
-    trial.recovery_s = recovery(stack, job, bound)
     return stack
 
 

@@ -1,4 +1,6 @@
-"""The fuzz row of the chaos report: generated bad messages, published raw, must all be dead-lettered.
+"""The bus side of the chaos report: the event log, and the message faults (fuzz, storm, unroutable).
+
+Fuzz: generated bad messages, published raw, must all be dead-lettered.
 
 Hypothesis draws each message from one of six kinds: random bytes, wrong types, missing fields,
 another event's routing key or type, bodies over 1 MiB, and valid ops requests from a user
@@ -13,20 +15,22 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from itertools import groupby
 
 import aio_pika
 import hypothesis
-import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, strategies as st
 
 from messages import InvalidMessage, constants as wire, parse_event
 from service.topology import event_message
-from tests.broker import INTRUDER, INTRUDER_PASSWORD, dead_letters
+from tests.broker import INTRUDER, INTRUDER_PASSWORD, _drain, dead_letters
 from tests.test_service import dataset_ready, training_requested
 
+OUTPUT_KEYS = (wire.TRAINING_ACCEPTED, wire.TRAINING_STARTED, wire.TRAINING_PROGRESS, wire.TRAINING_FAILED,
+               wire.TRAINING_CANCELLED, wire.MODEL_REGISTERED)
 FUZZ_MESSAGES = 10_000
 DEAD_LETTER_QUEUES = ("heimdall.training.datasets.dead-letter", "heimdall.training.ops.dead-letter")
 STRING_FIELDS = [("id",), ("source",), ("type",), ("specversion",), ("time",), ("data", "dataset_id"), ("data", "uri")]
@@ -36,6 +40,51 @@ NOT_A_STRING = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), s
 NOT_AN_INT = st.one_of(st.none(), st.from_regex(r"[a-z ]{1,12}", fullmatch=True), st.lists(st.integers(), max_size=3),
                        st.floats().filter(lambda f: not f.is_integer()), st.dictionaries(st.text(max_size=4),
                                                                                         st.integers(), max_size=2))
+
+
+class EventLog:
+    """What the service publishes to heimdall.events in one vhost, stamped on arrival (every copy)."""
+
+    def __init__(self, url: str, keys: tuple[str, ...] = OUTPUT_KEYS):
+        self.url, self.queue = url, f"chaos-tap-{uuid.uuid4().hex[:8]}"
+        self.copies: list[tuple[float, object]] = []
+        for key in keys:
+            self.bind(key)
+
+    def bind(self, key: str) -> None:
+        self.copies += [(time.monotonic(), d) for d in asyncio.run(_drain(self.url, self.queue, key))]
+
+    def poll(self) -> None:
+        try:  # the broker may be away during a fault: what it holds arrives on a later poll
+            found = asyncio.run(asyncio.wait_for(_drain(self.url, self.queue, None), 30))
+        except Exception:
+            return
+        now = time.monotonic()
+        self.copies += [(now, d) for d in found]
+
+    def events(self, routing_key: str | None = None, **data) -> list[dict]:
+        """Distinct events (by CloudEvent id), in order of first arrival."""
+        self.poll()
+        unique: dict[str, dict] = {}
+        for _, delivery in self.copies:
+            if routing_key is None or delivery.routing_key == routing_key:
+                body = delivery.json()
+                unique.setdefault(body["id"], {**body, "routing_key": delivery.routing_key})
+        return [b for b in unique.values() if all(b["data"].get(k) == v for k, v in data.items())]
+
+    def wait_for(self, routing_key: str, count: int = 1, timeout_s: float = 180, **data) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        while len(found := self.events(routing_key, **data)) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {count} × {routing_key} {data} within {timeout_s:.0f}s")
+            time.sleep(0.3)
+        return found
+
+    def first_after(self, t: float, job_id: str | None = None) -> float | None:
+        """Arrival time of the first copy after `t` (of an event about `job_id`, when given)."""
+        self.poll()
+        times = [at for at, d in self.copies if at > t and (job_id is None or d.json()["data"].get("job_id") == job_id)]
+        return min(times, default=None)
 
 
 def fuzz_count(scale: float) -> int:
@@ -170,6 +219,8 @@ def collect_dead_letters(url: str, wanted: int, timeout_s: float) -> dict[str, s
 
 
 def fuzz(lab, rng, trial, index: int):
+    from tests.chaos import query
+
     stack = lab.stack()
     service = stack.start("a")
     messages = generate(fuzz_count(lab.scale), rng.randrange(2**32))
@@ -194,8 +245,46 @@ def fuzz(lab, rng, trial, index: int):
                                      f"{watch.not_ready[:2]}")
     trial.check(service.proc.poll() is None, "serve exited under the fuzz")
     trial.check(not stack.tap.events(), f"published besides the dead letters: {stack.tap.events()[:3]}")
-    engine = sa.create_engine(stack.env["HEIMDALL_JOB_STORE_URL"])
-    with engine.connect() as conn:
-        trial.check(conn.execute(sa.text("select count(*) from jobs")).scalar() == 0, "a fuzzed message made a job")
-    engine.dispose()
+    trial.check(query(stack, "select count(*) from jobs")[0][0] == 0, "a fuzzed message made a job")
+    return stack
+
+
+def storm(lab, rng, trial, index: int):
+    from tests.chaos_faults import recovery, wait_end, wait_until
+
+    stack = lab.stack()
+    replicas = [stack.start("r1"), stack.start("r2")]
+    event = dataset_ready("chaos-a", 1, lab.datasets["chaos-a"])
+    events = [event] * 500 + [{**event, "id": str(uuid.uuid4())} for _ in range(500)]
+    rng.shuffle(events)
+    publish_many(stack.vhost, [(json.dumps(e).encode(), wire.DATASET_READY, e["id"], "guest") for e in events])
+    stormed = time.monotonic()
+    handled = lambda: sum(logged_count(r, ("accepted", "duplicate")) for r in replicas)  # noqa: E731
+    trial.check(wait_until(lambda: handled() >= 1000, 300, 1.0), f"only {handled()} of 1000 handled")
+    job = stack.tap.wait_for(wire.TRAINING_ACCEPTED, timeout_s=60)[0]["data"]["job_id"]
+    trial.check(wait_end(stack, job), "the job did not end")
+    trial.recovery_s = recovery(stack, job, stormed)
+    return stack
+
+
+def logged_count(service, events: tuple[str, ...]) -> int:
+    return sum(line.get("event") in events for line in service.log_lines())
+
+
+def unroutable(lab, rng, trial, index: int):
+    from tests.chaos_faults import announce, logged, recovery, wait_until
+
+    stack = lab.stack(keys=tuple(k for k in OUTPUT_KEYS if k != wire.MODEL_REGISTERED))
+    service = stack.start("a")
+    job = announce(lab, stack)
+    trial.check(wait_until(lambda: logged(service, "succeeded", job_id=job), 240, 0.5), "the job did not succeed")
+    behind = announce(lab, stack, "chaos-b")  # the events after the unroutable one must not wait for it
+    trial.check(wait_until(lambda: bool(stack.tap.events(wire.TRAINING_STARTED, job_id=behind)), 120, 0.5),
+                "events behind the unroutable model.registered were held up")
+    time.sleep(rng.uniform(5, 10))
+    stack.tap.bind(wire.MODEL_REGISTERED)  # the inference service declares its queue
+    bound = time.monotonic()
+    trial.check(wait_until(lambda: bool(stack.tap.events(wire.MODEL_REGISTERED, job_id=job)), 120, 0.5),
+                "model.registered never arrived once a queue was bound (lost)")
+    trial.recovery_s = recovery(stack, job, bound)
     return stack
