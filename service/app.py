@@ -2,7 +2,9 @@
 
 Lifecycle: migrate the job store, connect (one robust connection to consume, another to
 publish), declare the topology, start consuming; on SIGTERM or SIGINT stop consuming, let the
-running job checkpoint (bounded by `shutdown_grace_s`), put it back in the queue, and exit.
+running job checkpoint (bounded by `shutdown_grace_s`), put it back in the queue, and exit 0.
+The background tasks (worker, outbox relay, metrics, purge) catch their own errors; one that
+ends anyway makes /readyz fail and the service exit non-zero, so Docker or Kubernetes restarts it.
 This module never imports torch, Lightning, MLflow or ONNX: training happens in a child process.
 """
 
@@ -20,6 +22,7 @@ from service.job_store import JobStore
 from service.logs import log_event
 from service.outbox import OutboxRelay
 from service.probes import ProbeServer
+from service.retention import purge
 from service.service_metrics import ServiceMetrics
 from service.settings import Settings
 from service.topology import WORK_QUEUES, declare_exchange, declare_topology
@@ -48,15 +51,18 @@ class Service:
         self.publish_conn = await connect(self.settings, "publish")
         consume_channel = await self.consume_conn.channel()
         await consume_channel.set_qos(prefetch_count=self.settings.prefetch_count)
-        publish_channel = await self.publish_conn.channel(publisher_confirms=True)
+        # on_return_raises: an unroutable mandatory publish raises PublishError instead of passing as sent
+        publish_channel = await self.publish_conn.channel(publisher_confirms=True, on_return_raises=True)
         queues = await declare_topology(consume_channel)
-        self.relay = OutboxRelay(self.store, await declare_exchange(publish_channel))
+        self.relay = OutboxRelay(self.store, await declare_exchange(publish_channel), self.metrics)
         self.runner = JobRunner(self.settings, self.store, self.metrics, self.relay.notify)
         consumer = Consumer(self.settings, self.store, publish_channel, on_accepted=self.on_accepted,
                             on_cancel=self.runner.cancel)
         self.worker = asyncio.create_task(self.runner.run(), name="worker")
         self.tasks = [asyncio.create_task(self.relay.run(), name="outbox"),
-                      asyncio.create_task(self.refresh_metrics(), name="metrics")]
+                      asyncio.create_task(self.every(METRICS_REFRESH_S, self.metrics.refresh, self.store),
+                                          name="metrics"),
+                      asyncio.create_task(self.every(self.settings.purge_interval_s, self.purge), name="purge")]
         self.consumer_tags = []
         for work in WORK_QUEUES:
             queue = queues[work.name]
@@ -77,10 +83,25 @@ class Service:
         self.metrics.messages.labels(action=action.value).inc()
         self.relay.notify()
 
+    async def run_until(self, stop: asyncio.Event) -> int:
+        """Serve until `stop` is set (0) or a background task ends by itself (1), then stop."""
+        signalled = asyncio.create_task(stop.wait())
+        await asyncio.wait([signalled, self.worker, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
+        died = self.died()
+        if died:
+            log.error("background task ended: %s; stopping so that the supervisor restarts the service",
+                      ", ".join(died), extra={"fields": {"event": "task died", "tasks": died}})
+        signalled.cancel()
+        await self.stop()
+        return 1 if died else 0
+
     async def stop(self) -> None:
         log_event(log, "stopping", replica_id=self.settings.replica_id)
         for queue, tag in self.consumer_tags:  # stop taking work first
-            await queue.cancel(tag)
+            try:
+                await asyncio.wait_for(queue.cancel(tag), 5)
+            except Exception as exc:  # the broker is away: unacked messages return to the queue anyway
+                log.warning("could not cancel consumer %s: %s", tag, exc)
         await self.runner.shutdown()
         try:  # the worker records the interrupted job (back to the queue) before it returns
             await asyncio.wait_for(self.worker, self.settings.shutdown_grace_s)
@@ -98,13 +119,24 @@ class Service:
         self.store.close()
         log_event(log, "stopped", replica_id=self.settings.replica_id)
 
-    async def refresh_metrics(self) -> None:
+    @staticmethod
+    async def every(interval_s: float, fn, *args) -> None:
+        """Run fn in a thread every interval_s; its failures are logged, never fatal."""
         while True:
             try:
-                await asyncio.to_thread(self.metrics.refresh, self.store)
-            except Exception as exc:  # metrics must never take the service down
-                log.warning("metrics refresh failed: %s", exc)
-            await asyncio.sleep(METRICS_REFRESH_S)
+                await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                log.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+            await asyncio.sleep(interval_s)
+
+    def purge(self) -> None:
+        purged = purge(self.store, self.settings)
+        if any(vars(purged).values()):
+            log_event(log, "purged", **vars(purged))
+
+    def died(self) -> list[str]:
+        """Background tasks that ended although nothing asked them to."""
+        return [task.get_name() for task in [self.worker, *self.tasks] if task.done() and not task.cancelled()]
 
     async def healthz(self):
         return 200, b"ok\n", "text/plain"
@@ -114,8 +146,9 @@ class Service:
                     if conn.is_closed]
         if not self.relay.healthy:
             problems.append("outbox")
+        problems += [f"{name}-died" for name in self.died()]
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.store.counts_by_status), 5)
+            await asyncio.wait_for(asyncio.to_thread(self.store.read.counts_by_status), 5)
         except Exception:
             problems.append("job-store")
         body = ("not ready: " + ", ".join(problems) if problems else "ready") + "\n"
@@ -125,12 +158,12 @@ class Service:
         return 200, self.metrics.render(), "text/plain; version=0.0.4"
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
+    """Runs until SIGTERM or SIGINT (returns 0) or until a background task dies (returns 1)."""
     service = Service(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await service.start()
-    await stop.wait()
-    await service.stop()
+    return await service.run_until(stop)

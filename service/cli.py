@@ -70,6 +70,8 @@ def add_train(sub) -> None:
     p.add_argument("--resume_training", action="store_true",
                    help="resume epoch, optimizer and scheduler from --checkpoint (default: <checkpoint_dir>/last.ckpt)")
     p.add_argument("--job_id", default=None)
+    p.add_argument("--idempotency_key", default=None, help=argparse.SUPPRESS)  # the service's key for the job
+    p.add_argument("--registration_permit", action="store_true", help=argparse.SUPPRESS)  # ask the service first
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the summary (and, with --log-format auto, JSON logs)")
 
@@ -144,7 +146,8 @@ def run_train(args, settings) -> int:
     options = JobOptions(data_uri=args.data_dir, job_id=args.job_id,
                          checkpoint_dir=args.checkpoint_dir, experiment_name=args.experiment_name,
                          run_name_prefix=args.run_name_prefix, export_only=args.export_only,
-                         checkpoint=args.checkpoint, resume_training=args.resume_training)
+                         checkpoint=args.checkpoint, resume_training=args.resume_training,
+                         idempotency_key=args.idempotency_key, registration_permit=args.registration_permit)
     setup_logging(args, options.job_id)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result alone (MLflow prints links)
         result = run_job(settings, config, options)
@@ -181,8 +184,7 @@ def run_serve(args, settings) -> int:
     from service.logs import configure_logging
 
     configure_logging(None)
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))  # 1 when a background task died: the supervisor restarts us
 
 
 def run_ops(args, settings) -> int:

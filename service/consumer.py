@@ -7,8 +7,10 @@ requeue for another try, or dead-letter with a reason. Handlers receive typed ev
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -16,18 +18,22 @@ from enum import Enum
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from messages import (DatasetReady, InvalidMessage, TrainingAccepted, TrainingCancel, TrainingCancelled,
-                      TrainingRequested, make_event, parse_event)
+from messages import DatasetReady, InvalidMessage, TrainingCancel, TrainingRequested, parse_event
 from service.config import TrainConfig
 from service.errors import HeimdallError
-from service.job_store import Job, JobStore, OutboxMessage
+from service.job_events import accepted_message, cancelled_message
+from service.job_store import JobStore
 from service.logs import log_event
-from service.object_store import join_uri, open_store
+from service.object_store import is_within, join_uri, open_store
 from service.settings import Settings
 from service.topology import WorkQueue, dead_letter
 
 log = logging.getLogger(__name__)
 REQUEUE_DELAY_S = 2.0  # a transient failure waits this long before its message goes back
+# A transient failure (the job store or S3 away for a moment) is retried here, with backoff, this
+# long before the message goes back to the queue: each requeue counts towards RabbitMQ's delivery
+# limit, and a short database outage must not turn valid triggers into dead letters.
+TRANSIENT_RETRY_S, TRANSIENT_BACKOFF_S = 60.0, 1.0
 
 
 class Refused(Exception):
@@ -55,20 +61,6 @@ def decide(error: Exception | None) -> tuple[Action, str, str]:
     return Action.REQUEUE, "unexpected", f"{type(error).__name__}: {error}"
 
 
-def outbox(event) -> OutboxMessage:
-    return OutboxMessage(id=event.id, routing_key=event.data.ROUTING_KEY, body=event.to_bytes())
-
-
-def accepted_message(job: Job) -> OutboxMessage:
-    return outbox(make_event(TrainingAccepted(job_id=job.id, trigger_id=job.trigger_id, dataset_id=job.dataset_id,
-                                              version=job.dataset_version, config_hash=job.config_hash),
-                             subject=f"job/{job.id}"))
-
-
-def cancelled_message(job: Job, reason: str) -> OutboxMessage:
-    return outbox(make_event(TrainingCancelled(job_id=job.id, reason=reason), subject=f"job/{job.id}"))
-
-
 @dataclass
 class Consumer:
     settings: Settings
@@ -78,18 +70,18 @@ class Consumer:
     on_cancel: Callable[[str], None]  # tells the local worker to stop a job it runs
 
     async def handle(self, message: AbstractIncomingMessage, queue: WorkQueue) -> Action:
-        error = None
-        try:
-            event = parse_event(message.body, routing_key=message.routing_key)
-            await self.dispatch(event, message.user_id)
-        except Exception as exc:  # every outcome goes through `decide`
-            error = exc
-        action, reason, detail = decide(error)
+        action, reason, detail = decide(await self.attempt(message))
         fields = {"event_id": message.message_id, "routing_key": message.routing_key, "action": action.value}
         if action is Action.ACK:
             await message.ack()
         elif action is Action.DEAD_LETTER:
-            await dead_letter(self.channel, message, queue, reason, detail)
+            try:
+                await dead_letter(self.channel, message, queue, reason, detail)
+            except Exception as exc:  # the dead-letter copy was not confirmed: try the whole message again
+                log.warning("dead-lettering failed; requeued", extra={"fields": {**fields, "error": str(exc)}})
+                await asyncio.sleep(REQUEUE_DELAY_S)
+                await message.nack(requeue=True)
+                return Action.REQUEUE
             log_event(log, "dead-lettered", reason=reason, detail=detail, **fields)
         else:
             log.warning("requeued", extra={"fields": {"event": "requeued", "reason": reason, "detail": detail,
@@ -98,11 +90,29 @@ class Consumer:
             await message.nack(requeue=True)
         return action
 
+    async def attempt(self, message: AbstractIncomingMessage) -> Exception | None:
+        """Parse and dispatch; a transient failure is retried here for up to TRANSIENT_RETRY_S."""
+        deadline, delay = time.monotonic() + TRANSIENT_RETRY_S, TRANSIENT_BACKOFF_S
+        while True:
+            try:
+                await self.dispatch(parse_event(message.body, routing_key=message.routing_key), message.user_id)
+                return None
+            except HeimdallError as exc:
+                if not exc.retryable or time.monotonic() + delay > deadline:
+                    return exc
+                log.warning("transient failure; retrying", extra={"fields": {
+                    "event": "retrying", "event_id": message.message_id, "detail": exc.message, "in_s": delay}})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception as exc:  # every outcome goes through `decide`
+                return exc
+
     async def dispatch(self, event, user_id: str | None) -> None:
         data = event.data
         if isinstance(data, (TrainingRequested, TrainingCancel)) and user_id not in self.settings.ops_allowed_users:
             raise Refused("unauthorised", f"user_id {user_id!r} is not in the ops allow-list")
         if isinstance(data, DatasetReady):
+            await asyncio.to_thread(self.check_dataset, data.dataset_id, data.version, data.uri)
             await self.accept(event.id, "auto", data.dataset_id, data.version, data.uri, {})
         elif isinstance(data, TrainingRequested):
             await self.on_requested(event.id, data)
@@ -113,9 +123,7 @@ class Consumer:
 
     async def on_requested(self, event_id: str, data: TrainingRequested) -> None:
         version, uri = await asyncio.to_thread(self.resolve_dataset, data.dataset_id, data.version)
-        checkpoint = data.checkpoint_uri
-        if data.resume_job_id:
-            checkpoint = f"file://{self.settings.state_dir}/checkpoints/{data.resume_job_id}/last.ckpt"
+        checkpoint = await asyncio.to_thread(self.checkpoint_of, data)
         await self.accept(event_id, "manual", data.dataset_id, version, uri, data.overrides.explicit(),
                           export_only=data.export_only, checkpoint_uri=checkpoint)
 
@@ -144,6 +152,31 @@ class Consumer:
         if result.created:
             self.on_accepted()
 
+    def check_dataset(self, dataset_id: str, version: int, uri: str) -> None:
+        """dataset.ready must point under an allowed location, at a manifest of that dataset and version."""
+        if not any(is_within(uri, root) for root in self.settings.dataset_locations):
+            raise Refused("dataset-not-allowed", f"{uri} is not under HEIMDALL_DATASET_ROOT_URI or "
+                                                 f"HEIMDALL_ALLOWED_DATASET_LOCATIONS")
+        try:
+            manifest = json.loads(open_store(uri, self.settings.s3.credentials()).read_bytes("dataset.json"))
+        except (FileNotFoundError, ValueError) as exc:
+            raise Refused("dataset-mismatch", f"{uri}: no readable dataset.json: {exc}") from exc
+        found = (manifest.get("dataset_id"), manifest.get("version")) if isinstance(manifest, dict) else None
+        if found != (dataset_id, version):
+            raise Refused("dataset-mismatch", f"{uri}/dataset.json is {found}, the event says {(dataset_id, version)}")
+
+    def checkpoint_of(self, data: TrainingRequested) -> str | None:
+        """The checkpoint a manual request names: only the service's own locations or allowed ones."""
+        if data.resume_job_id:
+            if self.store.read.get(data.resume_job_id) is None:
+                raise Refused("unknown-job", f"resume_job_id {data.resume_job_id!r} is not a job of this service")
+            return f"file://{self.settings.job_checkpoint_dir(data.resume_job_id)}/last.ckpt"
+        uri = data.checkpoint_uri
+        own = [f"file://{self.settings.state_dir / 'checkpoints'}", self.settings.models_uri]
+        if uri is not None and not any(is_within(uri, root) for root in own + self.settings.dataset_locations):
+            raise Refused("checkpoint-not-allowed", f"{uri} is not a location this service may read checkpoints from")
+        return uri
+
     def resolve_dataset(self, dataset_id: str, version: int | str) -> tuple[int, str]:
         """A version ("latest" allowed) and its URI: from the dataset root when configured, else from
         the versions this service has already seen announced. Raises Refused when unknown."""
@@ -153,7 +186,7 @@ class Consumer:
             wanted = max(versions, default=None) if version == "latest" else version
             if wanted in versions:
                 return wanted, join_uri(root, f"{dataset_id}/v{wanted}")
-        known = self.store.known_dataset(dataset_id, None if version == "latest" else version)
+        known = self.store.read.known_dataset(dataset_id, None if version == "latest" else version)
         if known is None:
             raise Refused("unknown-dataset", f"dataset {dataset_id} version {version} was never announced")
         return known

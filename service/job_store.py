@@ -16,18 +16,16 @@ Decisions the callers rely on:
 
 from __future__ import annotations
 
-import fcntl
-
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from service.job_database import Database
+from service.job_queries import JobQueries, get_job, live_job_by_key
 from service.job_tables import (
     LEGAL_TRANSITIONS,
     LIVE,
@@ -46,99 +44,27 @@ from service.job_tables import (
     outbox,
     outbox_values,
     processed_events,
+    utcnow,
 )
 
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-SQLITE_BUSY_TIMEOUT_S = 30.0
 ACCEPT_TRIES = 3  # an IntegrityError means another replica won a race: re-read, at most this often
-_MIGRATE_LOCK_KEY = 0x4845494D44414C4C  # "HEIMDALL": one replica migrates at a time
-_WRITE = "heimdall_write"  # execution option: on SQLite, BEGIN IMMEDIATE instead of DEFERRED
 
 __all__ = [
     "AcceptResult", "IllegalTransition", "Job", "JobStatus", "JobStore", "JobStoreError",
-    "JobStoreUnavailable", "LostClaim", "OutboxMessage", "UnknownJob", "idempotency_key",
+    "JobStoreUnavailable", "LostClaim", "OutboxMessage", "UnknownJob", "idempotency_key", "utcnow",
 ]
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _lock_key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
-def _create_engine(url: str) -> sa.Engine:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(parsed, pool_pre_ping=True)
-    engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself, below
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        # A write transaction takes the write lock up front: a DEFERRED one that reads and then
-        # writes fails with SQLITE_BUSY, without waiting, when another writer got in between.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
-
-    return engine
-
-
 class JobStore:
     def __init__(self, url: str):
-        self.engine = _create_engine(url)
-        self._postgres = self.engine.dialect.name == "postgresql"
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[sa.Connection]:
-        try:
-            with self.engine.connect() as conn:
-                conn.execution_options(**{_WRITE: write})
-                with conn.begin():
-                    yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise JobStoreUnavailable(f"job store unavailable: {exc.orig}") from exc
-
-    def migrate(self) -> None:
-        """Alembic `upgrade head`; safe when several replicas start at once. Raises JobStoreUnavailable."""
-        from alembic import command
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        url = self.engine.url.render_as_string(hide_password=False)
-        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # configparser interpolates %
-        with self._sqlite_file_lock(), self._transaction(write=True) as conn:
-            if self._postgres:
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATE_LOCK_KEY)))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-
-    @contextmanager
-    def _sqlite_file_lock(self):
-        """SQLite: several processes opening a new database at once race on switching it to WAL
-        (which fails at once with "database is locked", busy timeout or not); a lock file
-        next to the database serialises their migrations."""
-        database = None if self._postgres else self.engine.url.database
-        if not database or database == ":memory:":
-            yield
-            return
-        with open(f"{database}.migrate-lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        self.db = Database(url)
+        self.engine, self.transaction, self.migrate, self.close = (self.db.engine, self.db.transaction,
+                                                                   self.db.migrate, self.db.close)
+        self.read = JobQueries(self.db)  # everything that only reads
 
     # --- accepting triggers -------------------------------------------------------------
 
@@ -163,7 +89,7 @@ class JobStore:
         )
         for _ in range(ACCEPT_TRIES):
             try:
-                with self._transaction(write=True) as conn:
+                with self.transaction(write=True) as conn:
                     return self._accept(conn, values, min_interval_s, accepted_message, cancelled_message, now)
             except sa.exc.IntegrityError:
                 continue  # another replica recorded this event or key first; read what it wrote
@@ -171,14 +97,14 @@ class JobStore:
 
     def _accept(self, conn, values, min_interval_s, accepted_message, cancelled_message, now) -> AcceptResult:
         event_id, auto = values["trigger_id"], values["trigger_kind"] == "auto"
-        if self._postgres:  # serialise accepts per dataset, so coalescing sees every queued job
+        if self.db.postgres:  # serialise accepts per dataset, so coalescing sees every queued job
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key("accept:" + values["dataset_id"]))))
         seen = conn.execute(
             sa.select(processed_events.c.job_id).where(processed_events.c.event_id == event_id)).first()
         if seen is not None:
-            job = self._get(conn, seen.job_id) if seen.job_id else None
+            job = get_job(conn, seen.job_id) if seen.job_id else None
             return AcceptResult(job, created=False, duplicate_event=True)
-        existing = self._get_live_by_key(conn, values["idempotency_key"])
+        existing = live_job_by_key(conn, values["idempotency_key"])
         if existing is None and auto:
             existing = self._newer_auto_in_flight(conn, values["dataset_id"], values["dataset_version"])
         if existing is not None:
@@ -230,27 +156,40 @@ class JobStore:
 
     # --- running jobs ---------------------------------------------------------------------
 
-    def claim_next(self, worker_id: str, lease_s: float, now: datetime | None = None) -> Job | None:
+    def claim_next(self, worker_id: str, lease_s: float, now: datetime | None = None, *, max_attempts: int | None = None,
+                   abandoned_message: Callable[[Job], OutboxMessage] | None = None) -> Job | None:
         """Claim the oldest due QUEUED job, or a RUNNING one whose lease expired, for exactly one
-        worker across all replicas. Raises JobStoreUnavailable."""
+        worker across all replicas. A job whose lease expired on its last attempt (max_attempts)
+        is not claimed but failed, with `abandoned_message`, in the same transaction.
+        Raises JobStoreUnavailable."""
         now = now or utcnow()
-        with self._transaction(write=True) as conn:
-            row = conn.execute(sa.select(jobs).where(sa.or_(
-                sa.and_(jobs.c.status == JobStatus.QUEUED.value, jobs.c.not_before <= now),
-                sa.and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at <= now),
-            )).order_by(jobs.c.created_at, jobs.c.id).limit(1).with_for_update(skip_locked=True)).first()
-            if row is None:
-                return None
-            job = job_from_row(row)
-            return self._transition(
-                conn, job, JobStatus.RUNNING, now, claimed_by=worker_id, attempt=job.attempt + 1,
-                lease_expires_at=now + timedelta(seconds=lease_s), started_at=job.started_at or now,
-            )
+        with self.transaction(write=True) as conn:
+            while True:
+                row = conn.execute(sa.select(jobs).where(sa.or_(
+                    sa.and_(jobs.c.status == JobStatus.QUEUED.value, jobs.c.not_before <= now),
+                    sa.and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at <= now),
+                )).order_by(jobs.c.created_at, jobs.c.id).limit(1).with_for_update(skip_locked=True)).first()
+                if row is None:
+                    return None
+                job = job_from_row(row)
+                if job.status is JobStatus.RUNNING and max_attempts is not None and job.attempt >= max_attempts:
+                    self._abandon(conn, job, abandoned_message, now)
+                    continue
+                return self._transition(
+                    conn, job, JobStatus.RUNNING, now, claimed_by=worker_id, attempt=job.attempt + 1,
+                    lease_expires_at=now + timedelta(seconds=lease_s), started_at=job.started_at or now,
+                )
+
+    def _abandon(self, conn, job: Job, message: Callable[[Job], OutboxMessage] | None, now: datetime) -> None:
+        error = {"stage": "train", "error_type": "WorkerLost", "retryable": False,
+                 "message": f"the lease expired on attempt {job.attempt} of {job.attempt}"}
+        failed = self._must(conn, job, JobStatus.FAILED, now, error=error, lease_expires_at=None, finished_at=now)
+        self._add(conn, [message(failed)] if message else [], job.id, now)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_s: float, now: datetime | None = None) -> bool:
         """False when the job is no longer RUNNING for worker_id: the worker must stop."""
         now = now or utcnow()
-        with self._transaction(write=True) as conn:
+        with self.transaction(write=True) as conn:
             result = conn.execute(sa.update(jobs).where(
                 jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.claimed_by == worker_id,
             ).values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now))
@@ -263,8 +202,8 @@ class JobStore:
         """QUEUED: cancelled now. RUNNING: flagged; its worker stops and calls finish_cancelled.
         Terminal: unchanged. None if there is no such job. Raises JobStoreUnavailable."""
         now = now or utcnow()
-        with self._transaction(write=True) as conn:
-            job = self._get(conn, job_id, lock=True)
+        with self.transaction(write=True) as conn:
+            job = get_job(conn, job_id, lock=True)
             if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
                 return job
             if job.status is JobStatus.QUEUED:
@@ -275,7 +214,7 @@ class JobStore:
             if not job.cancel_requested:
                 conn.execute(sa.update(jobs).where(jobs.c.id == job_id)
                              .values(cancel_requested=True, cancel_reason=reason, updated_at=now))
-            return self._get(conn, job_id)
+            return get_job(conn, job_id)
 
     def finish_succeeded(self, job_id: str, worker_id: str, result: dict[str, Any],
                          messages: Iterable[OutboxMessage] = (), now: datetime | None = None) -> Job:
@@ -301,8 +240,8 @@ class JobStore:
 
     def _release(self, job_id, worker_id, to: JobStatus, messages, now, **values) -> Job:
         now = now or utcnow()
-        with self._transaction(write=True) as conn:
-            job = self._get(conn, job_id, lock=True)
+        with self.transaction(write=True) as conn:
+            job = get_job(conn, job_id, lock=True)
             if job is None:
                 raise UnknownJob(job_id)
             if to not in LEGAL_TRANSITIONS[job.status]:
@@ -335,20 +274,13 @@ class JobStore:
     def add_messages(self, messages: Iterable[OutboxMessage], job_id: str | None = None,
                      now: datetime | None = None) -> None:
         """Events outside a transition (started, progress). Raises JobStoreUnavailable."""
-        with self._transaction(write=True) as conn:
+        with self.transaction(write=True) as conn:
             self._add(conn, messages, job_id, now or utcnow())
-
-    def pending_messages(self, limit: int = 100) -> list[OutboxMessage]:
-        with self._transaction(write=False) as conn:
-            rows = conn.execute(sa.select(outbox.c.id, outbox.c.routing_key, outbox.c.body, outbox.c.created_at)
-                                .where(outbox.c.published_at.is_(None))
-                                .order_by(outbox.c.created_at, outbox.c.id).limit(limit)).all()
-        return [OutboxMessage(**row._asdict()) for row in rows]
 
     def mark_published(self, ids: Iterable[str], now: datetime | None = None) -> None:
         ids = list(ids)
         if ids:
-            with self._transaction(write=True) as conn:
+            with self.transaction(write=True) as conn:
                 conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids), outbox.c.published_at.is_(None))
                              .values(published_at=now or utcnow()))
 
@@ -359,59 +291,3 @@ class JobStore:
 
     def _record_event(self, conn, event_id: str, job_id: str | None, now: datetime) -> None:
         conn.execute(sa.insert(processed_events).values(event_id=event_id, job_id=job_id, received_at=now))
-
-    # --- reading ------------------------------------------------------------------------------
-
-    def get(self, job_id: str) -> Job | None:
-        with self._transaction(write=False) as conn:
-            return self._get(conn, job_id)
-
-    def list_jobs(self, status: JobStatus | None = None, limit: int = 50) -> list[Job]:
-        """Newest first."""
-        query = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
-        if status is not None:
-            query = query.where(jobs.c.status == JobStatus(status).value)
-        with self._transaction(write=False) as conn:
-            return [job_from_row(row) for row in conn.execute(query)]
-
-    def counts_by_status(self) -> dict[str, int]:
-        with self._transaction(write=False) as conn:
-            rows = conn.execute(sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)).all()
-        return {status.value: 0 for status in JobStatus} | {status: count for status, count in rows}
-
-    def last_success_at(self) -> datetime | None:
-        with self._transaction(write=False) as conn:
-            return conn.execute(sa.select(jobs.c.finished_at).where(jobs.c.status == JobStatus.SUCCEEDED.value)
-                                .order_by(jobs.c.finished_at.desc()).limit(1)).scalar()
-
-    def known_dataset(self, dataset_id: str, version: int | None = None) -> tuple[int, str] | None:
-        """(version, dataset_uri) of that version, or of the highest one when None, as recorded by
-        any job ever accepted for the dataset (any status); None if no job names it."""
-        query = sa.select(jobs.c.dataset_version, jobs.c.dataset_uri).where(jobs.c.dataset_id == dataset_id)
-        if version is not None:
-            query = query.where(jobs.c.dataset_version == version)
-        query = query.order_by(jobs.c.dataset_version.desc(), jobs.c.created_at.desc(), jobs.c.id).limit(1)
-        with self._transaction(write=False) as conn:
-            row = conn.execute(query).first()
-        return None if row is None else (row.dataset_version, row.dataset_uri)
-
-    def oldest_queued_age_s(self, now: datetime | None = None) -> float | None:
-        """How long the longest-waiting due QUEUED job has been claimable (since not_before)."""
-        now = now or utcnow()
-        with self._transaction(write=False) as conn:
-            oldest = conn.execute(sa.select(jobs.c.not_before).where(
-                jobs.c.status == JobStatus.QUEUED.value, jobs.c.not_before <= now,
-            ).order_by(jobs.c.not_before).limit(1)).scalar()
-        return None if oldest is None else (now - oldest).total_seconds()
-
-    def _get(self, conn, job_id: str, *, lock: bool = False) -> Job | None:
-        query = sa.select(jobs).where(jobs.c.id == job_id)
-        row = conn.execute(query.with_for_update() if lock else query).first()
-        return job_from_row(row) if row else None
-
-    def _get_live_by_key(self, conn, key: str) -> Job | None:
-        """The one QUEUED, RUNNING or SUCCEEDED job holding key (a partial unique index keeps it one)."""
-        row = conn.execute(sa.select(jobs).where(
-            jobs.c.idempotency_key == key, jobs.c.status.in_([status.value for status in LIVE]),
-        )).first()
-        return job_from_row(row) if row else None

@@ -95,7 +95,7 @@ class Job:
 
 
 class JobStoreError(HeimdallError):
-    pass
+    stage = "job-store"
 
 
 class JobStoreUnavailable(JobStoreError):
@@ -128,6 +128,10 @@ class AcceptResult:
     created: bool
     duplicate_event: bool
     superseded: list[Job] = field(default_factory=list)  # older queued auto jobs cancelled by this one
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def idempotency_key(dataset_id: str, dataset_version: int, config_hash: str, export_only: bool,

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the service: jobs by state, queue lag, job duration, last success."""
+"""Prometheus metrics of the service: jobs by state, queue lag, job duration, last success, outbox."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ class ServiceMetrics:
                                   buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600))
         self.last_success = Gauge("heimdall_training_last_success_timestamp_seconds",
                                   "Unix time of the last job that registered a model", registry=self.registry)
+        self.outbox_pending = Gauge("heimdall_training_outbox_pending", "Events decided but not yet published",
+                                    registry=self.registry)
+        self.unroutable = Counter("heimdall_training_outbox_unroutable_total",
+                                  "Publishes returned because no queue was bound", ["routing_key"],
+                                  registry=self.registry)
         self.messages = Counter("heimdall_training_messages_total", "Consumed messages by action", ["action"],
                                 registry=self.registry)
 
@@ -26,11 +31,12 @@ class ServiceMetrics:
 
     def refresh(self, store: JobStore) -> None:
         """Read the gauges from the store (shared by replicas, so every replica reports the same)."""
-        counts = store.counts_by_status()
+        counts = store.read.counts_by_status()
         for state in JobStatus:
             self.jobs.labels(state=state.value).set(counts.get(state.value, 0))
-        self.queue_lag.set(store.oldest_queued_age_s() or 0.0)
-        last = store.last_success_at()
+        self.queue_lag.set(store.read.oldest_queued_age_s() or 0.0)
+        self.outbox_pending.set(store.read.pending_count())
+        last = store.read.last_success_at()
         if last is not None:
             self.last_success.set(last.timestamp())
 

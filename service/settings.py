@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.config import TrainConfig
@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     progress_interval_s: float = 5.0  # at most one training.progress per job per interval
     shutdown_grace_s: float = 60.0  # SIGTERM: time the running job gets to checkpoint
     prefetch_count: int = 8
+    # Retention: finished jobs, their events and checkpoints, and the event ids that de-duplicate
+    # triggers are purged after this long. At least a day: far longer than any redelivery takes
+    # (RabbitMQ's consumer_timeout is 30 min, and a message is redelivered at most 5 times).
+    retention_s: float = Field(30 * 86400.0, ge=86400.0)
+    cache_retention_s: float = Field(7 * 86400.0, gt=0)  # cached shards not read for this long
+    purge_interval_s: float = Field(3600.0, gt=0)
     http_port: int = 8080  # /healthz, /readyz, /metrics; 0 disables
     replica_id: str | None = None  # defaults to <hostname>-<pid>
 
@@ -93,6 +99,17 @@ class Settings(BaseSettings):
             self.mlflow_tracking_uri = f"sqlite:///{state}/mlflow.db"
             self.mlflow_artifacts_uri = self.mlflow_artifacts_uri or f"file://{state}/mlartifacts"
         return self
+
+
+    def job_checkpoint_dir(self, job_id: str) -> Path:
+        """Where a job's checkpoints live on this replica (last.ckpt, top-k, a downloaded given.ckpt)."""
+        return self.state_dir / "checkpoints" / job_id
+
+    @property
+    def dataset_locations(self) -> list[str]:
+        """Where datasets may be read from: the dataset root and the extra allowed locations."""
+        return [self.dataset_root_uri, *self.allowed_dataset_locations] if self.dataset_root_uri \
+            else list(self.allowed_dataset_locations)
 
 
 def _refuse_unknown_env(environ: dict[str, str]) -> None:

@@ -3,9 +3,12 @@
 The child is `python -m service.cli train ... --json`: the same entry point a person runs.
 It reads the settings from the environment we hand it, writes JSON log lines on stderr
 (progress, the MLflow run id, the failure) and one JSON result on stdout.
-It is put in its own process group (so cancel and shutdown reach its DataLoader workers too)
-and dies with the service (PR_SET_PDEATHSIG): a `kill -9` of the service never leaves an
-orphaned trainer racing the job's next attempt.
+It is put in its own process group: SIGTERM goes to the child alone (it checkpoints; its
+DataLoader workers must live until it has), SIGKILL to the whole group. It dies with the service
+(PR_SET_PDEATHSIG): a `kill -9` of the service never leaves an orphaned trainer racing the job's
+next attempt. Before it registers a model it asks for a permit (a `PERMIT_REQUEST` log line) and
+waits for the answer on stdin: the service grants it only while it still holds the job's lease,
+so a replica that lost its claim never registers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.exit_codes import EXIT_OK
+from service.registration_permit import PERMIT_DENIED, PERMIT_GRANTED
 from service.settings import Settings
 
 EXIT_UNREADABLE = 125  # ours, not the child's: it exited 0 but its result could not be read
@@ -51,9 +55,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def train_command(*, job_id: str, data_uri: str, config: dict, checkpoint_dir: Path, export_only: bool,
-                  checkpoint: Path | None, resume: bool) -> list[str]:
+                  checkpoint: Path | None, resume: bool, idempotency_key: str) -> list[str]:
     cmd = [sys.executable, "-m", "service.cli", "train", "--json", "--job_id", job_id, "--data_dir", data_uri,
-           "--checkpoint_dir", str(checkpoint_dir)]
+           "--checkpoint_dir", str(checkpoint_dir), "--idempotency_key", idempotency_key, "--registration_permit"]
     for key, value in config.items():
         cmd += [f"--{key}", str(value)]
     if export_only:
@@ -83,14 +87,23 @@ class TrainingProcess:
     async def start(cls, cmd: list[str], settings: Settings) -> "TrainingProcess":
         base = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
         proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
             preexec_fn=_die_with_parent, limit=STDERR_LINE_LIMIT,
             env={**base, **settings_env(settings), "PYTHONUNBUFFERED": "1"})
         return cls(proc)
 
     async def lines(self):
-        """Parsed JSON log lines from stderr, until the child closes it."""
-        async for raw in self.proc.stderr:
+        """Parsed JSON log lines from stderr, until the child closes it. A line over the reader's
+        limit is skipped (noted in the tail), never fatal."""
+        while True:
+            try:
+                raw = await self.proc.stderr.readline()
+            except ValueError:  # over STDERR_LINE_LIMIT: asyncio has dropped it from the buffer
+                self.outcome.stderr_tail = (self.outcome.stderr_tail + ["[a log line over 1 MiB was skipped]"])[-20:]
+                continue
+            if not raw:
+                return
             text = raw.decode(errors="replace").rstrip()
             self.outcome.stderr_tail = (self.outcome.stderr_tail + [text])[-20:]
             try:
@@ -116,15 +129,26 @@ class TrainingProcess:
                                         "message": f"the job exited 0 but printed no JSON result: {stdout[:300]!r}"}
         return self.outcome
 
+    async def answer_permit(self, granted: bool) -> None:
+        try:
+            self.proc.stdin.write((PERMIT_GRANTED if granted else PERMIT_DENIED).encode() + b"\n")
+            await self.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):  # the child is gone; its exit code tells the rest
+            pass
+
     def signal(self, signum: int) -> None:
+        """SIGKILL to the whole group (DataLoader workers too); any other signal to the child alone."""
         if self.proc.returncode is None:
             try:
-                os.killpg(self.proc.pid, signum)
+                if signum == signal.SIGKILL:
+                    os.killpg(self.proc.pid, signum)
+                else:
+                    os.kill(self.proc.pid, signum)
             except ProcessLookupError:
                 pass
 
     async def stop(self, grace_s: float) -> None:
-        """SIGTERM (the child checkpoints at the next batch), then SIGKILL after `grace_s`."""
+        """SIGTERM to the child (it checkpoints at the next batch), then SIGKILL after `grace_s`."""
         self.signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), grace_s)

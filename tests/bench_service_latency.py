@@ -21,7 +21,7 @@ from service.job_store import JobStore
 from service.object_store import S3Credentials
 from service.datasets.synth import SynthConfig, synthesize_dataset
 from tests.servers import Postgres, mlflow_server, seaweedfs
-from tests.test_service import Stack, dataset_ready
+from tests.test_service import DATASETS_ROOT, Stack, dataset_ready
 
 BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]
 
@@ -41,7 +41,7 @@ def measure(stack: Stack, uris: list[str]) -> list[dict]:
         job_id = registered["data"]["job_id"]
         accepted = stack.tap.events("training.accepted", job_id=job_id)[0]
         started = stack.tap.events("training.started", job_id=job_id)[0]
-        fit_s = store.get(job_id).result["training"]["fit_s"]
+        fit_s = store.read.get(job_id).result["training"]["fit_s"]
         rows.append({"total_s": received - published, "accept_s": when(accepted) - published,
                      "child_start_s": when(started) - when(accepted), "fit_s": fit_s,
                      "after_start_s": when(registered) - when(started)})
@@ -84,7 +84,7 @@ def main() -> None:
         with seaweedfs(tmp / "s3", BUCKETS) as s3, mlflow_server(tmp / "mlflow", s3, "s3://mlflow/artifacts") as url:
             credentials = S3Credentials(s3.endpoint_url, s3.access_key_id, s3.secret_access_key)
             uris = [synthesize_dataset(SynthConfig(sessions=240, seed=i, samples_per_capture=256, shard_size=128,
-                                                   dataset_id=f"bench-{i}"), "s3://heimdall-datasets/bench",
+                                                   dataset_id=f"bench-{i}"), DATASETS_ROOT,
                                        credentials=credentials) for i in range(args.jobs)]
             stack = Stack(tmp / "stack", s3, url, postgres)
             try:

@@ -65,6 +65,10 @@ class Delivery:
     headers: dict
     message_id: str | None
     type: str | None
+    delivery_mode: int | None = None  # the properties events.md fixes
+    content_type: str | None = None
+    timestamp: object = None
+    app_id: str | None = None
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -81,7 +85,8 @@ async def _drain(url: str, queue_name: str, bind_to: str | None) -> list[Deliver
         found = []
         while (message := await queue.get(no_ack=True, fail=False)) is not None:
             found.append(Delivery(message.routing_key, message.body, dict(message.headers or {}),
-                                  message.message_id, message.type))
+                                  message.message_id, message.type, int(message.delivery_mode or 0) or None,
+                                  message.content_type, message.timestamp, message.app_id))
         return found
 
 

@@ -423,6 +423,15 @@ def test_too_few_labelled_sessions_are_refused(version, cache):
     assert len(open_version(version, cache, min_labelled=24)) == 24
 
 
+def test_an_empty_split_is_refused_naming_the_rule_not_left_to_fail_later(version, cache):
+    reader = DatasetReader(str(version), cache_dir=cache)
+    with pytest.raises(DatasetError) as refused:  # 24 sessions: none hashes into a 1e-6 share
+        reader.open(validation_split=1e-6, test_split=0.15, min_labelled_sessions=20)
+    assert (refused.value.dataset, refused.value.file, refused.value.rule) == (
+        DATASET_ID, "dataset.json", Rule.EMPTY_SPLIT)
+    assert "val split" in str(refused.value) and cached_files(cache) == []
+
+
 def test_absolute_shards_inside_the_root_or_an_allowed_location_are_read(version, cache, tmp_path):
     inside = version.parent / "shared" / "000001"
     shutil.move(version / SHARD1, inside)

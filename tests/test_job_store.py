@@ -111,7 +111,7 @@ def accept(store: JobStore, *, version: int = 1, kind: str = "auto", event_id: s
 
 
 def outbox_keys(store: JobStore) -> list[tuple[str, str]]:
-    return [(m.routing_key, json.loads(m.body)["job_id"]) for m in store.pending_messages()]
+    return [(m.routing_key, json.loads(m.body)["job_id"]) for m in store.read.pending_messages()]
 
 
 def race(threads: int, work) -> list:
@@ -184,7 +184,7 @@ def test_accept_creates_one_queued_job_and_one_accepted_message(store):
     assert job.idempotency_key == "nw-italy-2m/v1/c0ffee"
     assert job.config == {"epochs": 4}
     assert job.created_at == job.not_before == T0 and job.created_at.tzinfo is not None
-    assert store.get(job.id) == job
+    assert store.read.get(job.id) == job
     assert outbox_keys(store) == [("training.accepted", job.id)]
 
 
@@ -194,7 +194,7 @@ def test_the_same_event_again_is_a_duplicate_and_changes_nothing(store):
 
     assert again.duplicate_event and not again.created
     assert again.job == first.job
-    assert len(store.list_jobs()) == 1 and len(store.pending_messages()) == 1
+    assert len(store.read.list_jobs()) == 1 and len(store.read.pending_messages()) == 1
 
 
 def test_another_event_for_the_same_key_maps_to_the_same_job(store):
@@ -204,7 +204,7 @@ def test_another_event_for_the_same_key_maps_to_the_same_job(store):
     assert not second.created and not second.duplicate_event
     assert second.job.id == first.job.id
     assert accept(store, event_id="ev-2").duplicate_event  # and ev-2 is now remembered
-    assert len(store.pending_messages()) == 1
+    assert len(store.read.pending_messages()) == 1
 
 
 def test_the_key_is_config_job_key_and_export_and_resume_make_distinct_keys(store):
@@ -239,14 +239,14 @@ def test_a_failed_or_cancelled_job_does_not_block_a_new_one_for_its_key(store, o
 
     assert again.created and again.job.id != first.id and again.job.status is JobStatus.QUEUED
     assert again.job.idempotency_key == first.idempotency_key
-    assert store.get(first.id).status is JobStatus(outcome)  # the old one stays as it was
+    assert store.read.get(first.id).status is JobStatus(outcome)  # the old one stays as it was
     # the replayed event id is still a duplicate, answered with its own (final) job
     replay = accept(store, event_id="ev-1", kind=kind, now=at(11))
     assert replay.duplicate_event and not replay.created and replay.job.id == first.id
     # a third event maps to the new live job
     third = accept(store, event_id="ev-3", kind=kind, now=at(12))
     assert not third.created and third.job.id == again.job.id
-    assert len(store.list_jobs()) == 2
+    assert len(store.read.list_jobs()) == 2
 
 
 @pytest.mark.parametrize("state", ["running", "succeeded"])
@@ -260,7 +260,7 @@ def test_a_running_or_succeeded_job_still_holds_its_key(store, state):
     again = accept(store, event_id="ev-2", kind="manual", now=at(10))
 
     assert not again.created and again.job.id == first.id and again.job.status is JobStatus(state)
-    assert len(store.list_jobs()) == 1
+    assert len(store.read.list_jobs()) == 1
 
 
 def test_the_database_allows_one_live_job_per_key(store):
@@ -280,7 +280,7 @@ def test_the_database_allows_one_live_job_per_key(store):
     insert(status="failed")  # any number of final failures and cancels
     insert(status="failed")
     insert(status="cancelled")
-    assert len(store.list_jobs()) == 4
+    assert len(store.read.list_jobs()) == 4
 
 
 def test_replicas_retriggering_a_failed_key_at_once_make_one_new_job(store, open_store):
@@ -292,23 +292,23 @@ def test_replicas_retriggering_a_failed_key_at_once_make_one_new_job(store, open
 
     assert sum(result.created for result in results) == 1
     assert len({result.job.id for result in results}) == 1 and results[0].job.id != first.id
-    assert len(store.list_jobs(JobStatus.QUEUED)) == 1
+    assert len(store.read.list_jobs(JobStatus.QUEUED)) == 1
 
 
 def test_known_dataset_answers_from_jobs_of_any_status(store):
-    assert store.known_dataset("nw-italy-2m") is None
+    assert store.read.known_dataset("nw-italy-2m") is None
     v1 = accept(store, version=1).job
     accept(store, version=3, now=at(1))  # supersedes v1: cancelled, still known
     accept(store, version=2, kind="manual", now=at(2))
     accept(store, version=9, dataset_id="other", dataset_uri="s3://heimdall-datasets/other/v9", now=at(3))
-    assert store.get(v1.id).status is JobStatus.CANCELLED
+    assert store.read.get(v1.id).status is JobStatus.CANCELLED
 
-    assert store.known_dataset("nw-italy-2m") == (3, "s3://heimdall-datasets/nw-italy-2m/v3")
-    assert store.known_dataset("nw-italy-2m", 1) == (1, "s3://heimdall-datasets/nw-italy-2m/v1")
-    assert store.known_dataset("nw-italy-2m", 2) == (2, "s3://heimdall-datasets/nw-italy-2m/v2")
-    assert store.known_dataset("nw-italy-2m", 4) is None
-    assert store.known_dataset("other") == (9, "s3://heimdall-datasets/other/v9")
-    assert store.known_dataset("nw-italy") is None  # an exact id, not a prefix
+    assert store.read.known_dataset("nw-italy-2m") == (3, "s3://heimdall-datasets/nw-italy-2m/v3")
+    assert store.read.known_dataset("nw-italy-2m", 1) == (1, "s3://heimdall-datasets/nw-italy-2m/v1")
+    assert store.read.known_dataset("nw-italy-2m", 2) == (2, "s3://heimdall-datasets/nw-italy-2m/v2")
+    assert store.read.known_dataset("nw-italy-2m", 4) is None
+    assert store.read.known_dataset("other") == (9, "s3://heimdall-datasets/other/v9")
+    assert store.read.known_dataset("nw-italy") is None  # an exact id, not a prefix
 
 
 def test_a_newer_auto_version_supersedes_queued_older_ones(store):
@@ -317,8 +317,8 @@ def test_a_newer_auto_version_supersedes_queued_older_ones(store):
 
     assert result.created and result.job.status is JobStatus.QUEUED
     assert [job.id for job in result.superseded] == [v1.id]
-    assert store.get(v1.id).status is JobStatus.CANCELLED
-    assert store.get(v1.id).cancel_reason == "superseded by v2"
+    assert store.read.get(v1.id).status is JobStatus.CANCELLED
+    assert store.read.get(v1.id).cancel_reason == "superseded by v2"
     # one transaction, one timestamp: the outbox does not order messages written together
     assert sorted(outbox_keys(store)) == sorted([("training.accepted", v1.id), ("training.cancelled", v1.id),
                                                  ("training.accepted", result.job.id)])
@@ -328,7 +328,7 @@ def test_a_started_older_version_is_not_superseded(store):
     v1 = accept(store, version=1).job
     store.claim_next("w1", LEASE_S, now=at(1))
     assert accept(store, version=2, now=at(2)).superseded == []
-    assert store.get(v1.id).status is JobStatus.RUNNING
+    assert store.read.get(v1.id).status is JobStatus.RUNNING
 
 
 def test_manual_triggers_neither_supersede_nor_are_superseded(store):
@@ -339,8 +339,8 @@ def test_manual_triggers_neither_supersede_nor_are_superseded(store):
 
     assert manual_v1.created and manual_v3.created and manual_v3.superseded == []
     assert [job.id for job in auto_v4.superseded] == [auto_v2.id]
-    assert store.get(manual_v1.job.id).status is JobStatus.QUEUED
-    assert store.get(manual_v3.job.id).status is JobStatus.QUEUED
+    assert store.read.get(manual_v1.job.id).status is JobStatus.QUEUED
+    assert store.read.get(manual_v3.job.id).status is JobStatus.QUEUED
 
 
 def test_an_older_auto_version_arriving_late_maps_to_the_newer_queued_job(store):
@@ -348,7 +348,7 @@ def test_an_older_auto_version_arriving_late_maps_to_the_newer_queued_job(store)
     late = accept(store, version=1, now=at(1))
 
     assert not late.created and late.job.id == v2.id
-    assert len(store.list_jobs()) == 1
+    assert len(store.read.list_jobs()) == 1
 
 
 def test_min_interval_defers_auto_jobs_and_manual_ones_bypass_it(store):
@@ -416,7 +416,7 @@ def test_renewing_a_lease_keeps_the_job(store):
 
     assert store.renew_lease(job.id, "w1", LEASE_S, now=at(50)) is True
     assert store.claim_next("w2", LEASE_S, now=at(61)) is None
-    assert store.get(job.id).lease_expires_at == at(110)
+    assert store.read.get(job.id).lease_expires_at == at(110)
 
 
 # --- transitions --------------------------------------------------------------------------------
@@ -442,15 +442,15 @@ def test_illegal_transitions_raise(store):
 
 def test_finishing_writes_its_messages_in_the_same_transaction(store):
     job = accept(store).job
-    store.mark_published([m.id for m in store.pending_messages()])
+    store.mark_published([m.id for m in store.read.pending_messages()])
     store.claim_next("w1", LEASE_S, now=at(1))
     registered = OutboxMessage(id="ev-registered", routing_key="model.registered", body='{"job_id": "%s"}' % job.id)
 
     done = store.finish_succeeded(job.id, "w1", {"model_version": 3}, [registered], now=at(2))
 
     assert (done.status, done.result, done.lease_expires_at) == (JobStatus.SUCCEEDED, {"model_version": 3}, None)
-    assert store.pending_messages() == [OutboxMessage("ev-registered", "model.registered", registered.body, at(2))]
-    assert store.last_success_at() == at(2)
+    assert store.read.pending_messages() == [OutboxMessage("ev-registered", "model.registered", registered.body, at(2))]
+    assert store.read.last_success_at() == at(2)
 
 
 def test_cancelling_a_queued_job_cancels_it_at_once(store):
@@ -507,28 +507,28 @@ def test_outbox_hands_out_unpublished_messages_oldest_first(store):
                             created_at=at(5))
     store.add_messages([started], job_id=job.id)
 
-    pending = store.pending_messages()
+    pending = store.read.pending_messages()
     assert [m.routing_key for m in pending] == ["training.accepted", "training.started"]
     assert pending[1].body == '{"job_id": "x"}' and pending[1].created_at == at(5)
-    assert [m.id for m in store.pending_messages(limit=1)] == [pending[0].id]
+    assert [m.id for m in store.read.pending_messages(limit=1)] == [pending[0].id]
 
     store.mark_published([pending[0].id], now=at(6))
-    assert store.pending_messages() == [pending[1]]
+    assert store.read.pending_messages() == [pending[1]]
     store.mark_published(["ev-started"])
-    assert store.pending_messages() == []
+    assert store.read.pending_messages() == []
 
 
 def test_gauges_and_listing(store):
-    assert store.oldest_queued_age_s(T0) is None and store.last_success_at() is None
+    assert store.read.oldest_queued_age_s(T0) is None and store.read.last_success_at() is None
     a = accept(store, version=1, kind="manual").job
     b = accept(store, version=2, kind="manual", now=at(10)).job
     store.claim_next("w1", LEASE_S, now=at(20))
 
-    assert store.counts_by_status() == {"queued": 1, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
-    assert store.oldest_queued_age_s(at(40)) == 30.0
-    assert [job.id for job in store.list_jobs()] == [b.id, a.id]
-    assert [job.id for job in store.list_jobs(JobStatus.RUNNING)] == [a.id]
-    assert [job.id for job in store.list_jobs(limit=1)] == [b.id]
+    assert store.read.counts_by_status() == {"queued": 1, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert store.read.oldest_queued_age_s(at(40)) == 30.0
+    assert [job.id for job in store.read.list_jobs()] == [b.id, a.id]
+    assert [job.id for job in store.read.list_jobs(JobStatus.RUNNING)] == [a.id]
+    assert [job.id for job in store.read.list_jobs(limit=1)] == [b.id]
 
 
 # --- races and outages --------------------------------------------------------------------------
@@ -541,14 +541,14 @@ def test_replicas_accepting_the_same_key_at_once_make_one_job(store, open_store,
 
     assert sum(result.created for result in results) == 1
     assert len({result.job.id for result in results}) == 1
-    assert len(store.list_jobs()) == 1 and len(store.pending_messages()) == 1
+    assert len(store.read.list_jobs()) == 1 and len(store.read.pending_messages()) == 1
 
 
 def test_replicas_accepting_newer_versions_at_once_leave_one_queued_auto_job(store, open_store):
     replicas = [open_store() for _ in range(4)]
     race(4, lambda i: accept(replicas[i], version=i + 1, now=at(i)))
     # arrival order decides which survive, but never two queued auto versions of one dataset
-    assert len(store.list_jobs(JobStatus.QUEUED)) == 1
+    assert len(store.read.list_jobs(JobStatus.QUEUED)) == 1
 
 
 def test_an_unreachable_database_is_a_retryable_error(tmp_path):
@@ -556,7 +556,7 @@ def test_an_unreachable_database_is_a_retryable_error(tmp_path):
                 f"postgresql+psycopg2://postgres@/heimdall_absent?host={tmp_path}"):
         store = JobStore(url)
         with pytest.raises(JobStoreUnavailable) as raised:
-            store.get("any")
+            store.read.get("any")
         assert raised.value.retryable
         store.close()
 

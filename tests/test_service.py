@@ -22,6 +22,7 @@ from service.datasets.synth import SynthConfig, synthesize_dataset
 from tests.broker import INTRUDER, INTRUDER_PASSWORD, Tap, Vhost, dead_letters, publish
 from tests.servers import free_port
 
+DATASETS_ROOT = "s3://heimdall-datasets/service-tests"
 TINY_TRAINING = {"preset": "tiny", "epochs": 3, "batch_size": 32, "min_labelled_sessions": 20, "patience": 3}
 
 
@@ -40,10 +41,13 @@ def training_requested(dataset_id: str, version, **data) -> dict:
 
 
 class ServiceProcess:
-    def __init__(self, env: dict, log: Path):
+    def __init__(self, env: dict, log: Path, cwd: Path | None = None):
         self.env, self.log, self.port = env, log, int(env["HEIMDALL_HTTP_PORT"])
         clean = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env={**clean, **env},
+        if cwd is not None:  # a folder of its own (created here, empty): relative defaults land in it
+            cwd.mkdir(parents=True, exist_ok=True)
+            clean["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env={**clean, **env}, cwd=cwd,
                                      stdout=open(log, "ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not self.get("/readyz").startswith("ready"):
@@ -80,7 +84,8 @@ class Stack:
             "HEIMDALL_S3__SECRET_ACCESS_KEY": s3.secret_access_key,
             "HEIMDALL_DEFAULT_TRAINING": json.dumps(TINY_TRAINING), "HEIMDALL_OPS_ALLOWED_USERS": '["guest"]',
             "HEIMDALL_LEASE_S": "3", "HEIMDALL_PROGRESS_INTERVAL_S": "0.5", "HEIMDALL_RETRY_BACKOFF_S": "1",
-            "HEIMDALL_SHUTDOWN_GRACE_S": "30"}
+            "HEIMDALL_SHUTDOWN_GRACE_S": "30",
+            "HEIMDALL_ALLOWED_DATASET_LOCATIONS": json.dumps([DATASETS_ROOT])}
         self.services: list[ServiceProcess] = []
         self.tap = None
 
@@ -126,8 +131,47 @@ def datasets(s3_server) -> dict[str, str]:
     uris = {}
     for i, name in enumerate(["svc-main", "svc-dup", "svc-cancel", "svc-kill", "svc-r1", "svc-r2", "svc-r3"]):
         cfg = SynthConfig(sessions=240, seed=100 + i, samples_per_capture=256, shard_size=128, dataset_id=name)
-        uris[name] = synthesize_dataset(cfg, "s3://heimdall-datasets/service-tests", credentials=credentials)
+        uris[name] = synthesize_dataset(cfg, DATASETS_ROOT, credentials=credentials)
     return uris
+
+
+def progress_until(tap: Tap, job_id: str, epoch: int) -> None:
+    """Wait until the job has reported `epoch` epochs done (so a checkpoint of epoch >= 1 exists)."""
+    deadline = time.monotonic() + 180
+    while not [p for p in tap.events("training.progress", job_id=job_id) if p["data"]["epoch"] >= epoch]:
+        assert time.monotonic() < deadline, f"job {job_id} never reached epoch {epoch}"
+        time.sleep(0.3)
+
+
+def first_epoch_after_restart(tap: Tap, job_id: str) -> int:
+    """The first epoch the job reported after its second training.started: > 1 means it resumed."""
+    starts = 0
+    for delivery in tap.seen:
+        body = delivery.json()
+        if body.get("data", {}).get("job_id") != job_id:
+            continue
+        starts += delivery.routing_key == "training.started"
+        if starts >= 2 and delivery.routing_key == "training.progress":
+            return body["data"]["epoch"]
+    raise AssertionError(f"no progress of {job_id} after its restart")
+
+
+def settled(stack: Stack, timeout_s: float = 60) -> None:
+    """Wait until no job is queued or running and every decided event has been published: past this
+    point nothing more can arrive, so a count of events proves a negative without sleeping."""
+    from service.job_store import JobStore
+
+    store = JobStore(stack.env["HEIMDALL_JOB_STORE_URL"])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            counts = store.read.counts_by_status()
+            if counts["queued"] == counts["running"] == 0 and store.read.pending_count() == 0:
+                return
+            assert time.monotonic() < deadline, f"not settled: {counts}, {store.read.pending_count()} unpublished"
+            time.sleep(0.3)
+    finally:
+        store.close()
 
 
 def s3_object(s3_server, uri: str) -> bytes:
@@ -175,7 +219,7 @@ def test_replayed_and_duplicated_triggers_yield_one_job_and_one_model(stack_fact
     stack.publish(dataset_ready("svc-dup", 1, datasets["svc-dup"]), "dataset.ready")  # another id, same version
 
     stack.tap.wait_for("model.registered")
-    time.sleep(3)  # anything duplicated would be accepted and started by now
+    settled(stack)
     assert len(stack.tap.events("training.accepted")) == 1
     assert len(stack.tap.events("training.started")) == 1
     assert len(stack.tap.events("model.registered")) == 1
@@ -229,7 +273,7 @@ def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_
     assert ops.returncode == 0, ops.stderr
 
     cancelled = stack.tap.wait_for("training.cancelled", job_id=long_job, timeout_s=60)
-    time.sleep(2)
+    settled(stack)
     assert len(stack.tap.events("training.cancelled", job_id=long_job)) == 1
     assert cancelled[0]["data"]["reason"] == "wrong dataset"
     assert not stack.tap.events("model.registered", job_id=long_job)
@@ -273,19 +317,20 @@ def test_kill_9_mid_training_then_restart_finishes_the_job_exactly_once(stack_fa
     stack.publish(training_requested("svc-kill", 1, overrides={"epochs": 60, "patience": 60}), "training.requested")
     stack.tap.wait_for("model.registered", job_id=job_id)
     long_job = stack.tap.wait_for("training.accepted", count=2)[-1]["data"]["job_id"]
-    progress = stack.tap.wait_for("training.progress", job_id=long_job)
-    assert progress[-1]["data"]["epoch"] < 60
+    progress_until(stack.tap, long_job, 2)
+    assert max(p["data"]["epoch"] for p in stack.tap.events("training.progress", job_id=long_job)) < 60
     first.stop(signal.SIGKILL)
 
     second = stack.start("a")  # same state dir: the checkpoint of the killed attempt is there
     registered = stack.tap.wait_for("model.registered", job_id=long_job, timeout_s=240)
-    time.sleep(3)
+    settled(stack)
     assert len(stack.tap.events("model.registered", job_id=long_job)) == 1 == len(registered)
     starts = stack.tap.events("training.started", job_id=long_job)
     assert [s["data"]["attempt"] for s in starts] == [1, 2]
     claims = [line for line in second.log_lines() if line.get("event") == "claimed" and line["job_id"] == long_job]
     assert len(claims) == 1
     assert (stack.tmp / "state-a" / "checkpoints" / long_job / "last.ckpt").is_file()
+    assert first_epoch_after_restart(stack.tap, long_job) > 2  # went on from the checkpoint, not from epoch 0
 
 
 def test_two_replicas_on_one_postgres_store_run_every_job_exactly_once(stack_factory, datasets):
@@ -303,7 +348,7 @@ def test_two_replicas_on_one_postgres_store_run_every_job_exactly_once(stack_fac
     while len(distinct_registered()) < 3 and time.monotonic() < deadline:
         assert not stack.tap.events("training.failed"), stack.tap.events("training.failed")
         time.sleep(1)
-    time.sleep(3)
+    settled(stack)
     registered = distinct_registered()
     jobs = [r["data"]["job_id"] for r in registered]
     assert len(jobs) == len(set(jobs)) == 3
@@ -320,7 +365,7 @@ def test_sigterm_checkpoints_the_running_job_and_a_restart_resumes_it(stack_fact
     stack.tap.wait_for("training.accepted")  # announced: a manual request can now name version 1
     stack.publish(training_requested("svc-kill", 1, overrides={"epochs": 60, "patience": 60}), "training.requested")
     long_job = stack.tap.wait_for("training.accepted", count=2)[-1]["data"]["job_id"]
-    stack.tap.wait_for("training.progress", job_id=long_job)
+    progress_until(stack.tap, long_job, 2)
     assert first.stop(signal.SIGTERM) == 0
     requeued = [line for line in first.log_lines() if line.get("event") == "requeued"]
     assert [line["job_id"] for line in requeued] == [long_job]
@@ -330,6 +375,7 @@ def test_sigterm_checkpoints_the_running_job_and_a_restart_resumes_it(stack_fact
     stack.tap.wait_for("model.registered", job_id=long_job, timeout_s=240)
     assert len(stack.tap.events("model.registered", job_id=long_job)) == 1
     assert not stack.tap.events("training.failed", job_id=long_job)
+    assert first_epoch_after_restart(stack.tap, long_job) > 2  # the SIGTERM checkpoint was used
 
 
 def test_metrics_report_jobs_by_state_and_the_service_imports_no_training_stack(stack_factory):

@@ -64,6 +64,7 @@ class Cache:
             return None
         digest = scan(path, samples=samples)
         if digest.sha256 == sha256 and digest.first_non_finite is None:
+            os.utime(path)  # its mtime is when it was last used: the service's purge keeps used files
             return path, digest
         path.unlink(missing_ok=True)  # damaged on disk: the caller fetches it again
         return None

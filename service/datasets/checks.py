@@ -60,6 +60,7 @@ class Rule(StrEnum):
     SESSION_COUNT = "session-count"  # manifest `sessions` differs from its shards' total
     LABELLED_COUNT = "labelled-count"  # manifest `labelled_sessions` differs from the recordings
     TOO_FEW_LABELLED = "too-few-labelled"  # fewer labelled sessions than min_labelled_sessions
+    EMPTY_SPLIT = "empty-split"  # no labelled session in the train, val or test split
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from service.datasets.checks import (
     merge_shard, parse_meta, refuse_invalid_manifest,
 )
 from service.datasets.manifest import (
-    COLLECTION_FILE, DATASET_ID_PATTERN, MANIFEST_FILE, SCHEMA, Manifest, Shard, data_name, meta_name,
+    COLLECTION_FILE, DATASET_ID_PATTERN, MANIFEST_FILE, SCHEMA, SPLITS, Manifest, Shard, data_name, meta_name,
 )
 from service.datasets.splits import assign_split
 from service.datasets.verified import VerifiedDataset
@@ -88,6 +88,11 @@ class DatasetReader:
             if int(dataset.labelled.sum()) < min_labelled_sessions:
                 Where(dataset_id, MANIFEST_FILE).refuse(Rule.TOO_FEW_LABELLED, (
                     f"{int(dataset.labelled.sum())} labelled sessions, training needs {min_labelled_sessions}"))
+            for split in SPLITS:
+                if not len(dataset.indices(split)):
+                    Where(dataset_id, MANIFEST_FILE).refuse(Rule.EMPTY_SPLIT, (
+                        f"no labelled session falls in the {split} split (pinned heimdall:split, or too few "
+                        f"sessions for validation_split={validation_split}, test_split={test_split})"))
             cache.commit()
         finally:
             cache.discard()

@@ -240,7 +240,7 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
     trainer, checkpoints = build_trainer(config, checkpoint_dir, logger)
     started = time.monotonic()
     try:
-        trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None)
+        trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     except SIGTERMException as exc:
         if not trainer.is_global_zero:  # rank zero reports it (exit 3); an extra rank exiting non-zero
             return _extra_rank_result(trainer, started)  # would make Lightning SIGKILL rank zero
@@ -266,4 +266,4 @@ def _extra_rank_result(trainer: pl.Trainer, started: float) -> FitResult:
 def _epoch_of(checkpoint: Path | None) -> int | None:
     if checkpoint is None:
         return None
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])

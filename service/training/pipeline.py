@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from service.config import TrainConfig, job_key
 from service.datasets.reader import DatasetReader, VerifiedDataset
 from service.errors import ConfigError, TrainingError
 from service.logs import log_event
+from service.registration_permit import ask_for_permit
 from service.object_store import open_store
 from service.settings import Settings
 
@@ -42,6 +44,8 @@ class JobOptions:
     export_only: bool = False
     checkpoint: Path | None = None
     resume_training: bool = False
+    idempotency_key: str | None = None  # the service's key for the job; else derived from data and config
+    registration_permit: bool = False  # ask the service (stdin) before registering: see registration_permit.py
 
 
 def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedDataset:
@@ -63,7 +67,7 @@ def build_module(data: VerifiedDataset, config: TrainConfig, checkpoint: Path | 
                                   receiver_dropout=config.receiver_dropout, frame_scale_m=frame_scale_m)
     if not checkpoint.is_file():
         raise ConfigError(f"--checkpoint {checkpoint}: no such file", stage="train")
-    module = LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    module = LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True)
     if module.hparams.samples != data.manifest.samples_per_capture:
         raise ConfigError(f"--checkpoint {checkpoint} expects {module.hparams.samples} samples per capture, "
                           f"the dataset has {data.manifest.samples_per_capture}", stage="train")
@@ -133,8 +137,9 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
     data = open_dataset(settings, config, options.data_uri)
     log_event(log, "dataset verified", stage="data", dataset=data.uri,
               sessions={s: int(len(data.indices(s))) for s in ("train", "val", "test")})
-    key = job_key(data.manifest.dataset_id, data.manifest.version, config.config_hash(),
-                  export_only=options.export_only, checkpoint=str(options.checkpoint) if options.export_only else None)
+    key = options.idempotency_key or job_key(
+        data.manifest.dataset_id, data.manifest.version, config.config_hash(), export_only=options.export_only,
+        checkpoint=str(options.checkpoint) if options.export_only else None)
     registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
                              open_store(settings.models_uri, settings.s3.credentials()))
     existing = registry.find(key)
@@ -149,7 +154,7 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
         if is_global_zero():  # the service reads one "started" per job
             log_event(log, "started", stage="train", mlflow_run_id=logger.run_id)
     try:
-        checkpoint_dir = options.checkpoint_dir or settings.state_dir / "checkpoints" / options.job_id
+        checkpoint_dir = options.checkpoint_dir or settings.job_checkpoint_dir(options.job_id)
         fitted = train_model(module, data, config, options, checkpoint_dir, logger)
         if not fitted.is_global_zero:
             return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
@@ -173,7 +178,7 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
 def load_net(checkpoint: Path):
     from service.training.fit import LocalizationModule
 
-    return LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu").net.eval()
+    return LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True).net.eval()
 
 
 def calibrate_covariance(net, data: VerifiedDataset) -> float:
@@ -213,7 +218,8 @@ def export_and_register(settings: Settings, config: TrainConfig, options: JobOpt
             run_id=logger.run_id, onnx_path=onnx_path, card=card, data=data, test_idx=evaluation.indices,
             median_error_m=evaluation.metrics["median_error_m"], parity_passed=parity["passed"],
             tags={"job_id": options.job_id, "idempotency_key": key, "dataset_id": data.manifest.dataset_id,
-                  "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()})
+                  "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()},
+            permit=partial(ask_for_permit, log_event, log) if options.registration_permit else None)
 
 
 def record_run(logger, evaluation, data: VerifiedDataset, workdir: Path) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,6 +107,11 @@ class ModelRegistry:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
 
+    def _versions_of(self, idempotency_key: str) -> list[int]:
+        versions = self._call("search versions", self.client.search_model_versions,
+                              f"name='{self.model_name}' and tags.idempotency_key='{idempotency_key}'")
+        return [int(v.version) for v in versions]
+
     def find(self, idempotency_key: str) -> tuple[Registration, dict] | None:
         """The version already registered for this key, with its card, if its files are in the store."""
         versions = self._call("search versions", self.client.search_model_versions,
@@ -128,13 +134,18 @@ class ModelRegistry:
         return None
 
     def champion_onnx(self, workdir: Path) -> tuple[int, Path] | None:
-        """The current champion's version and a local copy of its model.onnx, or None."""
+        """The current champion's version and a local copy of its model.onnx; None only when there
+        is no champion. Any other failure raises RegistryError: the gate never fails open."""
         from mlflow.exceptions import MlflowException
 
-        try:
-            version = self.client.get_model_version_by_alias(self.model_name, CHAMPION)
-        except MlflowException:
-            return None
+        with mlflow_errors("read champion"):
+            try:
+                version = self.client.get_model_version_by_alias(self.model_name, CHAMPION)
+            except MlflowException as exc:
+                no_champion = exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+                if no_champion and "not found" in exc.message:
+                    return None
+                raise
         import mlflow.artifacts
 
         path = self._call("download champion", mlflow.artifacts.download_artifacts,
@@ -143,8 +154,14 @@ class ModelRegistry:
         return int(version.version), Path(path)
 
     def publish(self, *, run_id: str, onnx_path: Path, card: dict, data: VerifiedDataset, test_idx: np.ndarray,
-                median_error_m: float, parity_passed: bool, tags: dict[str, str]) -> Registration:
-        """Create a version, upload model.onnx + model.json, set aliases. Raises RegistryError, StorageUnavailable."""
+                median_error_m: float, parity_passed: bool, tags: dict[str, str],
+                permit: Callable[[], bool] | None = None) -> Registration:
+        """Create a version, upload model.onnx + model.json, set aliases. Raises RegistryError, StorageUnavailable.
+
+        MLflow gives two concurrent creations two versions, so the version is fenced: `permit`
+        (the service's lease check) right before creating, and after creating, the lowest version
+        tagged with this idempotency key wins; a loser deletes its own and fails retryable, so its
+        next attempt finds the winner."""
         self.ensure_registered_model()
         with tempfile.TemporaryDirectory() as tmp:
             champion = self.champion_onnx(Path(tmp))
@@ -153,8 +170,18 @@ class ModelRegistry:
         log_event(log, "champion gate", stage="register", champion_version=champion and champion[0],
                   champion_median_error_m=champion_median, median_error_m=median_error_m, promoted=promoted)
         run = self._call("get run", self.client.get_run, run_id)
+        key = tags["idempotency_key"]
+        if self._versions_of(key):
+            raise RegistryError(f"a version for {key} was registered meanwhile; the next attempt reports it",
+                                retryable=True)
+        if permit is not None and not permit():
+            raise RegistryError("the service no longer holds this job's claim: not registering", retryable=False)
         version = self._call("create model version", self.client.create_model_version, name=self.model_name,
                              source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+        if min(self._versions_of(key)) != int(version.version):
+            self._undo(int(version.version))
+            raise RegistryError(f"another job registered {key} at the same moment; the next attempt reports it",
+                                retryable=True)
         try:
             registration = self._upload(int(version.version), run_id, onnx_path, card, promoted, champion_median)
         except BaseException:

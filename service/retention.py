@@ -1,0 +1,78 @@
+"""Retention: what the service keeps, and for how long; the purge runs inside `serve`.
+
+- Finished jobs (succeeded, failed, cancelled) older than `retention_s`, with their outbox rows
+  and their checkpoint folders; never a job whose last events are still waiting to be published. A replayed trigger for a purged job is still answered without
+  training: the registry finds the version by its idempotency key.
+- Processed event ids older than `retention_s` (at least a day, far longer than any redelivery).
+- Published outbox rows that belong to no job, older than `retention_s`.
+- Cached shards not read for `cache_retention_s`, and staging folders left by a crashed open.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from service.job_store import JobStatus, JobStore, utcnow
+from service.job_tables import jobs, outbox, processed_events
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+STAGING_MAX_AGE_S = 86400.0  # an open that has not committed in a day has crashed
+FINISHED = [JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value]
+
+
+@dataclass
+class Purged:
+    jobs: int = 0
+    events: int = 0
+    outbox_rows: int = 0
+    checkpoints: int = 0
+    cache_files: int = 0
+
+
+def purge(store: JobStore, settings: Settings, now: datetime | None = None) -> Purged:
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.retention_s)
+    purged = Purged()
+    with store.transaction(write=True) as conn:
+        unpublished = sa.exists().where(outbox.c.job_id == jobs.c.id, outbox.c.published_at.is_(None))
+        old = [r.id for r in conn.execute(sa.select(jobs.c.id).where(
+            jobs.c.status.in_(FINISHED), jobs.c.finished_at < cutoff, ~unpublished))]
+        if old:
+            purged.outbox_rows += conn.execute(sa.delete(outbox).where(
+                outbox.c.job_id.in_(old), outbox.c.published_at.is_not(None))).rowcount
+            purged.jobs = conn.execute(sa.delete(jobs).where(jobs.c.id.in_(old))).rowcount
+        purged.events = conn.execute(sa.delete(processed_events).where(
+            processed_events.c.received_at < cutoff)).rowcount
+        purged.outbox_rows += conn.execute(sa.delete(outbox).where(
+            outbox.c.job_id.is_(None), outbox.c.published_at < cutoff)).rowcount
+    for job_id in old:
+        folder = settings.job_checkpoint_dir(job_id)
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            purged.checkpoints += 1
+    purged.cache_files = purge_cache(settings.cache_dir, settings.cache_retention_s, now.timestamp())
+    return purged
+
+
+def purge_cache(cache_dir: Path, retention_s: float, now_s: float | None = None) -> int:
+    """Cached shards unused (mtime: the reader touches a file it uses) longer than retention_s,
+    and staging folders older than a day. Returns how many were removed."""
+    now_s = time.time() if now_s is None else now_s
+    removed = 0
+    for entry in (cache_dir / "sha256").glob("*/*"):
+        if entry.is_file() and now_s - entry.stat().st_mtime > retention_s:
+            entry.unlink(missing_ok=True)
+            removed += 1
+    for staging in (cache_dir / "staging").glob("open-*"):
+        if now_s - staging.stat().st_mtime > STAGING_MAX_AGE_S:
+            shutil.rmtree(staging, ignore_errors=True)
+            removed += 1
+    return removed
