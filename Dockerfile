@@ -23,34 +23,38 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a virtual environment in /opt/venv, copied whole into the runtime stage ----
-FROM ${PYTHON_IMAGE} AS build
+# ---- requirements: the pinned dependencies of pyproject.toml, the one place they are written ----
+# A stage of its own so that the dependency layers below are rebuilt only when this list
+# changes, not when any other line of pyproject.toml does.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /src/
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /requirements.txt
+
+# ---- deps: a virtual environment in /opt/venv, copied whole into the runtime stage ----
+FROM ${PYTHON_IMAGE} AS deps
 # cu128 (CUDA 12.8) runs on drivers >= 570 and supports every GPU from Volta to Blackwell.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-
-COPY pyproject.toml ./
-# Dependencies first, in layers of their own, so that editing the code does not reinstall
-# several GB of wheels. The pins come from pyproject.toml, the one place they are written.
-# 1. torch from the CUDA wheel index. `pip install` of the project afterwards keeps it: the
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+# 1. torch from the CUDA wheel index. `pip install` of the rest afterwards keeps it: the
 #    pin torch==2.13.0 matches 2.13.0+cu128, since PEP 440 ignores a local label (+cu128) when
 #    the pin has none. Left to PyPI, pip would choose torch's build and its CUDA version itself.
 # 2. Every other dependency from PyPI, exactly as pinned.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
- && pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' /tmp/requirements.txt)" \
+    pip install --index-url "$TORCH_INDEX_URL" "$(grep '^torch==' /tmp/requirements.txt)" \
  && pip install -r /tmp/requirements.txt
 
-# The project itself: a regular (not editable) install, so /src is not needed at run time.
+# ---- wheel: the project itself, built once into a wheel ----
+FROM deps AS wheel
+WORKDIR /src
+COPY pyproject.toml ./
 COPY service ./service
 COPY messages ./messages
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps . \
- && heimdall-training --help > /dev/null
+    pip wheel --no-deps --wheel-dir /wheels .
 
 # ---- runtime ----
 FROM ${PYTHON_IMAGE} AS runtime
@@ -66,18 +70,25 @@ RUN groupadd --system --gid 10001 heimdall \
         --shell /usr/sbin/nologin heimdall \
  && install -d -o heimdall -g heimdall -m 0750 /var/lib/heimdall
 
-COPY --from=build /opt/venv /opt/venv
-
 # HEIMDALL_STATE_DIR holds checkpoints (resumable after a restart) and the verified shard
 # cache: mount a volume there. The other HEIMDALL_* settings are given at run time.
 # NVIDIA_DRIVER_CAPABILITIES: the driver parts the toolkit mounts (compute = libcuda, utility =
 # nvidia-smi); it does not by itself give the container a GPU.
 ENV PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HEIMDALL_STATE_DIR=/var/lib/heimdall \
     HEIMDALL_HTTP_PORT=8080 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# The dependencies (GB, rebuilt only when the pins change) and the project (a small layer of its
+# own: editing the code rebuilds only this) go in separately. A regular install, not editable,
+# from the wheel stage's wheel: no source tree in the image.
+COPY --from=deps /opt/venv /opt/venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-deps /wheels/*.whl \
+ && heimdall-training --help > /dev/null
 
 # Numeric, so that Kubernetes runAsNonRoot can verify it.
 USER 10001:10001
