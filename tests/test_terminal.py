@@ -108,7 +108,7 @@ def test_the_printed_mlflow_ui_command_works_without_the_venv_on_path(trained_on
 
     with running([*shlex.split(command), "--port", str(port)], {"PATH": "/usr/bin:/bin"},
                  tmp_path / "ui.log") as proc:
-        wait_until(model_is_there, "mlflow ui", 180, proc, tmp_path / "ui.log")
+        wait_until(model_is_there, "mlflow ui", 420, proc, tmp_path / "ui.log")
     assert found["name"] == "heimdall-localization"
     assert {a["alias"] for a in found["aliases"]} == {"candidate", "champion"}
     assert str(state) in found["latest_versions"][0]["source"]
