@@ -170,9 +170,12 @@ class Consumer:
         if data.resume_job_id:
             if self.store.read.get(data.resume_job_id) is None:
                 raise Refused("unknown-job", f"resume_job_id {data.resume_job_id!r} is not a job of this service")
+            if self.settings.checkpoints_uri:  # uploaded: any replica can resume it
+                return join_uri(self.settings.checkpoints_uri, f"{data.resume_job_id}/last.ckpt")
             return f"file://{self.settings.job_checkpoint_dir(data.resume_job_id)}/last.ckpt"
         uri = data.checkpoint_uri
-        own = [f"file://{self.settings.state_dir / 'checkpoints'}", self.settings.models_uri]
+        own = [f"file://{self.settings.state_dir / 'checkpoints'}", self.settings.models_uri,
+               *filter(None, [self.settings.checkpoints_uri])]
         if uri is not None and not any(is_within(uri, root) for root in own + self.settings.dataset_locations):
             raise Refused("checkpoint-not-allowed", f"{uri} is not a location this service may read checkpoints from")
         return uri

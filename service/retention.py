@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from service.checkpoint_store import job_store
 from service.job_store import JobStatus, JobStore, utcnow
 from service.job_tables import jobs, outbox, processed_events
 from service.settings import Settings
@@ -54,12 +55,24 @@ def purge(store: JobStore, settings: Settings, now: datetime | None = None) -> P
         purged.outbox_rows += conn.execute(sa.delete(outbox).where(
             outbox.c.job_id.is_(None), outbox.c.published_at < cutoff)).rowcount
     for job_id in old:
-        folder = settings.job_checkpoint_dir(job_id)
-        if folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)
-            purged.checkpoints += 1
+        purged.checkpoints += purge_checkpoints(settings, job_id)
     purged.cache_files = purge_cache(settings.cache_dir, settings.cache_retention_s, now.timestamp())
     return purged
+
+
+def purge_checkpoints(settings: Settings, job_id: str) -> int:
+    """The job's local checkpoint folder and its uploaded copies; 1 if anything was there."""
+    found = 0
+    folder = settings.job_checkpoint_dir(job_id)
+    if folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)
+        found = 1
+    if settings.checkpoints_uri:
+        uploaded = job_store(settings.checkpoints_uri, job_id, settings.s3.credentials())
+        for name in uploaded.list():
+            uploaded.delete(name)
+            found = 1
+    return found
 
 
 def purge_cache(cache_dir: Path, retention_s: float, now_s: float | None = None) -> int:

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # --- the event-driven service (`serve`) ---
     # RabbitMQ; the password lives in a SecretStr so the URL never reaches a log.
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    # Where every job's checkpoints are kept so that any replica can resume any job (s3://... in
+    # production). None: only in this replica's <state_dir>/checkpoints.
+    checkpoints_uri: str | None = None
     # Job store: SQLite in <state_dir> when embedded, PostgreSQL in production.
     job_store_url: str | None = None
     # Training parameters for automatic (dataset.ready) jobs; ops overrides apply on top.
@@ -77,6 +80,9 @@ class Settings(BaseSettings):
     progress_interval_s: float = 5.0  # at most one training.progress per job per interval
     shutdown_grace_s: float = 60.0  # SIGTERM: time the running job gets to checkpoint
     prefetch_count: int = 8
+    # Keep one training child started ahead, with torch, Lightning and MLflow imported: a job starts
+    # in it at once. Each job still runs in a fresh process of its own.
+    warm_spare: bool = True
     # Retention: finished jobs, their events and checkpoints, and the event ids that de-duplicate
     # triggers are purged after this long. At least a day: far longer than any redelivery takes
     # (RabbitMQ's consumer_timeout is 30 min, and a message is redelivered at most 5 times).

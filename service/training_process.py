@@ -1,6 +1,8 @@
 """The training job as a child process: its command line, its environment, and its output.
 
-The child is `python -m service.cli train ... --json`: the same entry point a person runs.
+The child is `python -m service.cli train ... --json`: the same entry point a person runs; or a
+warm spare (`service.warm_child`) that imported the training stack before its job came and then
+runs exactly that command line in-process.
 It reads the settings from the environment we hand it, writes JSON log lines on stderr
 (progress, the MLflow run id, the failure) and one JSON result on stdout.
 It is put in its own process group: SIGTERM goes to the child alone (it checkpoints; its
@@ -43,8 +45,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
            "HEIMDALL_MODELS_URI": settings.models_uri, "HEIMDALL_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
            "HEIMDALL_MODEL_NAME": settings.model_name,
            "HEIMDALL_ALLOWED_DATASET_LOCATIONS": json.dumps(settings.allowed_dataset_locations)}
-    if settings.mlflow_artifacts_uri:
-        env["HEIMDALL_MLFLOW_ARTIFACTS_URI"] = settings.mlflow_artifacts_uri
+    for name, value in (("MLFLOW_ARTIFACTS_URI", settings.mlflow_artifacts_uri),
+                        ("CHECKPOINTS_URI", settings.checkpoints_uri)):
+        if value:
+            env[f"HEIMDALL_{name}"] = value
     s3 = settings.s3
     for name, value in (("ENDPOINT_URL", s3.endpoint_url), ("REGION", s3.region),
                         ("ACCESS_KEY_ID", s3.access_key_id and s3.access_key_id.get_secret_value()),
@@ -54,10 +58,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def train_command(*, job_id: str, data_uri: str, config: dict, checkpoint_dir: Path, export_only: bool,
-                  checkpoint: Path | None, resume: bool, idempotency_key: str) -> list[str]:
-    cmd = [sys.executable, "-m", "service.cli", "train", "--json", "--job_id", job_id, "--data_dir", data_uri,
-           "--checkpoint_dir", str(checkpoint_dir), "--idempotency_key", idempotency_key, "--registration_permit"]
+def train_arguments(*, job_id: str, data_uri: str, config: dict, checkpoint_dir: Path, export_only: bool,
+                    checkpoint: Path | None, resume: bool, idempotency_key: str) -> list[str]:
+    """The job as `heimdall-training` arguments: the same for a cold child and a warm spare."""
+    cmd = ["train", "--json", "--job_id", job_id, "--data_dir", data_uri, "--checkpoint_dir", str(checkpoint_dir),
+           "--idempotency_key", idempotency_key, "--registration_permit"]
     for key, value in config.items():
         cmd += [f"--{key}", str(value)]
     if export_only:
@@ -76,6 +81,41 @@ class Outcome:
     stderr_tail: list[str] = field(default_factory=list)
 
 
+async def spawn(cmd: list[str], settings: Settings) -> asyncio.subprocess.Process:
+    """A child in its own process group that dies with us, with the settings as its environment."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+    return await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True, preexec_fn=_die_with_parent, limit=STDERR_LINE_LIMIT,
+        env={**base, **settings_env(settings), "PYTHONUNBUFFERED": "1"})
+
+
+class WarmSpare:
+    """One child started ahead of its job (`python -m service.warm_child`): it has imported torch,
+    Lightning and MLflow by the time a job arrives, and runs that one job only. Every job still
+    gets a fresh process of its own; a new spare is started as soon as one is taken."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def ensure(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            self.proc = await spawn([sys.executable, "-m", "service.warm_child"], self.settings)
+
+    async def take(self, arguments: list[str]) -> "TrainingProcess":
+        await self.ensure()
+        proc, self.proc = self.proc, None
+        proc.stdin.write(json.dumps(arguments).encode() + b"\n")
+        await proc.stdin.drain()
+        return TrainingProcess(proc)
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
 class TrainingProcess:
     """One running child. `lines()` yields its parsed log lines; `wait()` gives the outcome."""
 
@@ -84,14 +124,9 @@ class TrainingProcess:
         self.outcome = Outcome(returncode=-1)
 
     @classmethod
-    async def start(cls, cmd: list[str], settings: Settings) -> "TrainingProcess":
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_die_with_parent, limit=STDERR_LINE_LIMIT,
-            env={**base, **settings_env(settings), "PYTHONUNBUFFERED": "1"})
-        return cls(proc)
+    async def start(cls, arguments: list[str], settings: Settings) -> "TrainingProcess":
+        """A cold child: `python -m service.cli <arguments>`."""
+        return cls(await spawn([sys.executable, "-m", "service.cli", *arguments], settings))
 
     async def lines(self):
         """Parsed JSON log lines from stderr, until the child closes it. A line over the reader's

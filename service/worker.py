@@ -16,21 +16,20 @@ import random
 import signal
 import time
 from datetime import timedelta
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from messages import TrainingProgress, TrainingStarted, make_event
-from service.errors import ConfigError, HeimdallError
+from service.errors import HeimdallError
+from service.job_command import job_arguments
 from service.exit_codes import EXIT_INTERRUPTED
 from service.job_events import cancelled_message, failed_message, outbox, registered_message
 from service.job_store import Job, JobStore, LostClaim, utcnow
 from service.logs import log_event
-from service.object_store import open_store
 from service.service_metrics import ServiceMetrics
 from service.settings import Settings
 from service.registration_permit import PERMIT_REQUEST
-from service.training_process import Outcome, TrainingProcess, train_command
+from service.training_process import Outcome, TrainingProcess, WarmSpare
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 2.0
@@ -51,12 +50,15 @@ class JobRunner:
         self.stopping = False
         self.current: tuple[Job, TrainingProcess] | None = None
         self.stop_reason: str | None = None
+        self.spare = WarmSpare(settings) if settings.warm_spare else None
 
     @property
     def heartbeat_s(self) -> float:
         return min(2.0, self.settings.lease_s / 3)
 
     async def run(self) -> None:
+        if self.spare:
+            await self.spare.ensure()
         while not self.stopping:
             job = await self.claim()
             if job is None:
@@ -69,6 +71,8 @@ class JobRunner:
                 await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow())
             else:
                 await self.run_guarded(job)
+        if self.spare:
+            await self.spare.close()
 
     async def claim(self) -> Job | None:
         try:
@@ -124,7 +128,7 @@ class JobRunner:
         heartbeat = asyncio.create_task(self.heartbeat(job, started))  # before any slow step: the claim stays ours
         process = None
         try:
-            process = await TrainingProcess.start(await asyncio.to_thread(self.command, job), self.settings)
+            process = await self.start_child(await asyncio.to_thread(job_arguments, self.settings, job))
             self.current = (job, process)
             if self.stop_reason:  # a cancel or a lost claim arrived while the child was starting
                 asyncio.get_running_loop().create_task(process.stop(self.settings.shutdown_grace_s))
@@ -139,32 +143,12 @@ class JobRunner:
                 process.signal(signal.SIGKILL)  # never leave a child running behind a failed worker
         await self.finish(job, outcome, self.stop_reason, started)
 
-    def command(self, job: Job) -> list[str]:
-        checkpoint_dir = self.settings.job_checkpoint_dir(job.id)
-        checkpoint = self.local_checkpoint(job)
-        resume = checkpoint is not None and not job.export_only
-        if (checkpoint_dir / "last.ckpt").is_file() and not job.export_only:
-            checkpoint, resume = checkpoint_dir / "last.ckpt", True  # this job's own progress comes first
-        return train_command(job_id=job.id, data_uri=job.dataset_uri, config=job.config,
-                             checkpoint_dir=checkpoint_dir, export_only=job.export_only, checkpoint=checkpoint,
-                             resume=resume, idempotency_key=job.idempotency_key)
-
-    def local_checkpoint(self, job: Job) -> Path | None:
-        """The job's checkpoint_uri as a local file (downloaded once when it lives in S3)."""
-        uri = job.checkpoint_uri
-        if uri is None:
-            return None
-        if not uri.startswith("s3://"):
-            return Path(uri.removeprefix("file://"))
-        local = self.settings.job_checkpoint_dir(job.id) / "given.ckpt"
-        if not local.is_file():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            root, _, key = uri.rpartition("/")
-            try:
-                open_store(root, self.settings.s3.credentials()).download(key, local)
-            except FileNotFoundError as exc:
-                raise ConfigError(f"checkpoint_uri {uri}: no such object", stage="data") from exc
-        return local
+    async def start_child(self, arguments: list[str]) -> TrainingProcess:
+        if self.spare is None:
+            return await TrainingProcess.start(arguments, self.settings)
+        process = await self.spare.take(arguments)
+        await self.spare.ensure()  # the next job's spare starts now
+        return process
 
     async def on_line(self, job: Job, process: TrainingProcess, line: dict, last_progress: float) -> float:
         event = line.get("event")

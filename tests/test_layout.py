@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ASYNC_ENTRY_POINTS = ("service.app", "service.consumer", "service.worker", "service.job_store", "service.outbox")
 ASYNC_SERVICE_MODULES = ASYNC_ENTRY_POINTS + ("service.topology", "service.probes", "service.service_metrics",
-                                              "service.ops_commands", "service.training_process", "service.job_tables")
+                                              "service.job_command", "service.ops_commands", "service.training_process",
+                                              "service.job_tables")
 HEAVY = ("torch", "pytorch_lightning", "lightning", "mlflow", "onnx", "onnxruntime", "onnxscript", "numpy", "scipy",
          "matplotlib")
 MAX_MODULE_LINES = 300

@@ -139,7 +139,7 @@ def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_d
     worse = registry.publish(run_id=first_job["mlflow"]["run_id"], onnx_path=tmp_path / "model.onnx",
                              card={"onnx": info}, data=data, test_idx=data.indices("test"),
                              median_error_m=first_job["metrics"]["median_error_m"] * 3, parity_passed=True,
-                             tags={})
+                             tags={"idempotency_key": f"untrained-{uuid.uuid4().hex[:8]}"})
     assert worse.model_version == 3 and not worse.promoted and worse.aliases == ["candidate"]
     client = MlflowClient(server_settings.mlflow_tracking_uri)
     assert client.get_model_version_by_alias(server_settings.model_name, "champion").version == "2"
@@ -206,6 +206,6 @@ def test_a_failed_upload_leaves_no_version_and_no_files(server_settings, s3_data
     with pytest.raises(StorageUnavailable):
         registry.publish(run_id=first_job["mlflow"]["run_id"], onnx_path=tmp_path / "model.onnx",
                          card={"onnx": info}, data=data, test_idx=data.indices("test")[:8], median_error_m=1.0,
-                         parity_passed=True, tags={})
+                         parity_passed=True, tags={"idempotency_key": f"half-{uuid.uuid4().hex[:8]}"})
     assert MlflowClient(server_settings.mlflow_tracking_uri).search_model_versions(f"name='{name}'") == []
     assert store.list(name) == []

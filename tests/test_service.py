@@ -112,9 +112,10 @@ class Stack:
 def stack_factory(tmp_path, s3_server, mlflow_url, postgres):
     stacks = []
 
-    def make() -> Stack:
+    def make(spare: str = "warm") -> Stack:
         stacks.append(Stack(tmp_path / f"stack{len(stacks)}", s3_server, mlflow_url, postgres))
         stacks[-1].tmp.mkdir()
+        stacks[-1].env["HEIMDALL_WARM_SPARE"] = str(spare == "warm").lower()
         return stacks[-1]
 
     yield make
@@ -179,8 +180,9 @@ def s3_object(s3_server, uri: str) -> bytes:
     return s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def test_dataset_ready_yields_a_model_registered_whose_every_field_is_true(stack_factory, datasets, s3_server):
-    stack = stack_factory()
+@pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child
+def test_dataset_ready_yields_a_model_registered_whose_every_field_is_true(stack_factory, datasets, s3_server, spare):
+    stack = stack_factory(spare)
     stack.start()
     event = dataset_ready("svc-main", 1, datasets["svc-main"] + "/")
     stack.publish(event, "dataset.ready")
@@ -256,8 +258,9 @@ def test_bad_messages_are_dead_lettered_with_a_reason_and_the_service_keeps_runn
     assert not stack.tap.events("training.accepted")
 
 
-def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_factory, datasets):
-    stack = stack_factory()
+@pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child
+def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_factory, datasets, spare):
+    stack = stack_factory(spare)
     service = stack.start()
     stack.publish(training_requested("svc-cancel", 1, overrides={"epochs": 400}), "training.requested")
     with pytest.raises(AssertionError):  # "latest"/numbers resolve only for announced datasets
@@ -308,8 +311,9 @@ def test_a_transient_failure_is_retried_with_backoff_then_reported_as_final(stac
     assert json.loads(ops_cli(stack, "jobs", "show", job).stdout)["status"] == "failed"
 
 
-def test_kill_9_mid_training_then_restart_finishes_the_job_exactly_once(stack_factory, datasets):
-    stack = stack_factory()
+@pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child
+def test_kill_9_mid_training_then_restart_finishes_the_job_exactly_once(stack_factory, datasets, spare):
+    stack = stack_factory(spare)
     first = stack.start("a")
     stack.publish(dataset_ready("svc-kill", 1, datasets["svc-kill"]), "dataset.ready")
     job_id = stack.tap.wait_for("training.accepted")[0]["data"]["job_id"]
@@ -358,8 +362,9 @@ def test_two_replicas_on_one_postgres_store_run_every_job_exactly_once(stack_fac
     assert {r["data"]["model_version"] for r in registered} == {1, 2, 3}
 
 
-def test_sigterm_checkpoints_the_running_job_and_a_restart_resumes_it(stack_factory, datasets):
-    stack = stack_factory()
+@pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child
+def test_sigterm_checkpoints_the_running_job_and_a_restart_resumes_it(stack_factory, datasets, spare):
+    stack = stack_factory(spare)
     first = stack.start("a")
     stack.publish(dataset_ready("svc-kill", 1, datasets["svc-kill"]), "dataset.ready")
     stack.tap.wait_for("training.accepted")  # announced: a manual request can now name version 1

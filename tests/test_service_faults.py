@@ -235,3 +235,35 @@ def test_a_background_task_that_dies_makes_the_service_unready_and_exit_non_zero
         vhost.close()
     assert status == 503 and b"buggy-died" in body
     assert code == 1
+
+
+def test_a_dead_letter_copy_that_cannot_be_published_sends_the_message_back_not_into_limbo(tmp_path):
+    """The dead-letter exchange is missing (a broker half set up): the refused message must be
+    requeued at once, not left unacknowledged until consumer_timeout."""
+    from service.consumer import Action, Consumer
+    from service.settings import Settings
+    from service.topology import DATASET_EVENTS
+
+    vhost = Vhost()
+    store = JobStore(f"sqlite:///{tmp_path}/jobs.db")
+
+    async def main():
+        connection = await aio_pika.connect(vhost.url())
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue("work", exclusive=True)
+            await channel.default_exchange.publish(aio_pika.Message(b"{not json", message_id="m1"), "work")
+            message = await queue.get(timeout=5)
+            publishing = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            consumer = Consumer(Settings(state_dir=tmp_path), store, publishing, lambda: None, lambda job_id: None)
+            action = await consumer.handle(message, DATASET_EVENTS)
+            again = await queue.get(timeout=5, fail=False)
+            return action, again
+
+    try:
+        action, again = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        store.close()
+        vhost.close()
+    assert action is Action.REQUEUE
+    assert again is not None and again.message_id == "m1" and again.redelivered

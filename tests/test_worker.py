@@ -22,7 +22,7 @@ from service.job_events import accepted_message, cancelled_message, failed_messa
 from service.job_store import JobStatus, JobStore, utcnow
 from service.service_metrics import ServiceMetrics
 from service.settings import S3Settings, Settings
-from service.training_process import Outcome, TrainingProcess
+from service.training_process import Outcome, TrainingProcess, spawn
 from service.worker import JobRunner, abandoned_failure
 
 VALID_RESULT = {
@@ -39,15 +39,16 @@ class StandInRunner(JobRunner):
 
     script = ""
 
-    def command(self, job):
-        self.local_checkpoint(job)  # the real download step of an export or resume job
-        return [sys.executable, "-c", textwrap.dedent(self.script)]
+    async def start_child(self, arguments):
+        assert arguments[0] == "train" and "--registration_permit" in arguments  # what the real child gets
+        process = await spawn([sys.executable, "-c", textwrap.dedent(self.script)], self.settings)
+        return TrainingProcess(process)
 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(state_dir=tmp_path / "state", max_attempts=3, retry_backoff_s=0.05, lease_s=3.0,
-                    shutdown_grace_s=5.0, progress_interval_s=0.0)
+                    shutdown_grace_s=5.0, progress_interval_s=0.0, warm_spare=False)
 
 
 @pytest.fixture
@@ -222,7 +223,7 @@ def test_sigterm_reaches_the_child_alone_so_its_dataloader_workers_live_to_see_t
     """
 
     async def main():
-        process = await TrainingProcess.start([sys.executable, "-c", textwrap.dedent(script)], settings)
+        process = TrainingProcess(await spawn([sys.executable, "-c", textwrap.dedent(script)], settings))
         async for line in process.lines():
             if line.get("event") == "started":
                 await process.stop(10)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from service.config import TrainConfig
 from service.datasets.reader import VerifiedDataset
 from service.errors import JobInterrupted
+from service.training.checkpoint_sync import CheckpointSync
 from service.logs import log_event
 from service.training.metrics import localization_errors_m
 from service.training.model import LocalizationNet, gaussian_nll
@@ -207,13 +208,14 @@ def build_loaders(data: VerifiedDataset, config: TrainConfig) -> tuple[DataLoade
     return train, val
 
 
-def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger) -> tuple[pl.Trainer, ModelCheckpoint]:
+def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger,
+                  extra_callbacks: tuple[Callback, ...] = ()) -> tuple[pl.Trainer, ModelCheckpoint]:
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch:03d}-val_loss{val_loss:.4f}",
                                   auto_insert_metric_name=False, monitor=MONITOR, mode="min",
                                   save_top_k=3, save_last=True)
     callbacks = [checkpoints, EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
                  LearningRateMonitor(logging_interval="epoch"), ProgressLines(config.epochs),
-                 CheckpointOnInterrupt(checkpoint_dir), StopTogether()]
+                 CheckpointOnInterrupt(checkpoint_dir), StopTogether(), *extra_callbacks]
     trainer = pl.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
                          num_nodes=config.num_nodes, plugins=[KubeflowEnvironment()] if config.cluster == "kubeflow"
                          else None, logger=logger, callbacks=callbacks, deterministic=False, enable_progress_bar=False,
@@ -233,21 +235,26 @@ def _devices(value: str):
 
 
 def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, checkpoint_dir: Path, logger,
-        resume_from: Path | None) -> FitResult:
-    """Train until early stopping or `config.epochs`; resumes epoch, optimizer and scheduler from `resume_from`."""
+        resume_from: Path | None, sync: CheckpointSync | None = None) -> FitResult:
+    """Train until early stopping or `config.epochs`; resumes epoch, optimizer and scheduler from `resume_from`.
+    With `sync`, the checkpoints go to object storage after every epoch and once more at the end."""
     pl.seed_everything(config.seed, workers=True, verbose=False)
     train, val = build_loaders(data, config)
-    trainer, checkpoints = build_trainer(config, checkpoint_dir, logger)
+    trainer, checkpoints = build_trainer(config, checkpoint_dir, logger, (sync,) if sync else ())
     started = time.monotonic()
     try:
         trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     except SIGTERMException as exc:
         if not trainer.is_global_zero:  # rank zero reports it (exit 3); an extra rank exiting non-zero
             return _extra_rank_result(trainer, started)  # would make Lightning SIGKILL rank zero
+        if sync:
+            sync.finish(trainer.current_epoch)  # the SIGTERM checkpoint, for whichever replica resumes
         raise JobInterrupted(f"stopped by SIGTERM at epoch {trainer.current_epoch}; resume from "
                              f"{checkpoint_dir / 'last.ckpt'}") from exc
     if not trainer.is_global_zero:
         return _extra_rank_result(trainer, started)
+    if sync:
+        sync.finish(trainer.current_epoch)
     best = Path(checkpoints.best_model_path) if checkpoints.best_model_path else None
     last = Path(checkpoints.last_model_path) if checkpoints.last_model_path else None
     best_score = checkpoints.best_model_score

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service import checkpoint_store
 from service.config import TrainConfig, job_key
 from service.datasets.reader import DatasetReader, VerifiedDataset
 from service.errors import ConfigError, TrainingError
@@ -97,14 +98,19 @@ def resume_checkpoint(options: JobOptions, checkpoint_dir: Path) -> Path | None:
     return checkpoint
 
 
-def train_model(module, data: VerifiedDataset, config: TrainConfig, options: JobOptions, checkpoint_dir: Path, logger):
+def train_model(settings: Settings, module, data: VerifiedDataset, config: TrainConfig, options: JobOptions,
+                checkpoint_dir: Path, logger):
+    from service.training.checkpoint_sync import CheckpointSync
     from service.training.fit import FitResult, fit
 
     if options.export_only:
         return FitResult(best_checkpoint=options.checkpoint, last_checkpoint=None, epochs_run=None,
                          best_epoch=None, best_val_loss=None)
+    sync = CheckpointSync(checkpoint_store.job_store(settings.checkpoints_uri, options.job_id,
+                                                     settings.s3.credentials()), checkpoint_dir) \
+        if settings.checkpoints_uri else None
     try:
-        result = fit(module, data, config, checkpoint_dir, logger, resume_checkpoint(options, checkpoint_dir))
+        result = fit(module, data, config, checkpoint_dir, logger, resume_checkpoint(options, checkpoint_dir), sync)
     except (RuntimeError, ValueError) as exc:
         raise TrainingError(f"trainer.fit failed: {exc}") from exc
     if result.is_global_zero:
@@ -155,7 +161,7 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
             log_event(log, "started", stage="train", mlflow_run_id=logger.run_id)
     try:
         checkpoint_dir = options.checkpoint_dir or settings.job_checkpoint_dir(options.job_id)
-        fitted = train_model(module, data, config, options, checkpoint_dir, logger)
+        fitted = train_model(settings, module, data, config, options, checkpoint_dir, logger)
         if not fitted.is_global_zero:
             return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
         best = load_net(fitted.best_checkpoint)
