@@ -282,8 +282,8 @@ def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_
     assert not stack.tap.events("model.registered", job_id=long_job)
     assert not stack.tap.events("training.failed", job_id=long_job)
     assert service.proc.poll() is None
-    shown = json.loads(ops_cli(stack, "jobs", "show", long_job).stdout)
-    assert shown["status"] == "cancelled" and shown["cancel_reason"] == "wrong dataset"
+    shown = ops_cli(stack, "jobs", "show", long_job).stdout
+    assert shown.startswith(f"job {long_job}: cancelled") and "wrong dataset" in shown
     assert long_job in ops_cli(stack, "jobs", "list", "--status", "cancelled").stdout
 
 
@@ -308,7 +308,7 @@ def test_a_transient_failure_is_retried_with_backoff_then_reported_as_final(stac
     assert all(f["data"]["error_type"] == "RegistryError" for f in failed)
     assert not stack.tap.events("model.registered")
     job = failed[0]["data"]["job_id"]
-    assert json.loads(ops_cli(stack, "jobs", "show", job).stdout)["status"] == "failed"
+    assert ops_cli(stack, "jobs", "show", job).stdout.startswith(f"job {job}: failed")
 
 
 @pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child
