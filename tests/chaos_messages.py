@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -26,12 +27,14 @@ from hypothesis import HealthCheck, Phase, strategies as st
 
 from messages import InvalidMessage, constants as wire, parse_event
 from service.topology import event_message
-from tests.broker import INTRUDER, INTRUDER_PASSWORD, _drain, dead_letters
+from tests.broker import _drain, dead_letters, rabbitmqctl
 from tests.test_service import dataset_ready, training_requested
 
 OUTPUT_KEYS = (wire.TRAINING_ACCEPTED, wire.TRAINING_STARTED, wire.TRAINING_PROGRESS, wire.TRAINING_FAILED,
                wire.TRAINING_CANCELLED, wire.MODEL_REGISTERED)
 FUZZ_MESSAGES = 10_000
+# A user of our own outside the ops allow-list: the suite's shared intruder is re-created by every test session.
+INTRUDER, INTRUDER_PASSWORD = "heimdall-chaos-intruder", "chaos-intruder-pw"
 DEAD_LETTER_QUEUES = ("heimdall.training.datasets.dead-letter", "heimdall.training.ops.dead-letter")
 STRING_FIELDS = [("id",), ("source",), ("type",), ("specversion",), ("time",), ("data", "dataset_id"), ("data", "uri")]
 INT_FIELDS = [("data", "version"), ("data", "sessions"), ("data", "labelled_sessions")]
@@ -223,6 +226,8 @@ def fuzz(lab, rng, trial, index: int):
 
     stack = lab.stack()
     service = stack.start("a")
+    subprocess.run(["rabbitmqctl", "-q", "add_user", INTRUDER, INTRUDER_PASSWORD], capture_output=True, timeout=60)
+    rabbitmqctl("set_permissions", "-p", stack.vhost.name, INTRUDER, ".*", ".*", ".*")
     messages = generate(fuzz_count(lab.scale), rng.randrange(2**32))
     print(f"fuzz: {Counter(m.kind for m in messages)}", flush=True)
     watch = ReadyWatch(service)
