@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from service.bench.runner import run_scenario
+import numpy as np
+
+from service.bench.runner import POWDER_BASELINES, prepare_dataset, run_scenario
 from service.config import TrainConfig
 from service.settings import Settings
+from service.training.evaluation import BaselineSetup, score_baselines, session_powers
+from service.training.grid_search import ml_grid_search
+from service.training.knn import knn_fingerprint, tune_knn
+from service.training.metrics import localization_errors_m
+from service.training.pipeline import open_dataset
 
 TINY = TrainConfig(preset="tiny", epochs=2, batch_size=32, min_labelled_sessions=20)
 
@@ -13,7 +20,8 @@ def test_bench_scores_model_oracle_bound_and_baselines_and_writes_the_report(tmp
     settings = Settings(state_dir=tmp_path / "state")
     run = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", config=TINY, sessions=200)
 
-    assert set(run.rows) == {"model", "oracle", "cramer_rao", "weighted_centroid", "ml_grid_search", "knn"}
+    assert set(run.rows) == {"model", "oracle", "cramer_rao", "weighted_centroid", "ml_grid_search",
+                             "ml_true_params", "knn"}
     tested = run.sessions["test"]
     assert all(len(errors) == tested for errors in run.errors.values())
     # the oracle is the best estimate there is on average: a 2-epoch tiny model must not beat it
@@ -26,3 +34,29 @@ def test_bench_scores_model_oracle_bound_and_baselines_and_writes_the_report(tmp
     for png in ("results.png", "reliability.png"):
         assert (tmp_path / "reports" / "nw-italy-2m" / png).stat().st_size > 10_000
     assert run.timings["train_sessions_per_s"] > 0 and run.timings["eval_sessions_per_s"] > 0
+
+
+def test_ml_and_knn_are_fitted_on_train_tuned_on_val_and_scored_on_the_models_test_sessions(tmp_path):
+    """Recomputes each baseline from the splits by hand: the errors match session for session."""
+    settings = Settings(state_dir=tmp_path / "state")
+    uri, _ = prepare_dataset(settings, "nw-italy-2m", quick=True, sessions=200)
+    data = open_dataset(settings, TINY, uri)
+    split = {name: data.indices(name) for name in ("train", "val", "test")}
+    truth = {name: data.emitter[idx, :2].astype(np.float64) for name, idx in split.items()}
+    power = {name: session_powers(data, idx) for name, idx in split.items()}
+    setup = BaselineSetup.for_dataset(data)
+    scored = score_baselines(data, split["test"], truth["test"], setup)
+
+    np.testing.assert_array_equal(scored.test_power[0], power["test"][0])
+    channel = scored.path_loss
+    ml = ml_grid_search(*power["test"][:1], data.rx_position, power["test"][1], exponent=channel.exponent,
+                        noise_floor_dbm=setup.noise_floor_dbm, sigma_db=channel.residual_sigma_db,
+                        calibration_db=channel.calibration_db, detection_margin_db=setup.detection_margin_db)
+    np.testing.assert_allclose(scored.errors["ml_grid_search"], localization_errors_m(ml, truth["test"]))
+    params, _ = tune_knn(*power["train"], truth["train"], *power["val"], truth["val"],
+                         noise_floor_dbm=setup.noise_floor_dbm)
+    assert params == scored.knn
+    knn = knn_fingerprint(*power["train"], truth["train"], *power["test"], noise_floor_dbm=setup.noise_floor_dbm,
+                          params=params)
+    np.testing.assert_allclose(scored.errors["knn"], localization_errors_m(knn, truth["test"]))
+    assert POWDER_BASELINES.noise_floor_dbm == -101.0  # the POWDER sentinel, read as its floor

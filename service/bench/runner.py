@@ -103,16 +103,33 @@ def score_model(run: BenchRun, net, data, test_idx, true) -> None:
     run.model_prediction = (pred, cov)
 
 
-def score_baselines(run: BenchRun, data, test_idx, true, setup) -> None:
+def true_channel(cfg):
+    """The generator's own channel as the ML grid search's model: exponent, σ (static field as iid) and offsets."""
+    from service.datasets.synth import receiver_calibration_db, total_shadowing_sigma_db
+    from service.training.path_loss import PathLossFit
+
+    return PathLossFit(exponent=cfg.path_loss_exponent, residual_sigma_db=total_shadowing_sigma_db(cfg),
+                       calibration_db=receiver_calibration_db(cfg), sessions_used=0, measurements_used=0,
+                       censored_used=0)
+
+
+def score_baselines(run: BenchRun, data, test_idx, true, setup, cfg=None) -> None:
     from service.training.evaluation import score_baselines as score
 
-    baselines = score(data, test_idx, true, setup)
+    known = None if cfg is None else {"ml_true_params": true_channel(cfg)}
+    baselines = score(data, test_idx, true, setup, known)
     run.rows.update(baselines.metrics)
     run.errors.update(baselines.errors)
     run.test_power = baselines.test_power
-    fitted = baselines.path_loss
-    run.notes.append(f"ML grid search: path-loss exponent fitted on the training split n = {fitted.exponent:.2f}, "
-                     f"residual σ = {fitted.residual_sigma_db:.1f} dB.")
+    fitted, knn = baselines.path_loss, baselines.knn
+    run.notes.append(f"ML grid search: channel fitted on {fitted.sessions_used} training sessions by censored "
+                     f"maximum likelihood: n = {fitted.exponent:.2f}, σ = {fitted.residual_sigma_db:.1f} dB, "
+                     f"calibration offsets {np.array2string(fitted.calibration_db, precision=1)} dB.")
+    run.notes.append(f"kNN tuned on the validation split (median {baselines.knn_val_median_m:.0f} m there): "
+                     f"k = {knn.k}, {knn.weights} weights, {knn.metric} dB distance, offline receivers {knn.offline}.")
+    if cfg is not None:
+        run.notes.append("ml_true_params: the ML grid search under the generator's true n, σ and offsets "
+                         "(separates the estimator from the fit).")
 
 
 def score_oracle(run: BenchRun, cfg, true) -> None:
@@ -163,7 +180,8 @@ def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, c
     if cfg is None:
         score_baselines(run, data, test_idx, true, POWDER_BASELINES)
     else:
-        score_baselines(run, data, test_idx, true, BaselineSetup.for_dataset(data))
+        setup = replace(BaselineSetup.for_dataset(data), grid_margin_m=cfg.area_margin_m)  # the oracle's area
+        score_baselines(run, data, test_idx, true, setup, cfg)
         score_oracle(run, cfg, true)
     run.timings["total_s"] = time.monotonic() - started
     run.timings["train_sessions_per_s"] = run.sessions["train"] * fit_info["epochs"] / max(fit_info["fit_s"], 1e-9)

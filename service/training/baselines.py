@@ -16,32 +16,19 @@ Distances are horizontal great-circle metres; altitude is ignored (a few hundred
 height change the log-distance by far less than shadowing does). Lat/lon are averaged
 directly, which is exact in an equirectangular frame and fine away from the antimeridian.
 
-The maximum-likelihood grid search is `service.training.grid_search` and the kNN fingerprint
-`service.training.knn`; this module holds what they share (power, the heard mask, the chunk
-size), the weighted centroid and the path-loss fit.
+The maximum-likelihood grid search is `service.training.grid_search`, the channel it assumes
+is fitted by `service.training.path_loss`, and the kNN fingerprint is `service.training.knn`;
+this module holds what they share (power, the heard mask and threshold, the chunk size) and
+the weighted centroid.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-from service.geodesy import haversine_m
 
 DETECTION_MARGIN_DB = 3.0
 MIN_DISTANCE_M = 100.0  # keeps log10(d) finite when a candidate sits on a receiver
 ARRAY_CHUNK_BYTES = 16 * 2**20  # one [candidates or train, sessions, receivers] float64 array per chunk
-
-
-@dataclass(frozen=True)
-class PathLossFit:
-    """Log-distance model P = A_session − 10·n·log10(d), fitted on heard receivers."""
-
-    exponent: float  # n
-    residual_sigma_db: float  # shadowing + calibration spread around the fit
-    sessions_used: int  # sessions with ≥ 2 heard receivers (one alone says nothing about n)
-    measurements_used: int
 
 
 # ---------------------------------------------------------------------------- power
@@ -67,6 +54,11 @@ def heard_mask(power_dbm, online, noise_floor_dbm: float,
     """[N, R] bool: online and more than `detection_margin_db` above the noise floor."""
     power = np.nan_to_num(np.asarray(power_dbm, dtype=np.float64), nan=-np.inf)
     return np.asarray(online, dtype=bool) & (power > noise_floor_dbm + detection_margin_db)
+
+
+def signal_threshold_dbm(noise_floor_dbm: float, detection_margin_db: float = DETECTION_MARGIN_DB) -> float:
+    """The signal power (noise removed) at which the total is exactly floor + margin: "heard" above it."""
+    return noise_floor_dbm + 10.0 * np.log10(10.0 ** (detection_margin_db / 10.0) - 1.0)
 
 
 def signal_power_dbm(power_dbm, noise_floor_dbm: float) -> np.ndarray:
@@ -115,43 +107,3 @@ def weighted_centroid(power_dbm, rx_position, online, *, noise_floor_dbm: float,
     total = weights.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.einsum("nr,nrc->nc", weights, np.where(online[..., None], rx, 0.0)) / total
-
-
-# ---------------------------------------------------------------------------- path loss
-
-
-def fit_path_loss(power_dbm, rx_position, online, true_latlon, noise_floor_dbm: float, *,
-                  detection_margin_db: float = DETECTION_MARGIN_DB) -> PathLossFit:
-    """Least-squares path-loss exponent with a free intercept (unknown EIRP) per session.
-
-    Pass the TRAINING sessions only. Uses heard receivers only, with the noise power
-    removed; centring within each session eliminates the intercepts exactly. Where many
-    receivers sit near the detection threshold, heard-only data are truncated (the far
-    receivers that were heard got lucky shadowing), which biases n low: on synthetic
-    n = 3, σ = 6 dB sessions with half the receivers heard it came out ≈ 2.3.
-
-    Raises:
-        ValueError: fewer than two sessions with two or more heard receivers.
-    """
-    power = np.asarray(power_dbm, dtype=np.float64)
-    true = np.asarray(true_latlon, dtype=np.float64)
-    rx = positions_per_session(rx_position, power.shape[0])
-    heard = heard_mask(power, online, noise_floor_dbm, detection_margin_db)
-    heard &= heard.sum(axis=1, keepdims=True) >= 2
-    dist = haversine_m(true[:, None, 0], true[:, None, 1], rx[..., 0], rx[..., 1])
-    x = np.where(heard, -10.0 * np.log10(np.maximum(dist, MIN_DISTANCE_M)), 0.0)
-    y = np.where(heard, signal_power_dbm(power, noise_floor_dbm), 0.0)
-    count = np.maximum(heard.sum(axis=1, keepdims=True), 1)
-    xc = np.where(heard, x - x.sum(axis=1, keepdims=True) / count, 0.0)
-    yc = np.where(heard, y - y.sum(axis=1, keepdims=True) / count, 0.0)
-    sessions = int(heard.any(axis=1).sum())
-    measurements = int(heard.sum())
-    if sessions < 2 or np.sum(xc * xc) <= 0.0:
-        raise ValueError(f"fit_path_loss: only {sessions} sessions with ≥ 2 heard receivers")
-    exponent = float(np.sum(xc * yc) / np.sum(xc * xc))
-    residual = yc - exponent * xc
-    dof = max(measurements - sessions - 1, 1)
-    return PathLossFit(exponent=exponent,
-                       residual_sigma_db=float(np.sqrt(np.sum(residual**2) / dof)),
-                       sessions_used=sessions, measurements_used=measurements)
-

@@ -9,13 +9,14 @@ import torch
 
 from service.datasets.channel import noise_power_dbm
 from service.datasets.verified import VerifiedDataset
-from service.training.baselines import PathLossFit, capture_power_dbm, fit_path_loss, weighted_centroid
+from service.training.baselines import capture_power_dbm, weighted_centroid
 from service.training.grid_search import ml_grid_search
-from service.training.knn import knn_fingerprint
+from service.training.knn import KnnParams, knn_fingerprint, tune_knn
 from service.training.metrics import localization_errors_m, localization_metrics, point_metrics
+from service.training.path_loss import PathLossFit, fit_path_loss
 
 NOISE_FLOOR_DBM_PER_12K5 = -120.0  # dataset.md: noise floor in 12.5 kHz
-FIT_SESSIONS_MAX = 2000  # training sessions used to fit the baselines' path-loss exponent
+FIT_SESSIONS_MAX = 2000  # training sessions used to fit the baselines' channel (kNN uses them all)
 
 
 @dataclass
@@ -73,31 +74,47 @@ class Baselines:
     metrics: dict[str, dict]
     errors: dict[str, np.ndarray]
     path_loss: PathLossFit
+    knn: KnnParams  # tuned on the validation split
+    knn_val_median_m: float
     test_power: tuple[np.ndarray, np.ndarray]  # capture dBm [N,R] and online [N,R] of the test sessions
 
 
-def score_baselines(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np.ndarray,
-                    setup: BaselineSetup) -> Baselines:
-    """Weighted centroid, ML grid search (exponent fitted on the training split) and kNN, on the test sessions."""
-    train_idx = data.indices("train")[:FIT_SESSIONS_MAX]
-    train_power, train_online = session_powers(data, train_idx)
+def _labelled_powers(data: VerifiedDataset, split: str):
+    indices = data.indices(split)
+    return (*session_powers(data, indices), data.emitter[indices, :2].astype(np.float64))
+
+
+def score_baselines(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np.ndarray, setup: BaselineSetup,
+                    known_channels: dict[str, PathLossFit] | None = None) -> Baselines:
+    """Weighted centroid, ML grid search (channel fitted on the training split by censored maximum
+    likelihood) and kNN (tuned on the validation split, training sessions as reference), on the
+    test sessions. Each of `known_channels` adds an ML grid search under that channel (the
+    bench's generator truth)."""
+    train_power, train_online, train_latlon = _labelled_powers(data, "train")
     noise, margin = setup.noise_floor_dbm, setup.detection_margin_db
-    fitted = fit_path_loss(train_power, data.rx_position, train_online, data.emitter[train_idx, :2], noise,
+    fit = slice(0, FIT_SESSIONS_MAX)
+    fitted = fit_path_loss(train_power[fit], data.rx_position, train_online[fit], train_latlon[fit], noise,
                            detection_margin_db=margin)
+    knn, knn_val_median = tune_knn(train_power, train_online, train_latlon, *_labelled_powers(data, "val"),
+                                   noise_floor_dbm=noise)
     power, online = session_powers(data, test_idx)
+
+    def grid(channel: PathLossFit) -> np.ndarray:
+        return ml_grid_search(power, data.rx_position, online, exponent=channel.exponent, noise_floor_dbm=noise,
+                              sigma_db=channel.residual_sigma_db, calibration_db=channel.calibration_db,
+                              grid_step_m=setup.grid_step_m, margin_m=setup.grid_margin_m, detection_margin_db=margin)
+
     estimates = {
         "weighted_centroid": weighted_centroid(power, data.rx_position, online, noise_floor_dbm=noise,
                                                detection_margin_db=margin),
-        "ml_grid_search": ml_grid_search(power, data.rx_position, online, exponent=fitted.exponent,
-                                         noise_floor_dbm=noise, sigma_db=fitted.residual_sigma_db,
-                                         grid_step_m=setup.grid_step_m, margin_m=setup.grid_margin_m,
-                                         detection_margin_db=margin),
-        "knn": knn_fingerprint(train_power, train_online, data.emitter[train_idx, :2], power, online,
-                               noise_floor_dbm=noise),
+        "ml_grid_search": grid(fitted),
+        **{name: grid(channel) for name, channel in (known_channels or {}).items()},
+        "knn": knn_fingerprint(train_power, train_online, train_latlon, power, online, noise_floor_dbm=noise,
+                               params=knn),
     }
     return Baselines(metrics={name: point_metrics(est, true_latlon) for name, est in estimates.items()},
                      errors={name: localization_errors_m(est, true_latlon) for name, est in estimates.items()},
-                     path_loss=fitted, test_power=(power, online))
+                     path_loss=fitted, knn=knn, knn_val_median_m=knn_val_median, test_power=(power, online))
 
 
 def evaluate(net: torch.nn.Module, data: VerifiedDataset) -> Evaluation:

@@ -1,8 +1,9 @@
 """Maximum-likelihood grid search: the transmitter position that best explains the received powers.
 
-The log-distance model with the path-loss exponent fitted on the training split
-(`baselines.fit_path_loss`), the EIRP profiled out per session, and online receivers that
-did not hear as censored measurements. Arrays as in `service.training.baselines`.
+The log-distance model with the path-loss exponent, shadowing σ and per-receiver calibration
+offsets fitted on the training split (`path_loss.fit_path_loss`, or the generator's true ones
+on synthetic data), the EIRP profiled out per session, and online receivers that did not hear
+as censored measurements. Arrays as in `service.training.baselines`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from service.training.baselines import (
     heard_mask,
     positions_per_session,
     signal_power_dbm,
+    signal_threshold_dbm,
     weighted_centroid,
 )
 
@@ -27,10 +29,11 @@ from service.training.baselines import (
 _REFINE_STAGES = ((2.0, 9), (1.0, 9), (0.5, 9), (0.25, 9), (0.125, 9))
 
 
-def _grid_cost(loss_db, signal, heard, censored, threshold_dbm: float, sigma_db: float):
+def _grid_cost(loss_db, signal, heard, censored, threshold_dbm, sigma_db: float):
     """[K, n] negative log-likelihood of n sessions at K candidate positions each.
 
-    `loss_db` [K, n, R] is 10·n·log10(d). Heard receivers contribute Gaussian squared
+    `loss_db` [K, n, R] is 10·n·log10(d); `signal` and `threshold_dbm` [n, R] are already
+    corrected by each receiver's calibration offset. Heard receivers contribute Gaussian squared
     residuals around P = A − loss, with the EIRP A profiled out as the mean residual;
     online receivers that did not hear contribute −log P(shadowing kept them below the
     threshold) = −log Φ((threshold − P)/σ), a Tobit-style censored likelihood. Unlike a
@@ -45,7 +48,7 @@ def _grid_cost(loss_db, signal, heard, censored, threshold_dbm: float, sigma_db:
     # log Φ is the expensive part: evaluate it on censored pairs only, then sum per session.
     session_of_pair = np.nonzero(censored)[0]
     if session_of_pair.size:
-        z = (threshold_dbm - eirp[:, session_of_pair] + loss_db[:, censored]) / sigma_db
+        z = (threshold_dbm[censored] - eirp[:, session_of_pair] + loss_db[:, censored]) / sigma_db
         per_session = session_of_pair[:, None] == np.arange(censored.shape[0])
         cost -= log_ndtr(z) @ per_session.astype(np.float64)
     return cost
@@ -69,12 +72,13 @@ def _loss_db(cand_latlon, rx_latlon, exponent: float) -> np.ndarray:
 
 
 def ml_grid_search(power_dbm, rx_position, online, *, exponent: float, noise_floor_dbm: float,
-                   sigma_db: float = 6.0, grid_step_m: float = 1000.0, margin_m: float = 20_000.0,
-                   refine: bool = True,
+                   sigma_db: float = 6.0, calibration_db=None, grid_step_m: float = 1000.0,
+                   margin_m: float = 20_000.0, refine: bool = True,
                    detection_margin_db: float = DETECTION_MARGIN_DB) -> np.ndarray:
     """[N, 2] lat/lon maximum-likelihood transmitter positions under the log-distance model.
 
-    One grid covers every online receiver ± `margin_m`; each session takes the argmin of
+    `calibration_db` [R] (default 0) is each receiver's fixed offset: it is subtracted from
+    what the receiver measured, and from its detection threshold. One grid covers every online receiver ± `margin_m`; each session takes the argmin of
     `_grid_cost`, then (with `refine`) a pattern search of 9 × 9 local grids around it,
     halving from ±2 coarse cells to ±⅛ cell (`_REFINE_STAGES`). Sessions where nobody
     heard get the plain centroid of the online receivers (NaN with no online receiver).
@@ -84,20 +88,21 @@ def ml_grid_search(power_dbm, rx_position, online, *, exponent: float, noise_flo
     online = np.asarray(online, dtype=bool)
     rx = positions_per_session(rx_position, power.shape[0])[..., :2]
     heard = heard_mask(power, online, noise_floor_dbm, detection_margin_db)
-    signal = np.where(heard, signal_power_dbm(power, noise_floor_dbm), 0.0)
+    calibration = np.zeros(power.shape[1]) if calibration_db is None else np.asarray(calibration_db, np.float64)
+    signal = np.where(heard, signal_power_dbm(power, noise_floor_dbm) - calibration, 0.0)
     censored = online & ~heard
-    # Threshold on signal power equivalent to "total > floor + margin".
-    threshold_dbm = noise_floor_dbm + 10.0 * np.log10(10.0 ** (detection_margin_db / 10.0) - 1.0)
+    threshold_dbm = np.broadcast_to(signal_threshold_dbm(noise_floor_dbm, detection_margin_db) - calibration,
+                                    power.shape)
     out = weighted_centroid(power, rx, online, noise_floor_dbm=noise_floor_dbm,
                             detection_margin_db=detection_margin_db)
     todo = np.flatnonzero(heard.any(axis=1))
     if todo.size == 0:
         return out
     grid, table, rx_index = _loss_table(rx, online, exponent, grid_step_m, margin_m)
-    args = (threshold_dbm, sigma_db)
     chunk = max(1, ARRAY_CHUNK_BYTES // (8 * grid.shape[0] * power.shape[1]))
     for start in range(0, todo.size, chunk):
         s = todo[start : start + chunk]
+        args = (threshold_dbm[s], sigma_db)
         cost = _grid_cost(table[:, rx_index[s]], signal[s], heard[s], censored[s], *args)
         best = grid[np.argmin(cost, axis=0)]
         for half_cells, points in _REFINE_STAGES if refine else ():

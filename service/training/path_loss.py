@@ -1,0 +1,122 @@
+"""The log-distance channel fitted by censored (Tobit) maximum likelihood on labelled sessions.
+
+Model, for session i and online receiver r, in the signal power s (noise removed):
+
+    s_ir = A_i + c_r − n · 10·log10(d_ir) + e_ir,   e_ir ~ N(0, σ²)
+
+with A_i the session's unknown EIRP (plus the constant part of the loss), c_r the receiver's
+fixed calibration offset (Σ c_r = 0: a common offset is indistinguishable from the EIRP), n
+the path-loss exponent and σ the shadowing. A receiver that did not hear (`baselines.heard_mask`)
+says s_ir < threshold, the same censoring `grid_search._grid_cost` uses; its likelihood is
+Φ((threshold − μ_ir)/σ). Fitting heard receivers alone truncates the data (the far receivers
+that were heard got lucky shadowing) and biases n low; the censored likelihood does not.
+
+The EIRPs are incidental parameters, one per session, fitted jointly (L-BFGS on the exact
+gradient). Their fit absorbs one residual degree of freedom per session, which shrinks the
+maximum-likelihood σ; it is scaled back by √(heard / (heard − sessions)), exact for the
+uncensored case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_ndtr
+
+from service.geodesy import haversine_m
+from service.training.baselines import (
+    DETECTION_MARGIN_DB,
+    MIN_DISTANCE_M,
+    heard_mask,
+    positions_per_session,
+    signal_power_dbm,
+    signal_threshold_dbm,
+)
+
+_LOG_SQRT_2PI = 0.5 * np.log(2.0 * np.pi)
+
+
+@dataclass(frozen=True)
+class PathLossFit:
+    """The fitted channel: what `grid_search.ml_grid_search` needs."""
+
+    exponent: float  # n
+    residual_sigma_db: float  # σ, the shadowing around the fit
+    calibration_db: np.ndarray  # [R] c_r, mean zero; 0 for receivers never heard
+    sessions_used: int  # sessions with at least one heard receiver (the others say nothing)
+    measurements_used: int  # heard receiver measurements
+    censored_used: int  # online receivers that did not hear, in those sessions
+
+
+def fit_path_loss(power_dbm, rx_position, online, true_latlon, noise_floor_dbm: float, *,
+                  detection_margin_db: float = DETECTION_MARGIN_DB, fit_calibration: bool = True) -> PathLossFit:
+    """Censored maximum-likelihood n, σ and per-receiver offsets. Pass the TRAINING sessions only.
+
+    `fit_calibration=False` pins every c_r at 0 (receivers known to be calibrated).
+
+    Raises:
+        ValueError: fewer than two sessions with a heard receiver, or no spread in distance.
+    """
+    power = np.asarray(power_dbm, dtype=np.float64)
+    heard = heard_mask(power, online, noise_floor_dbm, detection_margin_db)
+    keep = heard.any(axis=1)
+    heard = heard[keep]
+    censored = np.asarray(online, dtype=bool)[keep] & ~heard
+    rx = positions_per_session(rx_position, power.shape[0])[keep]
+    true = np.asarray(true_latlon, dtype=np.float64)[keep]
+    dist = haversine_m(true[:, None, 0], true[:, None, 1], rx[..., 0], rx[..., 1])
+    loss_unit = 10.0 * np.log10(np.maximum(dist, MIN_DISTANCE_M))  # the loss per unit of n
+    signal = np.where(heard, signal_power_dbm(power[keep], noise_floor_dbm), 0.0)
+    if heard.shape[0] < 2 or np.ptp(loss_unit[heard | censored]) <= 0.0:
+        raise ValueError(f"fit_path_loss: only {heard.shape[0]} sessions with a heard receiver")
+    problem = _Tobit(signal, loss_unit, heard, censored, signal_threshold_dbm(noise_floor_dbm, detection_margin_db),
+                     fit_calibration)
+    result = minimize(problem.nll, problem.start(), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    exponent, sigma, calibration = problem.unpack(result.x)[1:]
+    heard_count, sessions = int(heard.sum()), heard.shape[0]
+    pairs = heard_count + int(censored.sum())
+    sigma *= np.sqrt(pairs / max(pairs - sessions, 1))
+    return PathLossFit(exponent=float(exponent), residual_sigma_db=float(sigma), calibration_db=calibration,
+                       sessions_used=sessions, measurements_used=heard_count, censored_used=int(censored.sum()))
+
+
+class _Tobit:
+    """Negative log-likelihood and gradient over x = (A [N], n, log σ, c [R−1]); c_0 = −Σ c_rest."""
+
+    def __init__(self, signal, loss_unit, heard, censored, threshold_dbm: float, fit_calibration: bool):
+        self.signal, self.loss, self.heard, self.censored = signal, loss_unit, heard, censored
+        self.threshold, self.fit_calibration = threshold_dbm, fit_calibration
+        self.sessions, self.receivers = heard.shape
+
+    def start(self) -> np.ndarray:
+        """n = 3, σ from the heard spread, each A_i the mean heard residual."""
+        count = self.heard.sum(axis=1)
+        eirp = np.where(self.heard, self.signal + 3.0 * self.loss, 0.0).sum(axis=1) / count
+        spread = np.where(self.heard, self.signal + 3.0 * self.loss - eirp[:, None], 0.0)
+        sigma = max(float(np.sqrt(np.sum(spread**2) / max(count.sum() - self.sessions, 1))), 1.0)
+        calibration = np.zeros(self.receivers - 1 if self.fit_calibration else 0)
+        return np.concatenate([eirp, [3.0, np.log(sigma)], calibration])
+
+    def unpack(self, x):
+        eirp, exponent, sigma = x[: self.sessions], float(x[self.sessions]), float(np.exp(x[self.sessions + 1]))
+        rest = x[self.sessions + 2 :] if self.fit_calibration else np.zeros(self.receivers - 1)
+        return eirp, exponent, sigma, np.concatenate([[-rest.sum()], rest])
+
+    def nll(self, x) -> tuple[float, np.ndarray]:
+        eirp, exponent, sigma, calibration = self.unpack(x)
+        mean = eirp[:, None] + calibration[None, :] - exponent * self.loss
+        resid = np.where(self.heard, (self.signal - mean) / sigma, 0.0)
+        z = np.where(self.censored, (self.threshold - mean) / sigma, 0.0)
+        log_cdf = log_ndtr(z)
+        mills = np.where(self.censored, np.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_cdf), 0.0)  # φ(z)/Φ(z)
+        value = (np.sum(np.where(self.heard, 0.5 * resid**2 + np.log(sigma), 0.0))
+                 - np.sum(np.where(self.censored, log_cdf, 0.0)))
+        d_mean = (mills - resid) / sigma  # ∂NLL/∂μ per pair (zero where offline)
+        d_log_sigma = np.sum(np.where(self.heard, 1.0 - resid**2, 0.0)) + np.sum(mills * z)
+        d_calibration = d_mean.sum(axis=0)
+        grad = [d_mean.sum(axis=1), [-np.sum(d_mean * self.loss), d_log_sigma]]
+        if self.fit_calibration:
+            grad.append(d_calibration[1:] - d_calibration[0])
+        return float(value), np.concatenate(grad)
