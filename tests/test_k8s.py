@@ -91,6 +91,7 @@ def test_every_heimdall_variable_is_a_real_setting(rendered, clean_env):
     known |= {f"HEIMDALL_S3__{name.upper()}" for name in S3Settings.model_fields}
     heimdall = {name for name in names if name.startswith("HEIMDALL_")}
     assert heimdall and heimdall <= known, sorted(heimdall - known)
+    assert config(rendered)["HEIMDALL_CHECKPOINTS_URI"].startswith("s3://")  # any pod resumes any job
     for key, value in config(rendered).items():  # and the ConfigMap's values pass the service's own start-up check
         clean_env.setenv(key, value)
     load_settings()
