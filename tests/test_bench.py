@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.bench.report import SUMMARY_FIGURES, _cell, write_summary
 from service.bench.runner import POWDER_BASELINES, prepare_dataset, run_scenario
 from service.config import TrainConfig
 from service.settings import Settings
@@ -18,7 +19,9 @@ TINY = TrainConfig(preset="tiny", epochs=2, batch_size=32, min_labelled_sessions
 
 def test_bench_scores_model_oracle_bound_and_baselines_and_writes_the_report(tmp_path):
     settings = Settings(state_dir=tmp_path / "state")
-    run = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", config=TINY, sessions=200)
+    result = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", config=TINY,
+                          sessions=200, seeds=(0,))
+    run = result.runs[0]
 
     assert set(run.rows) == {"model", "oracle", "cramer_rao", "weighted_centroid", "ml_grid_search",
                              "ml_true_params", "knn"}
@@ -29,10 +32,10 @@ def test_bench_scores_model_oracle_bound_and_baselines_and_writes_the_report(tmp
     assert run.rows["oracle"]["nll"] < run.rows["model"]["nll"]
     for key in ("coverage_1sigma", "coverage_68", "coverage_2sigma", "coverage_95", "sigma_error_spearman"):
         assert key in run.rows["model"] and key in run.rows["oracle"]
-    report = (tmp_path / "reports" / "nw-italy-2m" / "report.md").read_text()
+    report = (tmp_path / "reports" / "nw-italy-2m" / "seed-0" / "report.md").read_text()
     assert "Model median ÷ oracle median" in report and "## Targets" in report
     for png in ("results.png", "reliability.png"):
-        assert (tmp_path / "reports" / "nw-italy-2m" / png).stat().st_size > 10_000
+        assert (tmp_path / "reports" / "nw-italy-2m" / "seed-0" / png).stat().st_size > 10_000
     assert run.timings["train_sessions_per_s"] > 0 and run.timings["eval_sessions_per_s"] > 0
 
 
@@ -60,3 +63,20 @@ def test_ml_and_knn_are_fitted_on_train_tuned_on_val_and_scored_on_the_models_te
                           params=params)
     np.testing.assert_allclose(scored.errors["knn"], localization_errors_m(knn, truth["test"]))
     assert POWDER_BASELINES.noise_floor_dbm == -101.0  # the POWDER sentinel, read as its floor
+
+
+def test_seeds_draw_other_data_and_the_summary_shows_the_median_and_range_over_them(tmp_path):
+    """Seed 1 is another dataset (other sessions), so the test errors differ; the summary cell
+    for each figure is the median of the per-seed values with their min and max."""
+    settings = Settings(state_dir=tmp_path / "state")
+    result = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", config=TINY,
+                          sessions=120, seeds=(0, 1, 2))
+    assert [run.seed for run in result.runs] == [0, 1, 2]
+    medians = sorted(run.rows["knn"]["median_error_m"] for run in result.runs)
+    assert len(set(medians)) == 3
+    summary = write_summary([result], tmp_path / "reports").read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| nw-italy-2m"))
+    knn_cell = row.split(" | ")[2 + [f[0] for f in SUMMARY_FIGURES].index("kNN median")]
+    expected = [_cell("median_error_m", v) for v in medians]
+    assert knn_cell == f"{expected[1]} ({expected[0]}–{expected[2]})"
+    assert (tmp_path / "reports" / "nw-italy-2m" / "report.md").read_text().count("| 2 |") == 1

@@ -94,18 +94,66 @@ def write_report(run, data, workdir: Path) -> list[Path]:
     return [report, results_png, reliability_png]
 
 
-def write_summary(runs: list, out_dir: Path) -> Path:
-    lines = ["# Bench summary", "", "| scenario | model median | oracle median | ratio | NLL gap | ML grid median | "
-             "kNN median | worst coverage gap | Spearman | wall time |", "|---" * 10 + "|"]
-    for run in runs:
-        h, rows = headline(run), run.rows
-        ratio = "–" if h["median_ratio"] is None else f"{h['median_ratio']:.3f}×"
-        gap = "–" if h["nll_gap"] is None else f"{h['nll_gap']:+.2f}"
-        cells = [run.scenario, _cell("median_error_m", rows["model"]["median_error_m"]),
-                 _cell("median_error_m", rows.get("oracle", {}).get("median_error_m")), ratio, gap,
-                 _cell("median_error_m", rows["ml_grid_search"]["median_error_m"]),
-                 _cell("median_error_m", rows["knn"]["median_error_m"]), f"{100 * h['worst_coverage_gap']:.1f} pts",
-                 f"{h['spearman']:.3f}", f"{run.timings['total_s'] / 60:.1f} min"]
+SUMMARY_FIGURES = (  # (column, value of one run or None, cell kind)
+    ("model median", lambda run, h: run.rows["model"]["median_error_m"], "median_error_m"),
+    ("oracle median", lambda run, h: run.rows.get("oracle", {}).get("median_error_m"), "median_error_m"),
+    ("ratio", lambda run, h: h["median_ratio"], "ratio"),
+    ("NLL gap", lambda run, h: h["nll_gap"], "gap"),
+    ("ML grid median", lambda run, h: run.rows["ml_grid_search"]["median_error_m"], "median_error_m"),
+    ("ML true-params median", lambda run, h: run.rows.get("ml_true_params", {}).get("median_error_m"),
+     "median_error_m"),
+    ("kNN median", lambda run, h: run.rows["knn"]["median_error_m"], "median_error_m"),
+    ("worst coverage gap", lambda run, h: 100 * h["worst_coverage_gap"], "points"),
+    ("Spearman", lambda run, h: h["spearman"], "sigma"),
+)
+
+
+def _figure(kind: str, value) -> str:
+    if kind == "ratio":
+        return f"{value:.3f}×"
+    if kind == "gap":
+        return f"{value:+.2f}"
+    if kind == "points":
+        return f"{value:.1f} pts"
+    return _cell(kind, float(value))
+
+
+def across_seeds(result, figure) -> str:
+    """"median (min–max, n seeds)" of one headline figure over the scenario's seeds; "–" when not defined."""
+    _, value_of, kind = figure
+    values = [value_of(run, headline(run)) for run in result.runs]
+    values = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if values.size == 0:
+        return "–"
+    spread = f"{_figure(kind, values.min())}–{_figure(kind, values.max())}" if values.size > 1 else "one seed"
+    return f"{_figure(kind, float(np.median(values)))} ({spread})"
+
+
+def write_scenario_report(result, workdir: Path) -> Path:
+    """`<scenario>/report.md`: the headline figures across seeds, then each seed's own median errors."""
+    methods = [m for m in result.runs[0].rows if "median_error_m" in result.runs[0].rows[m]]
+    lines = [f"# Bench: {result.scenario}, {len(result.runs)} seeds", "",
+             "Each figure: the median over seeds (min–max). Per-seed reports, figures included: "
+             + ", ".join(f"[seed {run.seed}](seed-{run.seed}/report.md)" for run in result.runs) + ".", "",
+             "| figure | across seeds |", "|---|---|",
+             *[f"| {figure[0]} | {across_seeds(result, figure)} |" for figure in SUMMARY_FIGURES], "",
+             "## Median error per seed", "", "| seed | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|",
+             *[f"| {run.seed} | " + " | ".join(_cell("median_error_m", run.rows[m]["median_error_m"]) for m in methods)
+               + " |" for run in result.runs], "",
+             f"Wall time, all seeds: {result.wall_s / 60:.1f} min.", ""]
+    path = workdir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_summary(results: list, out_dir: Path) -> Path:
+    """`summary.md`: one row per scenario, each headline figure the median over seeds with its range."""
+    header = ["scenario", "seeds", *(figure[0] for figure in SUMMARY_FIGURES), "wall time"]
+    lines = ["# Bench summary", "", "Each cell: the median over seeds (min–max over seeds).", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for result in results:
+        cells = [result.scenario, str(len(result.runs)), *(across_seeds(result, figure) for figure in SUMMARY_FIGURES),
+                 f"{result.wall_s / 60:.1f} min"]
         lines.append("| " + " | ".join(cells) + " |")
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")

@@ -1,10 +1,16 @@
 """`heimdall-training bench`: how close a trained model gets to what physics allows.
 
-For one named scenario, every number comes from one run on the same test sessions: the model,
+For one named scenario and one seed, every number comes from one run on the same test sessions: the model,
 the Bayesian oracle and the Cramér-Rao bound (synthetic scenarios, where the generating model
 is known), and the classical baselines (weighted centroid, maximum-likelihood grid search with
 the exponent fitted on the training split, kNN on received power). The report is Markdown plus
 PNG figures, written to a folder and logged to MLflow.
+
+Every scenario runs once per seed in `BENCH_SEEDS`, and the summary shows each headline figure
+as the median over seeds with its range. A seed changes everything that is drawn: the training
+seed, and the data (synthetic: the generator's seed, so other sessions and, for random-70cm,
+another layout; POWDER: which 250 m blocks the blocked split puts in val and test). Seed 0 is
+the scenario as defined.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 POWDER_VARIANTS = {"powder-all": "all", "powder-seven": "seven"}
 # POWDER: a 3 km campus; RSS -101 dB is the "not heard" floor of its receivers.
+BENCH_SEEDS = (0, 1, 2)
+SYNTH_SEED_STRIDE = 1000  # seed k generates from the scenario's own seed + k · stride
 POWDER_BASELINES = BaselineSetup(noise_floor_dbm=-101.0, detection_margin_db=0.5, grid_step_m=20.0, grid_margin_m=300.0)
 
 
 @dataclass
 class BenchRun:
     scenario: str
+    seed: int
     sessions: dict[str, int]
     rows: dict[str, dict] = field(default_factory=dict)  # method -> metrics
     errors: dict[str, np.ndarray] = field(default_factory=dict)
@@ -51,8 +60,18 @@ def bench_config(quick: bool) -> TrainConfig:
     return TrainConfig(epochs=8 if quick else 40, patience=10, preset="small", batch_size=64)
 
 
-def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | None = None) -> tuple[str, object | None]:
-    """The scenario's dataset URI (generated once, then reused) and its generator config (None for POWDER)."""
+@dataclass
+class ScenarioRuns:
+    """One scenario over every seed."""
+
+    scenario: str
+    runs: list[BenchRun]
+    wall_s: float
+
+
+def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | None = None,
+                    seed: int = 0) -> tuple[str, object | None]:
+    """The scenario's dataset URI for `seed` (generated once, then reused) and its generator config (None for POWDER)."""
     from service.bench.scenarios import QUICK_SESSIONS, scenario
     from service.datasets.synth import synthesize_dataset
 
@@ -60,14 +79,18 @@ def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | 
     if name in POWDER_VARIANTS:
         from service.datasets.powder import import_powder
 
-        uri, cfg = f"{root}/{name}/v1", None
+        dataset_id = name if seed == 0 else f"{name}-split{seed}"
+        uri = f"{root}/{dataset_id}/v1"
         if not Path(uri, "dataset.json").is_file():
-            import_powder(str(root), variant=POWDER_VARIANTS[name], dataset_id=name, samples_per_capture=256)
-        return uri, cfg
+            import_powder(str(root), variant=POWDER_VARIANTS[name], dataset_id=dataset_id, samples_per_capture=256,
+                          seed=seed)
+        return uri, None
     cfg = scenario(name, sessions=sessions or (QUICK_SESSIONS if quick else None))
-    uri = f"{root}/{name}-{cfg.sessions}/v1"
+    dataset_id = f"{name}-{cfg.sessions}" + ("" if seed == 0 else f"-seed{seed}")
+    cfg = replace(cfg, seed=cfg.seed + SYNTH_SEED_STRIDE * seed, dataset_id=dataset_id)
+    uri = f"{root}/{dataset_id}/v1"
     if not Path(uri, "dataset.json").is_file():
-        synthesize_dataset(replace(cfg, dataset_id=f"{name}-{cfg.sessions}"), str(root))
+        synthesize_dataset(cfg, str(root))
     return uri, cfg
 
 
@@ -156,23 +179,37 @@ def score_oracle(run: BenchRun, cfg, true) -> None:
 
 
 def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, config: TrainConfig | None = None,
-                 sessions: int | None = None) -> BenchRun:
-    """Prepare, train, score and report one scenario. `config` and `sessions` shrink it for tests."""
+                 sessions: int | None = None, seeds: tuple[int, ...] = BENCH_SEEDS) -> ScenarioRuns:
+    """Every seed of one scenario, each reported in `<out_dir>/<name>/seed-<k>/`, plus the scenario's
+    report across seeds. `config`, `sessions` and `seeds` shrink it for tests."""
+    from service.bench.report import write_scenario_report
+
+    started = time.monotonic()
+    runs = [run_seed(settings, name, seed, quick=quick, out_dir=out_dir, config=config, sessions=sessions)
+            for seed in seeds]
+    result = ScenarioRuns(name, runs, time.monotonic() - started)
+    write_scenario_report(result, out_dir / name)
+    return result
+
+
+def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: Path,
+             config: TrainConfig | None = None, sessions: int | None = None) -> BenchRun:
+    """Prepare, train, score and report one scenario at one seed."""
     from service.bench.report import write_report
     from service.training.pipeline import open_dataset
 
     started = time.monotonic()
-    uri, cfg = prepare_dataset(settings, name, quick, sessions)
-    config = config or bench_config(quick)
+    uri, cfg = prepare_dataset(settings, name, quick, sessions, seed)
+    config = (config or bench_config(quick)).model_copy(update={"seed": seed})
     data = open_dataset(settings, config, uri)
     test_idx = data.indices("test")
     true = data.emitter[test_idx, :2].astype(np.float64)
-    run = BenchRun(name, {s: int(len(data.indices(s))) for s in ("train", "val", "test")})
+    run = BenchRun(name, seed, {s: int(len(data.indices(s))) for s in ("train", "val", "test")})
     run.timings["prepare_s"] = time.monotonic() - started
-    workdir = out_dir / name
+    workdir = out_dir / name / f"seed-{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
-    log_event(log, "bench scenario", scenario=name, sessions=run.sessions)
-    net, logger, fit_info = train_for_bench(settings, data, config, name, workdir)
+    log_event(log, "bench scenario", scenario=name, seed=seed, sessions=run.sessions)
+    net, logger, fit_info = train_for_bench(settings, data, config, f"{name}-seed{seed}", workdir)
     run.timings.update({k: v for k, v in fit_info.items() if k.endswith("_s")})
     run.notes.append(f"Model: preset {config.preset}, {fit_info['epochs']} epochs run, post-hoc covariance scale "
                      f"{fit_info['covariance_scale']:.3f} (fitted on {run.sessions['val']} validation sessions).")
