@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
+import sys
 import statistics
 import tempfile
 import time
@@ -253,6 +255,8 @@ def main() -> None:
     started = time.monotonic()
     results = []
     workdir = Path(tempfile.mkdtemp(prefix="heimdall-chaos-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the servers and restores
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as exits:
         lab = Lab(workdir, exits)
         lab.scale = args.trials_scale
@@ -261,12 +265,12 @@ def main() -> None:
                 continue
             count = max(1, round(fault.trials * args.trials_scale))
             results.append((fault, [run_trial(lab, fault, i, args.seed) for i in range(count)]))
+            args.out.write_text(report(results, args, time.monotonic() - started))  # so far, should it be cut short
     text = report(results, args, time.monotonic() - started)
     if all(t.ok for _, trials in results for t in trials):
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"kept for the failing trials' serve logs: {workdir}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     print(f"wall time {time.monotonic() - started:.0f} s")
