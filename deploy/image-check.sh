@@ -112,7 +112,7 @@ for port in range(38700, 38800):
 }
 
 main() {
-  local started built previous
+  local started build_started built previous
   started=$(date +%s)
   mkdir -p "$CACHE"
   bash deploy/setup.sh      # .venv: SeaweedFS (weed) and the client side of the checks
@@ -121,6 +121,7 @@ main() {
   ensure_base
   ensure_torch_index
   say "building $IMAGE (base $PYTHON_IMAGE, torch from $TORCH_INDEX_URL)"
+  build_started=$(date +%s)
   previous=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   DOCKER_BUILDKIT=1 docker build --progress=plain --network host --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
     --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" -t "$IMAGE" . >"$CACHE/build.log" 2>&1 \
@@ -130,8 +131,8 @@ main() {
   if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ]; then
     docker rmi "$previous" >/dev/null 2>&1 || true
   fi
-  echo "ok   build: $IMAGE in $((built - started)) s ($(docker image inspect -f '{{.Size}}' "$IMAGE" \
-    | awk '{printf "%.1f GB", $1 / 1e9}'))"
+  echo "ok   build: $IMAGE in $((built - build_started)) s, set-up before it $((build_started - started)) s" \
+    "($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.1f GB", $1 / 1e9}'))"
   as_root .venv/bin/python -m tests.image_check --image "$IMAGE" --run-id "$RUN_ID"
   echo "image-check: all checks passed in $(($(date +%s) - started)) s"
 }
