@@ -11,6 +11,7 @@ goes wrong around a job (a bug, the store away, a bad result) leaves it running 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import signal
@@ -67,8 +68,9 @@ class JobRunner:
                     await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
                 except asyncio.TimeoutError:
                     pass
-            elif self.stopping:  # claimed while shutting down: hand it straight back
-                await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow())
+            elif self.stopping:  # claimed while shutting down: hand it straight back (or its lease expires)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow())
             else:
                 await self.run_guarded(job)
         if self.spare:
@@ -110,8 +112,8 @@ class JobRunner:
         """Stop picking work; let the running child checkpoint, then return."""
         self.stopping = True
         self.wake.set()
+        self._stop("shutdown")  # a job whose child is still starting sees it as soon as the child is up
         if self.current:
-            self._stop("shutdown")
             await self.current[1].stop(self.settings.shutdown_grace_s)
 
     def _stop(self, reason: str) -> None:
