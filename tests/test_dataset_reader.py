@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from service.datasets.reader import DatasetReader, Rule, VerifiedDataset
 from service.errors import DatasetError
@@ -143,6 +144,31 @@ def test_a_pickled_dataset_reads_in_another_process_state(example_dataset, cache
     before = data.read_session(5)[0]
     clone = pickle.loads(pickle.dumps(data))  # what a DataLoader worker receives
     assert np.array_equal(clone.read_session(5)[0], before)
+
+
+def test_reading_every_session_maps_no_cached_file_into_memory(example_dataset, cache):
+    """Samples are read with pread, not memory-mapped: the mapped pages an epoch touches would
+    count in the job's resident set and grow its peak RSS with the dataset."""
+    data = open_version(example_dataset, cache)
+    iq, _ = data.read_many(np.arange(len(data)))
+    assert np.abs(iq).sum() > 0
+    assert str(cache.resolve()) not in Path("/proc/self/maps").read_text()
+
+
+def test_the_training_loader_batches_the_same_sessions_as_single_reads(example_dataset, cache):
+    from service.config import TrainConfig
+    from service.training.fit import build_loaders
+
+    data = open_version(example_dataset, cache)
+    train, _ = build_loaders(data, TrainConfig(batch_size=5, seed=3))
+    batches = list(train)
+    assert [len(b["iq"]) for b in batches] == [5] * (len(data.indices("train")) // 5)
+    for batch in batches:
+        for iq, online, rx, target in zip(batch["iq"], batch["rx_online"], batch["rx_position"], batch["target"]):
+            i = int(np.flatnonzero(np.isclose(data.emitter[:, :2], target.numpy()).all(axis=1))[0])
+            single_iq, single_online = data.read_session(i)
+            assert np.array_equal(iq.numpy(), single_iq) and np.array_equal(online.numpy(), single_online)
+            assert np.array_equal(rx.numpy(), data.rx_position) and iq.dtype == rx.dtype == torch.float32
 
 
 def test_a_receiver_absent_from_a_shard_is_offline_there(version, cache):
