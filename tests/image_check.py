@@ -100,6 +100,7 @@ def container_env(s3, amqp_url: str, job_store_url: str, mlflow_url: str, http_p
         "HEIMDALL_MLFLOW_TRACKING_URI": mlflow_url,
         "HEIMDALL_DATASET_ROOT_URI": f"s3://heimdall-datasets/{run_id}",
         "HEIMDALL_MODELS_URI": f"s3://heimdall-models/{run_id}",
+        "HEIMDALL_CHECKPOINTS_URI": f"s3://heimdall-models/{run_id}-checkpoints",
         "HEIMDALL_S3__ENDPOINT_URL": s3.endpoint_url, "HEIMDALL_S3__ACCESS_KEY_ID": s3.access_key_id,
         "HEIMDALL_S3__SECRET_ACCESS_KEY": s3.secret_access_key,
         "HEIMDALL_DEFAULT_TRAINING": json.dumps(TINY_TRAINING), "HEIMDALL_OPS_ALLOWED_USERS": '["guest"]',
@@ -228,12 +229,15 @@ def check_stop_checkpoints(run: Run, checks: Checks, manifest: dict) -> None:
     stop_s = time.monotonic() - started
     exit_code = run.inspect("{{.State.ExitCode}}")
     requeued = [line["job_id"] for line in run.log_lines() if line.get("event") == "requeued"]
-    checkpoint = run.state / "checkpoints" / job_id / "last.ckpt"
+    checkpoint = f"s3://heimdall-models/{run.run_id}-checkpoints/{job_id}/last.ckpt"  # HEIMDALL_CHECKPOINTS_URI
+    try:
+        size = len(s3_bytes(run.s3, checkpoint))
+    except Exception as exc:  # noqa: BLE001 (reported as the check's detail)
+        size = f"missing ({type(exc).__name__})"
     checks.report("docker stop", stopped.returncode == 0 and exit_code == "0" and stop_s < STOP_GRACE_S,
                   f"exit code {exit_code} after {stop_s:.1f} s (grace {STOP_GRACE_S} s)")
-    checks.report("checkpointed", requeued == [job_id] and checkpoint.is_file(),
-                  f"job {job_id[:8]} requeued {requeued == [job_id]}, {checkpoint.relative_to(run.tmp)} "
-                  f"{checkpoint.stat().st_size if checkpoint.is_file() else 'missing'}")
+    checks.report("checkpointed", requeued == [job_id] and isinstance(size, int),
+                  f"job {job_id[:8]} requeued {requeued == [job_id]}, {checkpoint} {size}")
 
 
 def run_checks(run: Run, checks: Checks) -> None:
