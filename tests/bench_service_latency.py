@@ -14,6 +14,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -71,28 +72,46 @@ def report(rows: list[dict], out: Path) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def servers(tmp: Path):
+    """(S3 server, mlflow URL, PostgreSQL) for a benchmark, removed at the end."""
+    for sub in ("s3", "mlflow"):
+        (tmp / sub).mkdir(parents=True)
+    postgres = Postgres()
+    try:
+        with seaweedfs(tmp / "s3", BUCKETS) as s3, mlflow_server(tmp / "mlflow", s3, "s3://mlflow/artifacts") as url:
+            yield s3, url, postgres
+    finally:
+        postgres.close()
+
+
+def tiny_datasets(s3, count: int) -> list[str]:
+    """`count` tiny datasets in S3 (240 sessions × 7 receivers × 256 samples), `bench-0`, `bench-1`, ..."""
+    credentials = S3Credentials(s3.endpoint_url, s3.access_key_id, s3.secret_access_key)
+    return [synthesize_dataset(SynthConfig(sessions=240, seed=i, samples_per_capture=256, shard_size=128,
+                                           dataset_id=f"bench-{i}"), DATASETS_ROOT, credentials=credentials)
+            for i in range(count)]
+
+
+def run_jobs(tmp: Path, s3, url: str, postgres, uris: list[str], env: dict[str, str] | None = None) -> list[dict]:
+    """One `serve` (with `env` on top of the test stack's settings) running the jobs one at a time."""
+    tmp.mkdir(parents=True)
+    stack = Stack(tmp, s3, url, postgres)
+    stack.env.update(env or {})
+    try:
+        stack.start()
+        return measure(stack, uris)
+    finally:
+        stack.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("reports/service_latency.md"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for sub in ("s3", "mlflow", "stack"):
-            (tmp / sub).mkdir()
-        postgres = Postgres()
-        with seaweedfs(tmp / "s3", BUCKETS) as s3, mlflow_server(tmp / "mlflow", s3, "s3://mlflow/artifacts") as url:
-            credentials = S3Credentials(s3.endpoint_url, s3.access_key_id, s3.secret_access_key)
-            uris = [synthesize_dataset(SynthConfig(sessions=240, seed=i, samples_per_capture=256, shard_size=128,
-                                                   dataset_id=f"bench-{i}"), DATASETS_ROOT,
-                                       credentials=credentials) for i in range(args.jobs)]
-            stack = Stack(tmp / "stack", s3, url, postgres)
-            try:
-                stack.start()
-                print(report(measure(stack, uris), args.out))
-            finally:
-                stack.close()
-                postgres.close()
+    with tempfile.TemporaryDirectory() as tmp, servers(Path(tmp)) as (s3, url, postgres):
+        print(report(run_jobs(Path(tmp) / "stack", s3, url, postgres, tiny_datasets(s3, args.jobs)), args.out))
 
 
 if __name__ == "__main__":
