@@ -11,6 +11,7 @@ as the map is open, so a job's peak RSS grew with the dataset (+72 MB at 10,000 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections import OrderedDict
@@ -59,6 +60,19 @@ class VerifiedDataset:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         chosen = self.splits == split
         return np.flatnonzero(chosen & self.labelled if labelled_only else chosen)
+
+    def sessions_digest(self, indices: Sequence[int] | np.ndarray) -> str:
+        """SHA-256 naming the content of these sessions, in order: equal digests, equal samples and labels.
+
+        Cached data files are named by their SHA-256, so the file names with each session's file
+        and row stand for the samples; online masks, labels and receiver positions are hashed as is.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        digest = hashlib.sha256("\n".join(os.path.basename(f) for f in self._data_files.ravel()).encode())
+        for part in (self._shard_of[indices], self._row_of[indices], self.online[indices], self.emitter[indices],
+                     self.rx_position):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()
 
     def read_session(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(iq float32 [R, S, 2], online float32 [R]); offline receivers' iq is zeros."""

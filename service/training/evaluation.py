@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from service.datasets.channel import noise_power_dbm
 from service.datasets.verified import VerifiedDataset
+from service.training import baseline_cache
 from service.training.baselines import capture_power_dbm, weighted_centroid
 from service.training.grid_search import ml_grid_search
 from service.training.knn import KnnParams, knn_fingerprint, tune_knn
@@ -102,6 +104,7 @@ def score_baselines(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np
     def grid(channel: PathLossFit) -> np.ndarray:
         return ml_grid_search(power, data.rx_position, online, exponent=channel.exponent, noise_floor_dbm=noise,
                               sigma_db=channel.residual_sigma_db, calibration_db=channel.calibration_db,
+                              eirp_range_db=channel.eirp_range_db,
                               grid_step_m=setup.grid_step_m, margin_m=setup.grid_margin_m, detection_margin_db=margin)
 
     estimates = {
@@ -117,12 +120,28 @@ def score_baselines(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np
                      path_loss=fitted, knn=knn, knn_val_median_m=knn_val_median, test_power=(power, online))
 
 
-def evaluate(net: torch.nn.Module, data: VerifiedDataset) -> Evaluation:
+def baseline_scores(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np.ndarray,
+                    cache_dir: Path | None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """(metrics, errors) of the baselines on the test sessions; kept in `cache_dir` (`baseline_cache`) when given."""
+    setup = BaselineSetup.for_dataset(data)
+    key = baseline_cache.baselines_key(data, test_idx, setup) if cache_dir is not None else None
+    kept = baseline_cache.load(cache_dir, key) if key else None
+    if kept is not None:
+        return kept
+    baselines = score_baselines(data, test_idx, true_latlon, setup)
+    if key:
+        baseline_cache.store(cache_dir, key, baselines.metrics, baselines.errors)
+    return baselines.metrics, baselines.errors
+
+
+def evaluate(net: torch.nn.Module, data: VerifiedDataset, cache_dir: Path | None = None) -> Evaluation:
+    """The model and the baselines on the test split; the baselines' scores are reused from
+    `cache_dir` when the same sessions were scored by the same code before."""
     test_idx = data.indices("test")
     true_latlon = data.emitter[test_idx, :2].astype(np.float64)
     pred, cov = predict(net, data, test_idx)
-    baselines = score_baselines(data, test_idx, true_latlon, BaselineSetup.for_dataset(data))
-    errors = {**baselines.errors, "model": localization_errors_m(pred, true_latlon)}
+    baselines, baseline_errors = baseline_scores(data, test_idx, true_latlon, cache_dir)
+    errors = {**baseline_errors, "model": localization_errors_m(pred, true_latlon)}
     return Evaluation(indices=test_idx, true_latlon=true_latlon, pred_latlon=pred, cov_m2=cov,
-                      metrics=localization_metrics(pred, cov, true_latlon), baselines=baselines.metrics,
+                      metrics=localization_metrics(pred, cov, true_latlon), baselines=baselines,
                       errors_by_method=errors)

@@ -166,7 +166,7 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
             return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
         best = load_net(fitted.best_checkpoint)
         calibrate_covariance(best, data)
-        evaluation = evaluate(best, data)
+        evaluation = evaluate(best, data, settings.cache_dir)
         log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
         registration = export_and_register(settings, config, options, data, best, evaluation, fitted, logger,
                                            registry, key)
