@@ -104,7 +104,6 @@ def score_baselines(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np
     def grid(channel: PathLossFit) -> np.ndarray:
         return ml_grid_search(power, data.rx_position, online, exponent=channel.exponent, noise_floor_dbm=noise,
                               sigma_db=channel.residual_sigma_db, calibration_db=channel.calibration_db,
-                              eirp_range_db=channel.eirp_range_db,
                               grid_step_m=setup.grid_step_m, margin_m=setup.grid_margin_m, detection_margin_db=margin)
 
     estimates = {
