@@ -80,3 +80,16 @@ def test_seeds_draw_other_data_and_the_summary_shows_the_median_and_range_over_t
     expected = [_cell("median_error_m", v) for v in medians]
     assert knn_cell == f"{expected[1]} ({expected[0]}–{expected[2]})"
     assert (tmp_path / "reports" / "nw-italy-2m" / "report.md").read_text().count("| 2 |") == 1
+
+
+def test_baselines_command_scores_every_baseline_on_a_seeds_test_split(tmp_path):
+    """`python -m service.bench.baselines` without a model: the same datasets as the bench, and on
+    synthetic data the true-parameter ML too."""
+    from service.bench.baselines import METHODS, score_seed
+
+    settings = Settings(state_dir=tmp_path / "state")
+    medians, note = score_seed(settings, "nw-italy-2m", 1, quick=True)
+    assert set(medians) == set(METHODS)
+    assert all(0 < value < 200_000 for value in medians.values())
+    assert (tmp_path / "state" / "bench" / "quick" / "nw-italy-2m-600-seed1" / "v1" / "dataset.json").is_file()
+    assert note.startswith("nw-italy-2m seed 1: n = ")
