@@ -5,7 +5,8 @@
   training: the registry finds the version by its idempotency key.
 - Processed event ids older than `retention_s` (at least a day, far longer than any redelivery).
 - Published outbox rows that belong to no job, older than `retention_s`.
-- Cached shards not read for `cache_retention_s`, and staging folders left by a crashed open.
+- Cached shards not read for `cache_retention_s` and baseline scores as old, and staging
+  folders left by a crashed open.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def purge_cache(cache_dir: Path, retention_s: float, now_s: float | None = None)
     and staging folders older than a day. Returns how many were removed."""
     now_s = time.time() if now_s is None else now_s
     removed = 0
-    for entry in (cache_dir / "sha256").glob("*/*"):
+    for entry in [*(cache_dir / "sha256").glob("*/*"), *(cache_dir / "baselines").glob("*.npz")]:
         if entry.is_file() and now_s - entry.stat().st_mtime > retention_s:
             entry.unlink(missing_ok=True)
             removed += 1

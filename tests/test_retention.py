@@ -70,17 +70,19 @@ def test_unused_cache_files_and_crashed_staging_folders_go(settings):
     cache = settings.cache_dir
     used, unused = cache / "sha256" / "ab" / ("ab" * 32), cache / "sha256" / "cd" / ("cd" * 32)
     staging = cache / "staging" / "open-crashed"
-    for path in (used, unused):
+    old_scores = cache / "baselines" / ("ef" * 32 + ".npz")
+    for path in (used, unused, old_scores):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     staging.mkdir(parents=True)
     old = time.time() - 3 * DAY
     os.utime(unused, (old, old))
     os.utime(staging, (old, old))
+    os.utime(old_scores, (old, old))
     store = JobStore(settings.job_store_url)
     store.migrate()
-    assert purge(store, settings).cache_files == 2
-    assert used.exists() and not unused.exists() and not staging.exists()
+    assert purge(store, settings).cache_files == 3
+    assert used.exists() and not unused.exists() and not staging.exists() and not old_scores.exists()
 
 
 def test_the_retention_cannot_be_shorter_than_a_day():
