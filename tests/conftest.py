@@ -47,3 +47,19 @@ def postgres():
     server = Postgres()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def datasets(s3_server) -> dict[str, str]:
+    """Small synthetic datasets under DATASETS_ROOT, written once per session (versions are immutable)."""
+    from service.datasets.synth import SynthConfig, synthesize_dataset
+    from service.object_store import S3Credentials
+    from tests.test_service import DATASETS_ROOT
+
+    credentials = S3Credentials(endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
+                                secret_access_key=s3_server.secret_access_key)
+    uris = {}
+    for i, name in enumerate(["svc-main", "svc-dup", "svc-cancel", "svc-kill", "svc-r1", "svc-r2", "svc-r3"]):
+        cfg = SynthConfig(sessions=240, seed=100 + i, samples_per_capture=256, shard_size=128, dataset_id=name)
+        uris[name] = synthesize_dataset(cfg, DATASETS_ROOT, credentials=credentials)
+    return uris

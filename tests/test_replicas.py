@@ -7,8 +7,8 @@ import signal
 import time
 import uuid
 
-from tests.test_service import (datasets, dataset_ready, first_epoch_after_restart,  # noqa: F401 (fixtures)
-                                progress_until, settled, stack_factory, training_requested)
+from tests.test_service import (dataset_ready, first_epoch_after_restart, progress_until, settled,  # noqa: F401
+                                stack_factory, training_requested)
 
 
 def uploaded(s3_server, prefix: str) -> list[str]:

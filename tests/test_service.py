@@ -123,19 +123,6 @@ def stack_factory(tmp_path, s3_server, mlflow_url, postgres):
         stack.close()
 
 
-@pytest.fixture(scope="module")
-def datasets(s3_server) -> dict[str, str]:
-    from service.object_store import S3Credentials
-
-    credentials = S3Credentials(endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
-                                secret_access_key=s3_server.secret_access_key)
-    uris = {}
-    for i, name in enumerate(["svc-main", "svc-dup", "svc-cancel", "svc-kill", "svc-r1", "svc-r2", "svc-r3"]):
-        cfg = SynthConfig(sessions=240, seed=100 + i, samples_per_capture=256, shard_size=128, dataset_id=name)
-        uris[name] = synthesize_dataset(cfg, DATASETS_ROOT, credentials=credentials)
-    return uris
-
-
 def progress_until(tap: Tap, job_id: str, epoch: int) -> None:
     """Wait until the job has reported `epoch` epochs done (so a checkpoint of epoch >= 1 exists)."""
     deadline = time.monotonic() + 180

@@ -22,8 +22,8 @@ from service.topology import declare_exchange
 from tests.broker import Vhost, dead_letters
 from tests.servers import PG_SOCKET_DIR, free_port
 from service.job_tables import OutboxMessage
-from tests.test_service import (DATASETS_ROOT, ServiceProcess, dataset_ready, datasets,  # noqa: F401 (fixture)
-                                stack_factory, training_requested)
+from tests.test_service import (DATASETS_ROOT, ServiceProcess, dataset_ready, stack_factory,  # noqa: F401 (fixture)
+                                training_requested)
 
 
 def reasons_of(stack, queue: str, count: int, timeout_s: float = 60) -> dict[str, str]:

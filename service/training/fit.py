@@ -217,7 +217,9 @@ def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger,
                   extra_callbacks: tuple[Callback, ...] = ()) -> tuple[pl.Trainer, ModelCheckpoint]:
     checkpoints = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch:03d}-val_loss{val_loss:.4f}",
                                   auto_insert_metric_name=False, monitor=MONITOR, mode="min",
-                                  save_top_k=3, save_last=True)
+                                  save_top_k=3, save_last=True,
+                                  # another replica's pulled last.ckpt is overwritten, not kept beside a last-v1
+                                  enable_version_counter=False)
     callbacks = [checkpoints, EarlyStopping(monitor=MONITOR, mode="min", patience=config.patience),
                  LearningRateMonitor(logging_interval="epoch"), ProgressLines(config.epochs),
                  CheckpointOnInterrupt(checkpoint_dir), StopTogether(), *extra_callbacks]
