@@ -23,7 +23,7 @@ from service.service_metrics import ServiceMetrics
 from service.topology import event_message
 
 log = logging.getLogger(__name__)
-IDLE_POLL_S = 1.0
+RELAY_IDLE_S = 1.0  # how long an idle relay waits for a notify before it looks at the outbox again
 RETRY_S = 2.0
 PUBLISH_TIMEOUT_S = 30.0
 UNROUTABLE_BACKOFF_S, UNROUTABLE_BACKOFF_MAX_S = 2.0, 300.0
@@ -58,7 +58,7 @@ class OutboxRelay:
                 continue
             if not published:
                 try:
-                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
+                    await asyncio.wait_for(self.wake.wait(), RELAY_IDLE_S)
                 except asyncio.TimeoutError:
                     pass
 
