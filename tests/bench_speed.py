@@ -1,6 +1,10 @@
 """Benchmark: fast where users wait (issue 10). Job start, work after `fit`, data loading, inference.
 
     .venv/bin/python -m tests.bench_speed [--jobs 5] [--datasets .heimdall/bench-speed] [--out reports/speed.md]
+    .venv/bin/python -m tests.bench_speed --part serve --part steps   # only the tiny-job parts
+
+`--part` (repeatable: serve, steps, rss, rates, inference) runs only those parts and prints what
+they measured as JSON; `reports/speed.md` is written only by a run of every part.
 
 Measures, side by side in one run, and writes `reports/speed.md`:
 - peak RSS of the real `train` child at 10,000 and 50,000 synthetic sessions (`bench_speed_data`);
@@ -108,35 +112,57 @@ def timed(what: str, run, walls: dict[str, float], partial: Path):
     return result
 
 
+PARTS = ("serve", "steps", "rss", "rates", "inference")
+
+
+def run_parts(parts: list[str], root: Path, jobs: int, walls: dict[str, float]) -> dict:
+    """The chosen parts, in the order of PARTS; each part's wall time goes in `walls`."""
+    results, partial = {}, root / "partial-results.jsonl"
+    partial.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if {"serve", "steps"} & set(parts):
+            with servers(tmp / "servers") as (s3, url, postgres):
+                uris = tiny_datasets(s3, jobs)
+                if "serve" in parts:
+                    results["service"] = timed("tiny jobs through serve",
+                                               lambda: service_rows(tmp, s3, url, postgres, uris), walls, partial)
+                if "steps" in parts:
+                    results["profile"] = timed("tiny job steps", lambda: profile_rows(tmp, s3, url, uris[0], jobs),
+                                               walls, partial)
+        if "rss" in parts:
+            results["rss"] = timed("peak RSS at 10k and 50k sessions", lambda: peak_rss_rows(root, tmp / "rss"),
+                                   walls, partial)
+        if "rates" in parts:
+            results["rates"] = timed("loader and model rates", lambda: rate_rows(root, tmp / "rates"), walls, partial)
+        if "inference" in parts:
+            rates_uri = dataset(root, "speed-rates-3k", 3000, 1024)
+            results["inference"] = timed("ONNX Runtime and PyTorch",
+                                         lambda: inference_rows(rates_uri, tmp / "rates"), walls, partial)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=5, help="tiny jobs per service mode and in the profile (>= 5)")
     parser.add_argument("--datasets", type=Path, default=Path(".heimdall/bench-speed"),
                         help="where the synthetic datasets are written once and reused")
     parser.add_argument("--out", type=Path, default=Path("reports/speed.md"))
+    parser.add_argument("--part", action="append", choices=PARTS,
+                        help="run only this part (repeatable); the report is written only when every part runs")
     args = parser.parse_args()
-    started, walls, results = time.monotonic(), {}, {}
+    parts = args.part or list(PARTS)
+    started, walls = time.monotonic(), {}
     root = args.datasets.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    partial = root / "partial-results.jsonl"
-    partial.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        with servers(tmp / "servers") as (s3, url, postgres):
-            uris = tiny_datasets(s3, args.jobs)
-            results["service"] = timed("tiny jobs through serve",
-                                       lambda: service_rows(tmp, s3, url, postgres, uris), walls, partial)
-            results["profile"] = timed("tiny job steps", lambda: profile_rows(tmp, s3, url, uris[0], args.jobs),
-                                       walls, partial)
-        results["rss"] = timed("peak RSS at 10k and 50k sessions", lambda: peak_rss_rows(root, tmp / "rss"), walls,
-                               partial)
-        results["rates"] = timed("loader and model rates", lambda: rate_rows(root, tmp / "rates"), walls, partial)
-        rates_uri = dataset(root, "speed-rates-3k", 3000, 1024)
-        results["inference"] = timed("ONNX Runtime and PyTorch",
-                                     lambda: inference_rows(rates_uri, tmp / "rates"), walls, partial)
+    results = run_parts(parts, root, args.jobs, walls)
     walls["total"] = time.monotonic() - started
-    print(write_report(results, walls, args.out, cores=os.cpu_count()))
-    print(f"[bench_speed] wall time {walls['total']:.0f} s; report {args.out}")
+    if set(parts) == set(PARTS):
+        print(write_report(results, walls, args.out, cores=os.cpu_count()))
+        print(f"[bench_speed] wall time {walls['total']:.0f} s; report {args.out}")
+    else:
+        print(json.dumps({"results": results, "wall_s": walls}, indent=1))
+        print(f"[bench_speed] parts {parts}: wall time {walls['total']:.0f} s; {args.out} left as it is")
 
 
 if __name__ == "__main__":
