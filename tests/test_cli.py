@@ -15,9 +15,9 @@ CLI = [sys.executable, "-m", "service.cli"]
 TINY_FLAGS = ["--preset", "tiny", "--epochs", "3", "--batch_size", "32"]
 
 
-def run_cli(args: list[str], state: Path, **env) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], state: Path, timeout_s: float = 300, **env) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s,
                           env={**clean, "HEIMDALL_STATE_DIR": str(state), **env})
 
 

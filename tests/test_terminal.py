@@ -25,6 +25,7 @@ import pytest
 
 from service.logs import NOISY_LOG_LINES, HumanHandler, configure_logging, progress_text
 from tests.servers import free_port, running, wait_until
+from tests.test_cli import run_cli
 
 CLI = [sys.executable, "-m", "service.cli"]
 TINY_FLAGS = ["--preset", "tiny", "--epochs", "2", "--batch_size", "32"]
@@ -57,8 +58,7 @@ def run_on_tty(args: list[str], state: Path) -> tuple[int, str, str]:
 
 
 def run_piped(args: list[str], state: Path) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}, "HEIMDALL_STATE_DIR": str(state)}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=600, env=env)
+    return run_cli(args, state, timeout_s=600)
 
 
 @pytest.fixture(scope="module")
