@@ -77,14 +77,23 @@ def purge_checkpoints(settings: Settings, job_id: str) -> int:
 
 
 def purge_cache(cache_dir: Path, retention_s: float, now_s: float | None = None) -> int:
-    """Cached shards unused (mtime: the reader touches a file it uses) longer than retention_s,
-    and staging folders older than a day. Returns how many were removed."""
+    """Cached shards unused longer than retention_s (last used: the mtime of the entry's marker
+    `verified/<hex[:2]>/<hex>`, which the reader touches, or of the file when it has none; see
+    service/datasets/cache.py), markers whose file is gone, and staging folders older than a day.
+    Returns how many cache files and folders were removed."""
     now_s = time.time() if now_s is None else now_s
     removed = 0
     for entry in [*(cache_dir / "sha256").glob("*/*"), *(cache_dir / "baselines").glob("*.npz")]:
-        if entry.is_file() and now_s - entry.stat().st_mtime > retention_s:
+        marker = cache_dir / "verified" / entry.parent.name / entry.name  # shards only; none for scores
+        used_s = max(entry.stat().st_mtime, marker.stat().st_mtime if marker.is_file() else 0.0)
+        if now_s - used_s > retention_s:
             entry.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
             removed += 1
+    for marker in (cache_dir / "verified").glob("*/*"):
+        if not (cache_dir / "sha256" / marker.parent.name / marker.name).is_file() \
+                and now_s - marker.stat().st_mtime > STAGING_MAX_AGE_S:
+            marker.unlink(missing_ok=True)  # its file was removed, or a crash left a partial marker
     for staging in (cache_dir / "staging").glob("open-*"):
         if now_s - staging.stat().st_mtime > STAGING_MAX_AGE_S:
             shutil.rmtree(staging, ignore_errors=True)

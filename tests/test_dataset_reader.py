@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -78,7 +79,8 @@ def open_version(uri, cache: Path, *, min_labelled: int = 20, **reader_options) 
 
 
 def cached_files(cache: Path) -> list[Path]:
-    return sorted(p for p in cache.rglob("*") if p.is_file())
+    """The cache's entries (`sha256/<hex[:2]>/<hex>`), without their markers."""
+    return sorted(p for p in (cache / "sha256").rglob("*") if p.is_file())
 
 
 def flip_byte(path: Path, offset: int = 100) -> None:
@@ -229,6 +231,7 @@ def test_a_damaged_cache_entry_is_fetched_again(version, cache):
 
 def test_a_damaged_cache_entry_is_not_trusted_when_the_source_is_gone(version, cache):
     open_version(version, cache)
+    open_version(version, cache)  # trusted by its marker this time: the damage below must still be caught
     data_file = version / SHARD0 / "rx-torino.sigmf-data"
     sha256 = hashlib.sha256(data_file.read_bytes()).hexdigest()
     flip_byte(cache / "sha256" / sha256[:2] / sha256)
@@ -236,6 +239,56 @@ def test_a_damaged_cache_entry_is_not_trusted_when_the_source_is_gone(version, c
     with pytest.raises(DatasetError) as refused:
         open_version(version, cache)
     assert (refused.value.rule, refused.value.file) == (Rule.MISSING_FILE, f"{SHARD0}/rx-torino.sigmf-data")
+
+
+def count_scans(monkeypatch) -> list[str]:
+    """The files the cache hashes from now on (the reader's own scan of a download is not counted)."""
+    from service.datasets import cache as cache_module
+
+    scanned, real_scan = [], cache_module.scan
+    monkeypatch.setattr(cache_module, "scan", lambda path, **kw: scanned.append(Path(path).name) or real_scan(path, **kw))
+    return scanned
+
+
+def test_a_verified_entry_is_trusted_by_its_marker_not_hashed_again(version, cache, monkeypatch):
+    first = open_version(version, cache)
+    scanned = count_scans(monkeypatch)
+    again = open_version(version, cache)
+    assert scanned == []  # every entry was trusted: size, mtime, ctime and inode as verified
+    assert again.sessions_digest(range(len(again))) == first.sessions_digest(range(len(first)))
+    assert np.array_equal(again.read_many(range(24))[0], first.read_many(range(24))[0])
+
+
+def test_an_entry_changed_in_place_is_hashed_again_and_fetched_again(version, cache, monkeypatch):
+    open_version(version, cache)
+    entry = next(p for p in cached_files(cache) if p.stat().st_size == 16 * S * 8)
+    flip_byte(entry)  # same size; the write gives it the current time as mtime
+    scanned = count_scans(monkeypatch)
+    assert len(open_version(version, cache)) == 24
+    assert scanned == [entry.name]  # the changed entry alone
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.name
+
+
+def test_an_entry_changed_with_its_mtime_put_back_is_still_caught(version, cache):
+    open_version(version, cache)
+    entry = next(p for p in cached_files(cache) if p.stat().st_size == 16 * S * 8)
+    before = entry.stat()
+    flip_byte(entry)
+    os.utime(entry, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and mtime as verified; ctime moves
+    assert len(open_version(version, cache)) == 24
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.name
+
+
+def test_an_entry_replaced_by_another_file_of_the_same_size_and_mtime_is_caught(version, cache):
+    open_version(version, cache)
+    entry = next(p for p in cached_files(cache) if p.stat().st_size == 16 * S * 8)
+    impostor = entry.with_name("impostor")
+    impostor.write_bytes(bytes(entry.stat().st_size))  # zeros: finite, the right size, the wrong content
+    stat = entry.stat()
+    os.utime(impostor, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(impostor, entry)  # another inode
+    assert len(open_version(version, cache)) == 24
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.name
 
 
 # ---------------------------------------------------------------- splits

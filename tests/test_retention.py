@@ -85,6 +85,24 @@ def test_unused_cache_files_and_crashed_staging_folders_go(settings):
     assert used.exists() and not unused.exists() and not staging.exists() and not old_scores.exists()
 
 
+def test_a_cache_entry_in_use_stays_by_its_marker_and_goes_with_it(settings):
+    cache = settings.cache_dir
+    used, unused = cache / "sha256" / "ab" / ("ab" * 32), cache / "sha256" / "cd" / ("cd" * 32)
+    used_marker, unused_marker = cache / "verified" / "ab" / ("ab" * 32), cache / "verified" / "cd" / ("cd" * 32)
+    orphan = cache / "verified" / "ef" / ("ef" * 32)
+    for path in (used, unused, used_marker, unused_marker, orphan):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    old = time.time() - 3 * DAY
+    for path in (used, unused, unused_marker, orphan):  # a verified file keeps its old mtime; use touches its marker
+        os.utime(path, (old, old))
+    store = JobStore(settings.job_store_url)
+    store.migrate()
+    assert purge(store, settings).cache_files == 1
+    assert used.exists() and used_marker.exists()
+    assert not unused.exists() and not unused_marker.exists() and not orphan.exists()
+
+
 def test_the_retention_cannot_be_shorter_than_a_day():
     with pytest.raises(ValidationError, match="retention_s"):
         Settings(retention_s=3600)

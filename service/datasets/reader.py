@@ -2,8 +2,8 @@
 
 `DatasetReader(uri, ...).open(...)` fetches every file of a dataset version through a
 content-addressed cache, checks every rule of the contract and only then returns a
-`VerifiedDataset`: a compact session index in RAM plus memory-mapped reads of the cached
-`.sigmf-data` files (`service.datasets.verified`). Nothing trains on a version before all
+`VerifiedDataset`: a compact session index in RAM plus reads of the cached `.sigmf-data`
+files (`service.datasets.verified`). Nothing trains on a version before all
 of it has passed.
 
 The cache (`service.datasets.cache`) only takes in the files of a version that passed in
@@ -191,7 +191,7 @@ class DatasetReader:
             where.refuse(Rule.SHA256, f"SHA-256 {digest.sha256}, the manifest says {sha256}")
         if digest.first_non_finite is not None:
             where.refuse(Rule.NON_FINITE, f"float32 number {digest.first_non_finite} is NaN or Inf")
-        return cache.stage(path, digest)
+        return cache.stage(path, digest, samples=samples)
 
 
 def _index(manifest: Manifest, uri: str, shards: list[ShardIndex], validation_split: float,
