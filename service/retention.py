@@ -77,14 +77,16 @@ def purge_checkpoints(settings: Settings, job_id: str) -> int:
 
 
 def purge_cache(cache_dir: Path, retention_s: float, now_s: float | None = None) -> int:
-    """Cached shards unused longer than retention_s (last used: the mtime of the entry's marker
-    `verified/<hex[:2]>/<hex>`, which the reader touches, or of the file when it has none; see
-    service/datasets/cache.py), markers whose file is gone, and staging folders older than a day.
+    """Cached shards, baseline scores and traced ONNX graphs unused longer than retention_s (last
+    used: the mtime of a shard's marker `verified/<hex[:2]>/<hex>`, which the reader touches, or of
+    the file itself; see service/datasets/cache.py and service/training/export_cache.py), markers
+    whose file is gone, and staging folders older than a day.
     Returns how many cache files and folders were removed."""
     now_s = time.time() if now_s is None else now_s
     removed = 0
-    for entry in [*(cache_dir / "sha256").glob("*/*"), *(cache_dir / "baselines").glob("*.npz")]:
-        marker = cache_dir / "verified" / entry.parent.name / entry.name  # shards only; none for scores
+    for entry in [*(cache_dir / "sha256").glob("*/*"), *(cache_dir / "baselines").glob("*.npz"),
+                  *(cache_dir / "onnx-graphs").glob("*.onnx")]:
+        marker = cache_dir / "verified" / entry.parent.name / entry.name  # shards only; none for scores, graphs
         used_s = max(entry.stat().st_mtime, marker.stat().st_mtime if marker.is_file() else 0.0)
         if now_s - used_s > retention_s:
             entry.unlink(missing_ok=True)

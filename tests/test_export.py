@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 
 import numpy as np
 import onnx
@@ -12,7 +14,9 @@ import torch
 from torch import nn
 
 from service.errors import ExportError
-from service.training.export import INPUT_NAMES, OPSET, OUTPUT_NAMES, check_parity, export_onnx
+from service.training import export, export_cache
+from service.training.export import INPUT_NAMES, OPSET, OUTPUT_NAMES, check_parity, export_and_check, export_onnx
+from service.training.export_cache import GRAPHS_DIR
 from service.training.model import LocalizationNet
 from tests.test_model import SAMPLES, make_inputs
 
@@ -107,3 +111,84 @@ def test_exporter_failures_become_export_errors(tmp_path):
     with pytest.raises(ExportError, match="cannot trace this") as caught:
         export_onnx(Broken(), tmp_path / "model.onnx", samples=SAMPLES)
     assert isinstance(caught.value.__cause__, Exception)
+
+
+# ---------------------------------------------------------------- a traced graph kept per architecture
+
+
+def trained_like(seed: int, frame_scale_m: float = 20_000.0) -> LocalizationNet:
+    """A tiny net with weights of its own: every parameter moved, a calibrated covariance scale."""
+    torch.manual_seed(seed)
+    net = LocalizationNet(SAMPLES, "tiny", frame_scale_m=frame_scale_m)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+        net.covariance_scale.fill_(1.5 + seed)
+    return net.eval()
+
+
+def outputs(path) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(list(OUTPUT_NAMES), held_out())
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    """A graph cache holding the tiny architecture's traced graph (from a first model)."""
+    folder = tmp_path_factory.mktemp("cache")
+    export_onnx(trained_like(0), folder / "first.onnx", samples=SAMPLES, graphs_dir=folder)
+    assert len(list((folder / GRAPHS_DIR).glob("*.onnx"))) == 1
+    return folder
+
+
+def test_a_model_of_the_same_architecture_gets_its_weights_swapped_into_the_kept_graph(graphs, tmp_path,
+                                                                                        monkeypatch):
+    second = trained_like(1)
+    fresh = export_onnx(second, tmp_path / "fresh.onnx", samples=SAMPLES)  # a full export, no cache
+    monkeypatch.setattr(export, "_run_exporter", lambda *a: pytest.fail("traced again despite the kept graph"))
+    swapped, parity = export_and_check(second, tmp_path / "swapped.onnx", held_out(), samples=SAMPLES,
+                                       graphs_dir=graphs)
+    assert parity["passed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.onnx", "swapped.onnx"]  # no side file
+    assert (swapped["opset"], swapped["inputs"], swapped["outputs"]) == (fresh["opset"], fresh["inputs"],
+                                                                          fresh["outputs"])
+    for got, want in zip(outputs(tmp_path / "swapped.onnx"), outputs(tmp_path / "fresh.onnx")):
+        np.testing.assert_array_equal(got, want)
+    first = outputs(graphs / "first.onnx")
+    assert not np.allclose(outputs(tmp_path / "swapped.onnx")[0], first[0])  # the second model's weights
+
+
+def test_a_kept_graph_that_fails_parity_falls_back_to_a_full_export(graphs, tmp_path, caplog):
+    """A graph whose initializers all map but whose constants are not this model's (here the frame
+    scale, kept under this model's key as a stale or damaged cache would): parity catches it."""
+    other = trained_like(2, frame_scale_m=3_000.0)
+    key = export_cache.graph_key(other, export._example_inputs(2, 7, SAMPLES), opset=OPSET, inputs=INPUT_NAMES,
+                                 outputs=OUTPUT_NAMES, dynamic=export.DYNAMIC_DIMS)
+    kept = next((graphs / GRAPHS_DIR).glob("*.onnx"))
+    shutil.copy(kept, kept.with_name(f"{key}.onnx"))
+    with caplog.at_level(logging.WARNING):
+        info, parity = export_and_check(other, tmp_path / "model.onnx", held_out(), samples=SAMPLES,
+                                        graphs_dir=graphs)
+    assert parity["passed"] and info["inputs"][0]["shape"] == ["batch", "receivers", SAMPLES, 2]
+    assert [r.message for r in caplog.records if "full export" in r.message] == [
+        "onnx graph failed parity: full export"]
+    assert kept.with_name(f"{key}.onnx").read_bytes() != kept.read_bytes()  # replaced by this model's own graph
+
+
+def test_a_kept_graph_with_an_initializer_that_maps_to_nothing_is_not_used(graphs, tmp_path, caplog):
+    model = trained_like(3)
+    key = export_cache.graph_key(model, export._example_inputs(2, 7, SAMPLES), opset=OPSET, inputs=INPUT_NAMES,
+                                 outputs=OUTPUT_NAMES, dynamic=export.DYNAMIC_DIMS)
+    proto = onnx.load(str(next((graphs / GRAPHS_DIR).glob("*.onnx"))))
+    renamed = next(t for t in proto.graph.initializer if t.name == "head.3.bias")
+    renamed.name = "mystery"
+    for node in proto.graph.node:
+        node.input[:] = ["mystery" if name == "head.3.bias" else name for name in node.input]
+    onnx.save(proto, str(graphs / GRAPHS_DIR / f"{key}.onnx"))
+    with caplog.at_level(logging.WARNING):
+        info, parity = export_and_check(model, tmp_path / "model.onnx", held_out(), samples=SAMPLES,
+                                        graphs_dir=graphs)
+    assert parity["passed"]
+    lines = [r for r in caplog.records if "full export" in r.message]
+    assert [r.message for r in lines] == ["onnx graph not reusable: full export"]
+    assert lines[0].fields["unmapped_initializers"] == ["mystery"]
+    assert lines[0].fields["unused_weights"] == ["head.3.bias"]

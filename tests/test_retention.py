@@ -71,18 +71,19 @@ def test_unused_cache_files_and_crashed_staging_folders_go(settings):
     used, unused = cache / "sha256" / "ab" / ("ab" * 32), cache / "sha256" / "cd" / ("cd" * 32)
     staging = cache / "staging" / "open-crashed"
     old_scores = cache / "baselines" / ("ef" * 32 + ".npz")
-    for path in (used, unused, old_scores):
+    old_graph, used_graph = cache / "onnx-graphs" / ("01" * 32 + ".onnx"), cache / "onnx-graphs" / ("23" * 32 + ".onnx")
+    for path in (used, unused, old_scores, old_graph, used_graph):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     staging.mkdir(parents=True)
     old = time.time() - 3 * DAY
-    os.utime(unused, (old, old))
-    os.utime(staging, (old, old))
-    os.utime(old_scores, (old, old))
+    for path in (unused, staging, old_scores, old_graph):
+        os.utime(path, (old, old))
     store = JobStore(settings.job_store_url)
     store.migrate()
-    assert purge(store, settings).cache_files == 3
+    assert purge(store, settings).cache_files == 4
     assert used.exists() and not unused.exists() and not staging.exists() and not old_scores.exists()
+    assert used_graph.exists() and not old_graph.exists()
 
 
 def test_a_cache_entry_in_use_stays_by_its_marker_and_goes_with_it(settings):

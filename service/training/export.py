@@ -7,6 +7,7 @@ This is the one place where torch.onnx, onnx and onnxruntime errors are translat
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from service.errors import ExportError
+
+log = logging.getLogger(__name__)
 
 INPUT_NAMES = ("iq", "rx_position", "rx_online")
 OUTPUT_NAMES = ("position", "covariance")
@@ -31,32 +34,79 @@ DYNAMIC_DIMS = ("batch", "receivers")  # the contract's names for the dynamic ax
 DEFAULT_TOLERANCES = {"position_m": 50.0, "covariance_rel": 1e-3}
 
 
-def export_onnx(model: nn.Module, path: Path, *, samples: int, example_receivers: int = 7) -> dict:
+def export_onnx(model: nn.Module, path: Path, *, samples: int, example_receivers: int = 7,
+                graphs_dir: Path | None = None) -> dict:
     """Write `model` as one self-contained ONNX file with dynamic batch and receivers.
 
+    With `graphs_dir`, the traced graph is kept there per architecture and a later model of the
+    same architecture reuses it with its own weights (`service.training.export_cache`); call
+    `export_and_check`, which exports in full when a reused graph fails the parity check.
     Returns {"sha256", "bytes", "opset", "inputs", "outputs"}, shapes read back from the file.
     Raises ExportError when the exporter fails, the file is not self-contained, or
     onnx.checker refuses it.
     """
-    import onnx
+    return _export(model, Path(path), samples, example_receivers, graphs_dir)[0]
 
-    path = Path(path)
+
+def export_and_check(model: nn.Module, path: Path, inputs: dict[str, np.ndarray], *, samples: int,
+                     example_receivers: int = 7, graphs_dir: Path | None = None) -> tuple[dict, dict]:
+    """`export_onnx`, then `check_parity` on the file, which always runs. A file made from a kept
+    graph that fails it is exported again in full (a log line says so) and checked again.
+    Returns (export_onnx's description, the parity report). Raises ExportError."""
+    info, reused = _export(model, Path(path), samples, example_receivers, graphs_dir)
+    try:
+        return info, check_parity(model, path, inputs)
+    except ExportError as exc:
+        if not reused:
+            raise
+        log.warning("onnx graph failed parity: full export", extra={"fields": {
+            "event": "onnx graph failed parity: full export", "stage": "export", "error": exc.message}})
+    info, _ = _export(model, Path(path), samples, example_receivers, graphs_dir, reuse=False)
+    return info, check_parity(model, path, inputs)
+
+
+def _export(model: nn.Module, path: Path, samples: int, example_receivers: int, graphs_dir: Path | None, *,
+            reuse: bool = True) -> tuple[dict, bool]:
+    """(the file's description, whether it was made from a kept graph)."""
+    from service.training import export_cache
+
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         # batch >= 2 so that batch size 1 is not baked into the graph
-        _run_exporter(model, _example_inputs(2, example_receivers, samples), path)
+        example = _example_inputs(2, example_receivers, samples)
+        key = export_cache.graph_key(model, example, opset=OPSET, inputs=INPUT_NAMES, outputs=OUTPUT_NAMES,
+                                     dynamic=DYNAMIC_DIMS) if graphs_dir is not None else None
+        kept = export_cache.load(graphs_dir, key, model) if key and reuse else None
+        if kept is not None:
+            try:
+                return _write(kept, path, samples), True
+            except ExportError as exc:
+                log.warning("onnx graph unusable: full export", extra={"fields": {
+                    "event": "onnx graph unusable: full export", "stage": "export", "error": exc.message}})
+        program = _translate(lambda: _run_exporter(model, example), path)
+        if key:
+            _translate(lambda: export_cache.store(graphs_dir, key, program), path)
+        return _write(program, path, samples), False
+    finally:
+        model.train(was_training)
+
+
+def _write(program, path: Path, samples: int) -> dict:
+    """Optimise the graph as the exporter does, write it as one file with the contract's axis names, check it."""
+    import onnx
+
+    def write():
+        program.optimize()  # constant folding and merging of equal initializers: depends on the weights
+        program.save(str(path), external_data=False)
         proto = onnx.load(str(path), load_external_data=False)
         _name_dynamic_axes(proto, samples)
         onnx.save(proto, str(path))
         onnx.checker.check_model(str(path), full_check=True)
-    except ExportError:
-        raise
-    except Exception as exc:  # the exporter raises many unrelated types
-        raise ExportError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        model.train(was_training)
+        return proto
+
+    proto = _translate(write, path)
     _require_self_contained(path, proto)
     data = path.read_bytes()
     return {
@@ -68,23 +118,35 @@ def export_onnx(model: nn.Module, path: Path, *, samples: int, example_receivers
     }
 
 
-def _run_exporter(model: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
-    """torch.onnx's dynamo exporter, every input dynamic in its first two axes (batch, receivers)."""
+def _translate(step, path: Path):
+    """Run one step of the export; what it raises becomes ExportError (the exporter raises many unrelated types)."""
+    try:
+        return step()
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _run_exporter(model: nn.Module, example: tuple[torch.Tensor, ...]):
+    """torch.onnx's dynamo exporter, every input dynamic in its first two axes (batch, receivers).
+
+    Returns the ONNXProgram before optimisation: `_write` optimises it, and `export_cache` keeps
+    it as it is, since the optimised graph depends on the weights."""
     batch, receivers = torch.export.Dim("batch", min=1), torch.export.Dim("receivers", min=1)
     with warnings.catch_warnings():
         # one Dim object shared by all inputs makes the exporter say an axis name "will not
         # be used"; `_name_dynamic_axes` gives the axes the contract's names afterwards
         warnings.filterwarnings("ignore", message=".*The axis name", category=UserWarning)
-        torch.onnx.export(
+        return torch.onnx.export(
             model,
             example,
-            str(path),
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
             opset_version=OPSET,
             dynamo=True,
+            optimize=False,
             dynamic_shapes={name: {0: batch, 1: receivers} for name in INPUT_NAMES},
-            external_data=False,
             verbose=False,  # the exporter otherwise prints progress to stdout, which `--json` owns
         )
 

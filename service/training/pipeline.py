@@ -205,14 +205,14 @@ def export_and_register(settings: Settings, config: TrainConfig, options: JobOpt
                         evaluation, fitted, logger, registry, key: str):
     """model.onnx + parity, the run's metrics and plot, then the card and the registry version."""
     from service.training.card import build_card
-    from service.training.export import check_parity, export_onnx
+    from service.training.export import export_and_check
     from service.training.registry import mlflow_errors
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        onnx_info = export_onnx(net, onnx_path, samples=data.manifest.samples_per_capture,
-                                example_receivers=len(data.receivers))
-        parity = check_parity(net, onnx_path, held_out_inputs(data))
+        onnx_info, parity = export_and_check(net, onnx_path, held_out_inputs(data),
+                                             samples=data.manifest.samples_per_capture,
+                                             example_receivers=len(data.receivers), graphs_dir=settings.cache_dir)
         log_event(log, "exported", stage="export", onnx_bytes=onnx_info["bytes"], parity=parity["max_abs_diff"])
         with mlflow_errors("log results"):
             record_run(logger, evaluation, data, Path(tmp))
