@@ -291,6 +291,33 @@ def test_an_entry_replaced_by_another_file_of_the_same_size_and_mtime_is_caught(
     assert hashlib.sha256(entry.read_bytes()).hexdigest() == entry.name
 
 
+def test_the_sigmf_check_refuses_what_sigmf_refuses_with_one_validator_per_process(example_dataset):
+    from jsonschema.exceptions import ValidationError as SchemaError
+    from sigmf.validate import validate as sigmf_validate
+
+    from service.datasets.checks import sigmf_validator, validate_sigmf
+
+    meta = load(example_dataset / SHARD0 / "rx-torino.sigmf-meta")
+    capture = meta["captures"][0]
+    variants = {
+        "as written": meta,
+        "no datatype": {**meta, "global": {k: v for k, v in meta["global"].items() if k != "core:datatype"}},
+        "rate not a number": {**meta, "global": {**meta["global"], "core:sample_rate": "fast"}},
+        "captures out of order": {**meta, "captures": [{**capture, "core:sample_start": 10},
+                                                       {**capture, "core:sample_start": 0}]},
+    }
+    sigmf_validator.cache_clear()
+    sigmf_validate(variants.pop("as written"))
+    validate_sigmf(meta)
+    for name, variant in variants.items():
+        with pytest.raises(SchemaError) as theirs:
+            sigmf_validate(variant)
+        with pytest.raises(SchemaError) as ours:
+            validate_sigmf(variant)
+        assert str(ours.value).splitlines()[0] == str(theirs.value).splitlines()[0], name
+    assert sigmf_validator.cache_info().misses == 1  # the schema is checked once, not once per file
+
+
 # ---------------------------------------------------------------- splits
 
 
