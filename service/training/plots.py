@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from service.geodesy import from_local_en
@@ -80,11 +81,12 @@ def _shown_sessions(true_latlon, pred_latlon, cov_m2) -> np.ndarray:
 
 def _draw_map(ax, receivers, true, pred, cov) -> None:
     shown = _shown_sessions(true, pred, cov)
-    for k, i in enumerate(shown):
-        ax.plot([true[i, 1], pred[i, 1]], [true[i, 0], pred[i, 0]], color="0.6", lw=0.7)
-        outline = ellipse_latlon(pred[i], cov[i])
-        ax.plot(outline[:, 1], outline[:, 0], color="tab:orange", lw=0.8,
-                label="1σ ellipse" if k == 0 else None)
+    # one collection each, not two artists per session: drawing, layout and the legend's
+    # placement walk every artist (about a fifth of the figure's time with 50 sessions)
+    ax.add_collection(LineCollection([[(true[i, 1], true[i, 0]), (pred[i, 1], pred[i, 0])] for i in shown],
+                                     colors="0.6", linewidths=0.7))
+    ax.add_collection(LineCollection([ellipse_latlon(pred[i], cov[i])[:, ::-1] for i in shown],
+                                     colors="tab:orange", linewidths=0.8, label="1σ ellipse" if shown.size else None))
     ax.scatter(true[shown, 1], true[shown, 0], s=14, color="tab:blue", label="true", zorder=3)
     ax.scatter(pred[shown, 1], pred[shown, 0], s=18, marker="x", color="tab:red",
                label="predicted", zorder=3)
