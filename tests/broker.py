@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import aio_pika
@@ -19,6 +20,34 @@ INTRUDER, INTRUDER_PASSWORD = "heimdall-test-intruder", "intruder-pw"
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def publishing_blocked():
+    """RabbitMQ's memory alarm (high watermark 0) blocks every connection that publishes, consumers go on.
+    The node is shared: its watermark comes back whatever happens."""
+    read = "vm_memory_monitor:get_vm_memory_high_watermark()."
+    was = subprocess.run(["rabbitmqctl", "-q", "eval", read], check=True, capture_output=True, text=True,
+                         timeout=60).stdout.strip()  # 0.4, or {absolute,N}
+    restore = ["absolute", was.strip("{}").split(",")[1]] if was.startswith("{absolute") else [was]
+    rabbitmqctl("set_vm_memory_high_watermark", "0")
+    try:
+        _await_alarm(True)
+        yield
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", *restore)
+        _await_alarm(False)
+
+
+def _await_alarm(on: bool, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alarms = subprocess.run(["rabbitmqctl", "-q", "eval", "rabbit_alarm:get_alarms()."], check=True,
+                                capture_output=True, text=True, timeout=60).stdout
+        if ("memory" in alarms) == on:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the memory alarm is still {'off' if on else 'on'} after {timeout_s:.0f} s")
 
 
 class Vhost:

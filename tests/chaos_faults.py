@@ -19,7 +19,7 @@ from typing import Callable
 from messages import constants as wire
 from tests.chaos import Lab, Trial, query
 from tests.chaos_messages import fuzz, fuzz_count, storm, unroutable
-from tests.broker import dead_letters, rabbitmqctl
+from tests.broker import dead_letters, publishing_blocked, rabbitmqctl
 from tests.test_service import TINY_TRAINING, ServiceProcess, Stack, dataset_ready
 
 PHASES = ("claim", "fit", "export", "register", "publish")
@@ -99,15 +99,33 @@ def kill_9(lab: Lab, rng, trial: Trial, index: int) -> Stack:
     service = stack.start("a")
     job = announce(lab, stack)
     phase = PHASES[index % len(PHASES)]
-    reached = reach_phase(lab, stack, service, phase, job)
-    time.sleep(rng.uniform(0, 0.2))
-    service.stop(signal.SIGKILL)
+    if phase == "publish":
+        kill_mid_publish(lab, stack, service, job, rng, trial)
+    else:
+        reached = reach_phase(lab, stack, service, phase, job)
+        time.sleep(rng.uniform(0, 0.2))
+        service.stop(signal.SIGKILL)
+        trial.check(reached, f"phase {phase} not reached before the job ended (killed later)")
     killed = time.monotonic()
-    trial.check(reached, f"phase {phase} not reached before the job ended (killed later)")
     stack.start("a")
     trial.check(wait_end(stack, job), f"job {job} did not end after the restart (killed in {phase})")
     trial.recovery_s = recovery(stack, job, killed)
     return stack
+
+
+def kill_mid_publish(lab: Lab, stack: Stack, service: ServiceProcess, job: str, rng, trial: Trial) -> None:
+    """Kill serve while its outbox relay is publishing `model.registered`: from the moment the model is
+    stored the broker holds every publish (its memory alarm), so the job succeeds, the relay's publish
+    waits unconfirmed, and serve dies then. Left to timing, the relay wins the race (about 50 ms)."""
+    trial.check(reach_phase(lab, stack, service, "register", job), "phase register not reached before the job ended")
+    with publishing_blocked():
+        trial.check(wait_until(lambda: logged(service, "succeeded", job_id=job), 180, 0.05),
+                    "the job did not succeed while publishing was held")
+        time.sleep(rng.uniform(1.5, 2.5))  # past the relay's idle wait: it has taken the row and is publishing
+        pending = query(stack, "select count(*) from outbox where job_id = :job and routing_key = :key "
+                               "and published_at is null", job=job, key=wire.MODEL_REGISTERED)[0][0]
+        trial.check(pending == 1, f"{pending} unpublished model.registered rows at the kill, not 1")
+        service.stop(signal.SIGKILL)
 
 
 def recovery(stack: Stack, job_id: str, since: float) -> float | None:
