@@ -23,6 +23,9 @@ class ServiceMetrics:
         self.unroutable = Counter("heimdall_training_outbox_unroutable_total",
                                   "Publishes returned because no queue was bound", ["routing_key"],
                                   registry=self.registry)
+        self.warm_spare_ready = Gauge("heimdall_training_warm_spare_ready",
+                                      "1 while a warm spare has done its imports and waits for a job",
+                                      registry=self.registry)
         self.messages = Counter("heimdall_training_messages_total", "Consumed messages by action", ["action"],
                                 registry=self.registry)
 

@@ -16,6 +16,7 @@ so a replica that lost its claim never registers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -31,6 +32,7 @@ from service.settings import Settings
 EXIT_UNREADABLE = 125  # ours, not the child's: it exited 0 but its result could not be read
 
 STDERR_LINE_LIMIT = 1 << 20
+SPARE_READY = json.dumps({"event": "spare ready"})  # a warm spare's stderr line once its imports are done
 PR_SET_PDEATHSIG = 1
 
 
@@ -93,24 +95,59 @@ async def spawn(cmd: list[str], settings: Settings) -> asyncio.subprocess.Proces
 class WarmSpare:
     """One child started ahead of its job (`python -m service.warm_child`): it has imported torch,
     Lightning and MLflow by the time a job arrives, and runs that one job only. Every job still
-    gets a fresh process of its own; a new spare is started as soon as one is taken."""
+    gets a fresh process of its own. The worker starts the next spare when a job has ended, not
+    while it runs: on a few cores a spare's imports slow the running job down by more than they
+    save the next one. A job that arrives while the spare is still importing takes it anyway: it
+    is ahead of a cold start. `on_ready(True)` once the spare says its imports are done
+    (SPARE_READY on stderr), `on_ready(False)` when it is taken."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, *, command: list[str] | None = None, on_ready=lambda ready: None):
+        self.settings, self.on_ready = settings, on_ready
+        self.command = command or [sys.executable, "-m", "service.warm_child"]
         self.proc: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Task | None = None
+        self._early_lines: list[str] = []  # what the spare wrote before its job: the job's stderr tail starts there
 
     async def ensure(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
-            self.proc = await spawn([sys.executable, "-m", "service.warm_child"], self.settings)
+            self.proc, self._early_lines = await spawn(self.command, self.settings), []
+            self._watch = asyncio.get_running_loop().create_task(self._until_ready(self.proc))
+
+    async def _until_ready(self, proc: asyncio.subprocess.Process) -> None:
+        while True:
+            try:
+                raw = await proc.stderr.readline()
+            except ValueError:  # a line over the reader's limit: dropped
+                continue
+            if not raw:
+                return
+            text = raw.decode(errors="replace").rstrip()
+            if text == SPARE_READY:
+                self.on_ready(True)
+                return
+            self._early_lines = (self._early_lines + [text])[-20:]
+
+    async def _stop_watching(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()  # a cancelled readline leaves the buffered bytes for the job's reader
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
 
     async def take(self, arguments: list[str]) -> "TrainingProcess":
         await self.ensure()
+        await self._stop_watching()
         proc, self.proc = self.proc, None
+        self.on_ready(False)
         proc.stdin.write(json.dumps(arguments).encode() + b"\n")
         await proc.stdin.drain()
-        return TrainingProcess(proc)
+        process = TrainingProcess(proc)
+        process.outcome.stderr_tail = list(self._early_lines)
+        return process
 
     async def close(self) -> None:
+        await self._stop_watching()
+        self.on_ready(False)
         if self.proc is not None and self.proc.returncode is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             await self.proc.wait()

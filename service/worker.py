@@ -44,14 +44,16 @@ def abandoned_failure(job: Job) -> dict:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, metrics: ServiceMetrics, on_messages):
+    def __init__(self, settings: Settings, store: JobStore, metrics: ServiceMetrics, on_messages,
+                 spare_command: list[str] | None = None):
         self.settings, self.store, self.metrics = settings, store, metrics
         self.on_messages = on_messages  # wakes the outbox relay
         self.wake = asyncio.Event()
         self.stopping = False
         self.current: tuple[Job, TrainingProcess] | None = None
         self.stop_reason: str | None = None
-        self.spare = WarmSpare(settings) if settings.warm_spare else None
+        self.spare = WarmSpare(settings, command=spare_command, on_ready=metrics.warm_spare_ready.set) \
+            if settings.warm_spare else None  # spare_command: `python -m service.warm_child` unless a test's stand-in
 
     @property
     def heartbeat_s(self) -> float:
@@ -73,8 +75,17 @@ class JobRunner:
                     await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow())
             else:
                 await self.run_guarded(job)
+                await self.start_spare()
         if self.spare:
             await self.spare.close()
+
+    async def start_spare(self) -> None:
+        """The next job's spare, once this job has ended: its imports no longer compete with the job."""
+        if self.spare and not self.stopping:
+            try:
+                await self.spare.ensure()
+            except Exception as exc:  # e.g. out of processes: the next job's take tries again
+                log.warning("warm spare not started: %s", exc, extra={"fields": {"event": "spare failed"}})
 
     async def claim(self) -> Job | None:
         try:
@@ -148,9 +159,7 @@ class JobRunner:
     async def start_child(self, arguments: list[str]) -> TrainingProcess:
         if self.spare is None:
             return await TrainingProcess.start(arguments, self.settings)
-        process = await self.spare.take(arguments)
-        await self.spare.ensure()  # the next job's spare starts now
-        return process
+        return await self.spare.take(arguments)  # the next spare starts when this job has ended (`run`)
 
     async def on_line(self, job: Job, process: TrainingProcess, line: dict, last_progress: float) -> float:
         event = line.get("event")

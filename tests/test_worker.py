@@ -278,3 +278,73 @@ def test_a_child_that_still_holds_the_claim_is_granted_the_permit_and_registers(
     over, events = run_until_over(settings, store, script, job.id)
     assert over.status is JobStatus.SUCCEEDED
     assert [kind for kind, _ in events].count("registered") == 1
+
+
+# ---------------------------------------------------------------- the warm spare
+
+STAND_IN_SPARE = """
+    import json, os, sys, time
+    folder, import_s = sys.argv[1], float(sys.argv[2])
+    with open(os.path.join(folder, f"spare-{os.getpid()}"), "w") as out:
+        out.write(str(time.time()))
+    time.sleep(import_s)  # the training stack's imports
+    sys.stderr.write(json.dumps({"event": "spare ready"}) + "\\n")
+    sys.stderr.flush()
+    arguments = json.loads(sys.stdin.readline())
+    with open(os.path.join(folder, f"job-{os.getpid()}"), "w") as out:
+        out.write(json.dumps({"started": time.time(), "command": arguments[0]}))
+    time.sleep(1.5)  # the job
+    with open(os.path.join(folder, f"job-{os.getpid()}"), "a") as out:
+        out.write("\\n" + str(time.time()))
+    print(json.dumps(RESULT))
+"""
+
+
+def run_with_stand_in_spares(settings: Settings, store: JobStore, folder, import_s: float, job_id: str,
+                             spares: int) -> ServiceMetrics:
+    """The real worker and WarmSpare, each spare a stand-in that records when it started and ran its job.
+    Runs until the job is over and `spares` spares have started, the last one ready (the
+    `heimdall_training_warm_spare_ready` gauge), then shuts down."""
+    script = textwrap.dedent(STAND_IN_SPARE).replace("RESULT", repr(VALID_RESULT))
+    metrics = ServiceMetrics()
+    runner = JobRunner(settings.model_copy(update={"warm_spare": True}), store, metrics, on_messages=lambda: None,
+                       spare_command=[sys.executable, "-c", script, str(folder), str(import_s)])
+
+    async def main():
+        task = asyncio.create_task(runner.run())
+        while store.read.get(job_id).status is not JobStatus.SUCCEEDED or len(list(folder.glob("spare-*"))) < spares:
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
+        while b"heimdall_training_warm_spare_ready 1.0" not in metrics.render():  # the new spare's imports
+            await asyncio.sleep(0.05)
+        await runner.shutdown()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    return metrics
+
+
+def spare_times(folder) -> dict[int, float]:
+    return {int(p.name.split("-")[1]): float(p.read_text()) for p in folder.glob("spare-*")}
+
+
+def test_the_next_spare_starts_when_the_job_has_ended_not_while_it_runs(settings, store, tmp_path):
+    job = accept(store)
+    metrics = run_with_stand_in_spares(settings, store, tmp_path, 0.2, job.id, spares=2)
+    (ran_in,) = [int(p.name.split("-")[1]) for p in tmp_path.glob("job-*")]  # one job, in one spare
+    started, ended = tmp_path.joinpath(f"job-{ran_in}").read_text().splitlines()
+    assert json.loads(started)["command"] == "train"
+    spares = spare_times(tmp_path)
+    (next_spare,) = [t for pid, t in spares.items() if pid != ran_in]
+    assert next_spare >= float(ended)  # not started during the job, where it competed for the cores
+    assert b"heimdall_training_warm_spare_ready 0.0" in metrics.render()  # closed at shutdown
+
+
+def test_a_job_that_arrives_while_the_spare_is_importing_runs_in_that_spare(settings, store, tmp_path):
+    job = accept(store)  # queued before the worker and its first spare start
+    run_with_stand_in_spares(settings, store, tmp_path, 2.0, job.id, spares=2)
+    spares = spare_times(tmp_path)
+    first = min(spares, key=spares.get)
+    started = json.loads(tmp_path.joinpath(f"job-{first}").read_text().splitlines()[0])["started"]
+    assert started >= spares[first] + 2.0  # it waited for the imports in the spare, no cold child was started
+    assert len(list(tmp_path.glob("job-*"))) == 1
