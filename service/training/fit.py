@@ -29,6 +29,7 @@ from service.training.checkpoint_sync import CheckpointSync
 from service.logs import log_event
 from service.training.metrics import localization_errors_m
 from service.training.model import LocalizationNet, gaussian_nll
+from service.training.radio_map import RadioMapNet
 
 log = logging.getLogger(__name__)
 MONITOR = "val_loss"
@@ -71,11 +72,16 @@ def drop_receivers(online: torch.Tensor, probability: float) -> torch.Tensor:
 
 class LocalizationModule(pl.LightningModule):
     def __init__(self, samples: int, preset: str, sample_rate_hz: float, learning_rate: float,
-                 weight_decay: float, beta: float, frame_scale_m: float, receiver_dropout: float = 0.0):
+                 weight_decay: float, beta: float, frame_scale_m: float, receiver_dropout: float = 0.0,
+                 radio_map: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.net = LocalizationNet(samples=samples, preset=preset, sample_rate_hz=sample_rate_hz,
-                                   frame_scale_m=frame_scale_m)
+        if preset == "radio-map":  # fitted in closed form (radio_map_train); `radio_map` holds its shapes
+            self.net = RadioMapNet(samples=samples, sample_rate_hz=sample_rate_hz,
+                                   **(radio_map or {"receivers": 1, "grid_shape": (1, 1), "eirp_nodes": 1}))
+        else:
+            self.net = LocalizationNet(samples=samples, preset=preset, sample_rate_hz=sample_rate_hz,
+                                       frame_scale_m=frame_scale_m)
         self._val_errors: list[torch.Tensor] = []
 
     def forward(self, iq, rx_position, rx_online):
@@ -246,6 +252,12 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
     """Train until early stopping or `config.epochs`; resumes epoch, optimizer and scheduler from `resume_from`.
     With `sync`, the checkpoints go to object storage after every epoch and once more at the end."""
     pl.seed_everything(config.seed, workers=True, verbose=False)
+    if config.preset == "radio-map":
+        from service.training.radio_map_train import fit_closed_form
+
+        path, fit_s = fit_closed_form(module, data, checkpoint_dir, logger)
+        return FitResult(best_checkpoint=path, last_checkpoint=path, epochs_run=1, best_epoch=0, best_val_loss=None,
+                         fit_s=fit_s)
     train, val = build_loaders(data, config)
     trainer, checkpoints = build_trainer(config, checkpoint_dir, logger, (sync,) if sync else ())
     started = time.monotonic()

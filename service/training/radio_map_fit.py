@@ -1,0 +1,214 @@
+"""Fitting `RadioMapNet` from labelled sessions: the channel, the residual maps, the prior, tuned on val.
+
+No gradient descent: every part has a closed form on the training split.
+
+1. The log-distance channel (exponent n, calibration c_k) by censored maximum likelihood
+   (`path_loss.fit_path_loss`).
+2. Each session's EIRP A_i (mean heard residual) and each receiver's residual r_ik; the map
+   m_k(x) is their Gaussian-kernel average around x, shrunk towards 0 where few sessions are
+   near (Nadaraya-Watson with a pseudo-count `SHRINK_SESSIONS`). A_i is refitted once with
+   the map. σ_k is the RMS heard residual left, times a scale tuned on val.
+3. The EIRP nodes are quantiles of the fitted A_i (a learnt prior); the spatial prior is a
+   kernel density of the training transmitters mixed with uniform.
+
+The kernel width, the σ scale and the prior's weight are chosen by the median error on the
+validation split, computed through `RadioMapNet.from_power`: the graph that is exported.
+Arrays: power [N, R] dBm, online [N, R] bool, latlon [N, 2] degrees, columns = receivers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+import torch
+from scipy.special import log_ndtr
+
+from service.geodesy import EARTH_RADIUS_M, haversine_m
+from service.training.baselines import MIN_DISTANCE_M, heard_mask, signal_power_dbm, signal_threshold_dbm
+from service.training.path_loss import fit_path_loss
+from service.training.radio_map import RadioMapNet
+
+CELLS_PER_AXIS = 90  # grid resolution: span / 90 (POWDER: ~40 m; a 150 km area: ~1.7 km)
+AREA_MARGIN_SHARE = 0.05  # the grid reaches this share of the span beyond transmitters and receivers
+EIRP_NODES = 9
+SHRINK_SESSIONS = 2.0  # kernel pseudo-count: a map value needs about this many near sessions
+FIT_SESSIONS_MAX = 2000  # training sessions for the channel fit (as the ML baseline's)
+KERNEL_STEPS = (2.5, 4.0)  # candidate map kernel widths, in grid steps
+SIGMA_SCALES = (0.8, 1.0)  # candidate scales of the in-sample residual σ (optimistic in-sample)
+PRIOR_WEIGHTS = (0.0, 0.9, 0.97)  # candidate weights of the transmitter-density prior (rest uniform)
+PRIOR_KERNEL_STEPS = 2.0
+CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class Sessions:
+    power_dbm: np.ndarray
+    online: np.ndarray
+    latlon: np.ndarray
+
+
+@dataclass
+class _Frame:
+    """The local equirectangular frame (the graph's own) and the grid."""
+
+    origin: np.ndarray  # lat0, lon0
+    step_m: float
+    east: np.ndarray  # [nx] cell centres
+    north: np.ndarray  # [ny]
+
+    def en(self, latlon) -> np.ndarray:
+        lat0, lon0 = self.origin
+        north = np.radians(latlon[..., 0] - lat0) * EARTH_RADIUS_M
+        east = np.radians(latlon[..., 1] - lon0) * EARTH_RADIUS_M * math.cos(math.radians(lat0))
+        return np.stack([east, north], axis=-1)
+
+    def cells(self) -> np.ndarray:
+        east, north = np.meshgrid(self.east, self.north)
+        return np.stack([east.ravel(), north.ravel()], axis=-1)
+
+
+def make_frame(rx_latlon, tx_latlon) -> _Frame:
+    points = np.concatenate([rx_latlon, tx_latlon])
+    centre = 0.5 * (points.min(axis=0) + points.max(axis=0))
+    frame = _Frame(centre, 1.0, np.zeros(1), np.zeros(1))
+    en = frame.en(points)
+    low, high = en.min(axis=0), en.max(axis=0)
+    span = float((high - low).max())
+    step = span * (1 + 2 * AREA_MARGIN_SHARE) / CELLS_PER_AXIS
+    low, high = low - AREA_MARGIN_SHARE * span, high + AREA_MARGIN_SHARE * span
+    east = np.arange(low[0] + step / 2, high[0], step)
+    north = np.arange(low[1] + step / 2, high[1], step)
+    return _Frame(centre, step, east, north)
+
+
+def _kernel_average(points, sources, values, weights, bandwidth_m, shrink):
+    """Σ k(x, x_i) v_i / (Σ k(x, x_i) w_i + shrink) at each point: [P, K] from sources [N, 2], values [N, K]."""
+    out = np.empty((points.shape[0], values.shape[1]))
+    for start in range(0, points.shape[0], CHUNK):
+        d2 = ((points[start:start + CHUNK, None, :] - sources[None]) ** 2).sum(axis=-1)
+        kernel = np.exp(-d2 / (2 * bandwidth_m**2))
+        out[start:start + CHUNK] = (kernel @ values) / (kernel @ weights + shrink)
+    return out
+
+
+def _log_distance(points, rx_en) -> np.ndarray:
+    d = np.linalg.norm(points[:, None, :] - rx_en[None], axis=-1)
+    return 10.0 * np.log10(np.maximum(d, MIN_DISTANCE_M))
+
+
+def _eirp(signal, heard, mean) -> np.ndarray:
+    return np.where(heard, signal - mean, 0.0).sum(axis=1) / np.maximum(heard.sum(axis=1), 1)
+
+
+class _Channel:
+    """Everything fitted from the training split that does not depend on the tuned choices."""
+
+    def __init__(self, train: Sessions, rx_latlon, noise_floor_dbm: float, margin_db: float):
+        self.frame = make_frame(rx_latlon, train.latlon)
+        self.noise, self.margin = noise_floor_dbm, margin_db
+        part = slice(0, FIT_SESSIONS_MAX)
+        fit = fit_path_loss(train.power_dbm[part], np.c_[rx_latlon, np.zeros(len(rx_latlon))], train.online[part],
+                            train.latlon[part], noise_floor_dbm, detection_margin_db=margin_db)
+        self.exponent, self.calibration = fit.exponent, fit.calibration_db
+        self.rx_en = self.frame.en(rx_latlon)
+        self.cells = self.frame.cells()
+        self.tx_en = self.frame.en(train.latlon)
+        self.heard = heard_mask(train.power_dbm, train.online, noise_floor_dbm, margin_db)
+        self.signal = np.where(self.heard, signal_power_dbm(train.power_dbm, noise_floor_dbm), 0.0)
+        self.base_train = self.calibration - self.exponent * _log_distance(self.tx_en, self.rx_en)
+        self.base_cells = self.calibration - self.exponent * _log_distance(self.cells, self.rx_en)
+        self.levels = _levels(train, self.heard)
+
+    def residual_map(self, bandwidth_m: float):
+        """Map on the cells [G, K], session EIRPs [N] and residual σ [K] after the map."""
+        weights = self.heard.astype(np.float64)
+        at_train = np.zeros_like(self.base_train)
+        for _ in range(2):
+            eirp = _eirp(self.signal, self.heard, self.base_train + at_train)
+            residual = np.where(self.heard, self.signal - eirp[:, None] - self.base_train, 0.0)
+            at_train = _kernel_average(self.tx_en, self.tx_en, residual, weights, bandwidth_m, SHRINK_SESSIONS)
+        on_cells = _kernel_average(self.cells, self.tx_en, residual, weights, bandwidth_m, SHRINK_SESSIONS)
+        eirp = _eirp(self.signal, self.heard, self.base_train + at_train)
+        left = np.where(self.heard, self.signal - eirp[:, None] - self.base_train - at_train, 0.0)
+        sigma = np.sqrt((left**2).sum(axis=0) / np.maximum(weights.sum(axis=0) - 1, 1))
+        return on_cells, eirp[self.heard.any(axis=1)], np.maximum(sigma, 1.0)
+
+    def density(self) -> np.ndarray:
+        """[G] kernel density of the training transmitters over the cells (sums to 1)."""
+        ones = np.ones((self.tx_en.shape[0], 1))
+        bandwidth = PRIOR_KERNEL_STEPS * self.frame.step_m
+        dens = _kernel_average(self.cells, self.tx_en, ones, np.zeros_like(ones), bandwidth, 1.0)[:, 0]
+        return dens / dens.sum()
+
+
+def _levels(train: Sessions, heard) -> dict[str, np.ndarray]:
+    """Each receiver's marginal power when heard, heard rate and online rate (identity of co-located radios)."""
+    online = train.online.astype(np.float64)
+    count = np.maximum(heard.sum(axis=0), 1)
+    mean = np.where(heard, train.power_dbm, 0.0).sum(axis=0) / count
+    var = np.where(heard, (train.power_dbm - mean) ** 2, 0.0).sum(axis=0) / count
+    heard_rate = np.clip(heard.sum(axis=0) / np.maximum(online.sum(axis=0), 1), 1e-3, 1 - 1e-3)
+    online_rate = np.clip(online.mean(axis=0), 1e-3, 1.0)
+    return {"level_mean_db": mean, "level_std_db": np.sqrt(var) + 1.0, "log_heard_rate": np.log(heard_rate),
+            "log_unheard_rate": np.log1p(-heard_rate), "log_online_rate": np.log(online_rate)}
+
+
+def build_net(channel: _Channel, residual_map, eirp_fit, sigma, prior_weight: float, samples: int,
+              sample_rate_hz: float) -> RadioMapNet:
+    frame, k = channel.frame, channel.rx_en.shape[0]
+    net = RadioMapNet(k, (frame.north.size, frame.east.size), EIRP_NODES, samples, sample_rate_hz)
+    mean = (channel.base_cells + residual_map).T  # [K, G]
+    eirp = np.quantile(eirp_fit, (np.arange(EIRP_NODES) + 0.5) / EIRP_NODES)
+    threshold = signal_threshold_dbm(channel.noise, channel.margin)
+    censored = log_ndtr((threshold - eirp[None, :, None] - mean[:, None, :]) / sigma[:, None, None])
+    prior = np.log(prior_weight * channel.density() + (1 - prior_weight) / mean.shape[1])
+    values = {"origin": frame.origin, "rx_en": channel.rx_en, "grid_en": channel.cells, "mean_db": mean,
+              "cell_var_m2": np.full(2, frame.step_m**2 / 12), "sigma_db": sigma, "eirp_db": eirp,
+              "censored_log_lik": censored.reshape(k, -1), "log_prior": prior,
+              "noise_floor_dbm": channel.noise, "detection_margin_db": channel.margin, **channel.levels}
+    with torch.no_grad():
+        for name, value in values.items():
+            getattr(net, name).copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
+    return net.eval()
+
+
+@torch.no_grad()
+def predict_power(net: RadioMapNet, sessions: Sessions, rx_position) -> tuple[np.ndarray, np.ndarray]:
+    """Positions [N, 2] and covariances [N, 2, 2] from capture powers, through the exported graph's path."""
+    positions, covariances = [], []
+    for start in range(0, sessions.power_dbm.shape[0], 256):
+        part = slice(start, start + 256)
+        power = torch.as_tensor(np.nan_to_num(sessions.power_dbm[part], neginf=-180.0), dtype=torch.float32)
+        online = torch.as_tensor(sessions.online[part])
+        rx = torch.as_tensor(np.repeat(rx_position[None], power.shape[0], axis=0), dtype=torch.float32)
+        position, cov = net.from_power(power, rx, online)
+        positions.append(position.double().numpy())
+        covariances.append(cov.double().numpy())
+    return np.concatenate(positions), np.concatenate(covariances)
+
+
+def fit_radio_map(train: Sessions, val: Sessions, rx_position, noise_floor_dbm: float, margin_db: float,
+                  samples: int, sample_rate_hz: float) -> tuple[RadioMapNet, dict]:
+    """The tuned `RadioMapNet` and what was chosen (kernel, σ scale, prior weight, val median).
+
+    Raises:
+        ValueError: fewer than two training sessions with a heard receiver.
+    """
+    rx_position = np.asarray(rx_position, dtype=np.float64)
+    channel = _Channel(train, rx_position[:, :2], noise_floor_dbm, margin_db)
+    best: tuple | None = None
+    for kernel_steps in KERNEL_STEPS:
+        residual_map, eirp, sigma = channel.residual_map(kernel_steps * channel.frame.step_m)
+        for scale, prior in product(SIGMA_SCALES, PRIOR_WEIGHTS):
+            net = build_net(channel, residual_map, eirp, sigma * scale, prior, samples, sample_rate_hz)
+            position, _ = predict_power(net, val, rx_position)
+            median = float(np.median(haversine_m(position[:, 0], position[:, 1], val.latlon[:, 0], val.latlon[:, 1])))
+            if best is None or median < best[0]:
+                best = (median, net, {"kernel_m": kernel_steps * channel.frame.step_m, "sigma_scale": scale,
+                                      "prior_weight": prior})
+    median, net, chosen = best
+    return net, {**chosen, "val_median_error_m": median, "exponent": channel.exponent,
+                 "grid_step_m": channel.frame.step_m, "cells": int(channel.cells.shape[0])}

@@ -1,0 +1,193 @@
+"""The radio-map model: its in-graph posterior is the oracle's, receivers are known by position, it exports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from service.bench.oracle import ChannelModel, _censored_log_lik, eirp_nodes_dbm, oracle_posterior
+from service.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m
+from service.training.radio_map import RadioMapNet
+from service.training.radio_map_fit import Sessions, fit_radio_map
+from service.training.radio_map_train import noise_floor_of
+
+ORIGIN = (45.0, 8.0)
+RX_EN_M = np.array([[-6000.0, -4000.0], [5000.0, -3000.0], [1000.0, 6000.0]])
+NOISE_DBM, MARGIN_DB, SIGMA_DB, EIRP_STEPS, STEP_M = -120.0, 1.0, 6.0, 5, 2000.0
+
+
+def channel() -> ChannelModel:
+    lat, lon = from_local_en(RX_EN_M[:, 0], RX_EN_M[:, 1], *ORIGIN)
+    return ChannelModel(frequency_hz=145.5e6, path_loss_exponent=3.0, shadowing_sigma_db=SIGMA_DB,
+                        eirp_dbm_min=30.0, eirp_dbm_max=44.0, noise_dbm=NOISE_DBM, calibration_db=np.zeros(3),
+                        rx_position=np.stack([lat, lon, np.full(3, 2.0)], axis=-1), tx_altitude_m=2.0)
+
+
+def area() -> tuple[float, float, float, float]:
+    half_lat = math.degrees(5000.0 / EARTH_RADIUS_M)
+    half_lon = math.degrees(5000.0 / (EARTH_RADIUS_M * math.cos(math.radians(ORIGIN[0]))))
+    return ORIGIN[0] - half_lat, ORIGIN[0] + half_lat, ORIGIN[1] - half_lon, ORIGIN[1] + half_lon
+
+
+def net_of(model: ChannelModel) -> tuple[RadioMapNet, object]:
+    """A RadioMapNet holding exactly the oracle's model on the oracle's grid (a residual map of zero)."""
+    from service.bench.grid_posterior import PositionGrid
+
+    grid = PositionGrid.over_area(area(), STEP_M)
+    points = grid.points()
+    offset = model.mean_offset_db(points[:, 0], points[:, 1])  # [G, K]
+    eirp = eirp_nodes_dbm(model, EIRP_STEPS)
+    net = RadioMapNet(3, grid.shape, EIRP_STEPS, samples=64)
+    with torch.no_grad():
+        net.origin.copy_(torch.tensor(ORIGIN))
+        net.grid_en.copy_(net.to_local_en(torch.tensor(points, dtype=torch.float32)))
+        net.rx_en.copy_(net.to_local_en(torch.tensor(model.rx_position[:, :2], dtype=torch.float32)))
+        net.mean_db.copy_(torch.tensor(offset.T))
+        net.sigma_db.fill_(SIGMA_DB)
+        net.eirp_db.copy_(torch.tensor(eirp))
+        net.censored_log_lik.copy_(torch.tensor(_censored_log_lik(offset, eirp, model.receiver_noise_dbm, MARGIN_DB, SIGMA_DB)))
+        net.noise_floor_dbm.fill_(NOISE_DBM)
+        net.detection_margin_db.fill_(MARGIN_DB)
+        net.cell_var_m2.fill_(STEP_M**2 / 12.0)
+    return net.eval(), grid
+
+
+def sessions(model: ChannelModel, n: int, seed: int = 0) -> np.ndarray:
+    """[n, 3] capture powers: random EIRPs and positions, shadowing, noise; some below the floor."""
+    rng = np.random.default_rng(seed)
+    lat = rng.uniform(*area()[:2], n)
+    lon = rng.uniform(*area()[2:], n)
+    signal = rng.uniform(30, 44, (n, 1)) + model.mean_offset_db(lat, lon) + rng.normal(0, SIGMA_DB, (n, 3))
+    power = 10 * np.log10(10 ** (signal / 10) + 10 ** (NOISE_DBM / 10))
+    power[:, 2] -= 40.0 * (np.arange(n) % 3 == 0)  # push receiver 2 towards the floor in a third of them
+    return np.maximum(power, NOISE_DBM)
+
+
+def test_in_graph_posterior_is_the_oracles_on_the_same_grid():
+    model = channel()
+    net, grid = net_of(model)
+    power = sessions(model, 12)
+    online = np.ones_like(power, dtype=bool)
+    online[5, 1] = False
+    oracle = oracle_posterior(power, online, model, area=area(), grid_step_m=STEP_M, eirp_steps=EIRP_STEPS,
+                              censor_margin_db=MARGIN_DB, posterior_dtype=np.float64)
+    rx = torch.tensor(np.repeat(model.rx_position[None], 12, axis=0), dtype=torch.float32)
+    args = (torch.tensor(power, dtype=torch.float32), rx, torch.tensor(online))
+    with torch.no_grad():
+        log_prob = net.log_posterior(*net.per_receiver(*args))
+        position, cov = net.from_power(*args)
+    assert (~online | (power > NOISE_DBM + MARGIN_DB)).mean() < 1.0  # some receivers are censored
+    np.testing.assert_allclose(log_prob.exp().numpy(), np.exp(oracle.log_prob.reshape(12, -1)), atol=2e-4)
+    moved = haversine_m(position[:, 0].double().numpy(), position[:, 1].double().numpy(),
+                        oracle.mean_latlon[:, 0], oracle.mean_latlon[:, 1])
+    assert moved.max() < 5.0  # metres, on 2 km cells
+    np.testing.assert_allclose(cov.double().numpy(), oracle.cov_m2, rtol=0.02, atol=1e3)
+
+
+def test_receivers_are_known_by_position_in_any_order_and_unknown_ones_are_ignored():
+    model = channel()
+    net, _ = net_of(model)
+    power = torch.tensor(sessions(model, 4), dtype=torch.float32)
+    rx = torch.tensor(np.repeat(model.rx_position[None], 4, axis=0), dtype=torch.float32)
+    online = torch.ones(4, 3, dtype=torch.bool)
+    with torch.no_grad():
+        reference = net.from_power(power, rx, online)
+        order = torch.tensor([2, 0, 1])
+        permuted = net.from_power(power[:, order], rx[:, order], online[:, order])
+        stranger = rx[:, :1] + torch.tensor([0.05, 0.05, 0.0])  # ~6 km away from every known receiver
+        extra = net.from_power(torch.cat([power, power[:, :1]], 1), torch.cat([rx, stranger], 1),
+                               torch.cat([online, online[:, :1]], 1))
+    for got in (permuted, extra):
+        torch.testing.assert_close(got[0], reference[0])
+        torch.testing.assert_close(got[1], reference[1], rtol=1e-4, atol=1e-2)
+
+
+def test_co_located_radios_are_told_apart_by_their_power_level():
+    net = RadioMapNet(2, (1, 1), 1, samples=64)
+    with torch.no_grad():
+        net.level_mean_db.copy_(torch.tensor([-60.0, -95.0]))
+        net.level_std_db.fill_(5.0)
+    rx = torch.zeros(1, 2, 3)  # both inputs at the origin, where both known radios are
+    power = torch.tensor([[-97.0, -58.0]])
+    heard = torch.ones(1, 2, dtype=torch.bool)
+    match = net.identify(power, heard, rx, heard)
+    assert match.tolist() == [[[0.0, 1.0], [1.0, 0.0]]]
+
+
+def test_an_exported_radio_map_matches_pytorch_in_onnx_runtime(tmp_path):
+    import onnxruntime as ort
+
+    from service.training.export import check_parity, export_onnx
+
+    model = channel()
+    net, _ = net_of(model)
+    rng = np.random.default_rng(1)
+    power = sessions(model, 16, seed=1)
+    iq = rng.standard_normal((16, 3, 64, 2))
+    iq *= np.sqrt(10 ** (power / 10) / (iq**2).sum(-1).mean(-1))[..., None, None]
+    inputs = {"iq": iq.astype(np.float32), "rx_position": np.repeat(model.rx_position[None], 16, 0).astype(np.float32),
+              "rx_online": np.ones((16, 3), np.float32)}
+    inputs["rx_online"][3, 0] = 0.0
+    inputs["iq"][3, 0] = np.nan  # an offline receiver's capture must not leak
+    export_onnx(net, tmp_path / "model.onnx", samples=64, example_receivers=3)
+    report = check_parity(net, tmp_path / "model.onnx", inputs)
+    assert report["passed"] and report["max_abs_diff"]["position_m"] < 1.0
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    two = {name: value[:5, 1:] for name, value in inputs.items()}  # other batch, fewer receivers
+    position, _ = session.run(None, two)
+    with torch.no_grad():
+        expected, _ = net(*(torch.from_numpy(two[name]) for name in ("iq", "rx_position", "rx_online")))
+    np.testing.assert_allclose(position, expected.numpy(), atol=1e-4)
+
+
+def test_the_fitted_map_learns_static_shadowing_the_channel_alone_cannot(monkeypatch):
+    import service.training.radio_map_fit as radio_map_fit
+
+    rng = np.random.default_rng(2)
+    model = channel()
+    n = 900
+    lat, lon = rng.uniform(*area()[:2], n), rng.uniform(*area()[2:], n)
+    # a fixed ±12 dB pattern per receiver over the area (period ~16 km), and 2 dB iid shadowing
+    bump = 12.0 * np.cos(np.radians(lat - ORIGIN[0]) * EARTH_RADIUS_M / 2500.0)[:, None] * np.array([1, -1, 1])
+    signal = 37.0 + model.mean_offset_db(lat, lon) + bump + rng.normal(0, 2.0, (n, 3))
+    power = np.maximum(10 * np.log10(10 ** (signal / 10) + 10 ** (NOISE_DBM / 10)), NOISE_DBM)
+    online = np.ones_like(power, dtype=bool)
+    split = [Sessions(power[s], online[s], np.c_[lat, lon][s]) for s in (slice(0, 600), slice(600, 750))]
+    net, chosen = fit_radio_map(*split, model.rx_position, NOISE_DBM, MARGIN_DB, samples=64, sample_rate_hz=12500.0)
+    assert chosen["exponent"] == pytest.approx(3.0, abs=0.1)
+    monkeypatch.setattr(radio_map_fit, "KERNEL_STEPS", (1e4,))  # a kernel wider than the area: no map
+    _, flat = fit_radio_map(*split, model.rx_position, NOISE_DBM, MARGIN_DB, samples=64, sample_rate_hz=12500.0)
+    # measured: 822 m with the map, 1703 m without (and ~1 km with no static shadowing at all)
+    assert chosen["val_median_error_m"] < 0.7 * flat["val_median_error_m"]
+
+
+def test_a_reported_floor_is_found_and_thermal_noise_is_the_default():
+    rng = np.random.default_rng(3)
+    power = rng.uniform(-100.0, -40.0, (300, 4))
+    online = np.ones_like(power, dtype=bool)
+    assert noise_floor_of(power, online, 12500.0)[0] == pytest.approx(-120.0)  # no value repeats
+    power[::7, 1] = -101.0  # "not heard", as POWDER writes it
+    assert noise_floor_of(power, online, 12500.0) == (-101.0, 0.5)
+
+
+def test_a_radio_map_job_fits_exports_and_registers_through_the_pipeline(tmp_path, example_dataset):
+    """The whole `train` recipe with `--preset radio-map`: closed-form fit, checkpoint, calibration, export, card."""
+    import json
+
+    from service.config import TrainConfig
+    from service.settings import Settings
+    from service.training.fit import LocalizationModule
+    from service.training.pipeline import JobOptions, run_job
+
+    config = TrainConfig(preset="radio-map", min_labelled_sessions=10)
+    result = run_job(Settings(state_dir=tmp_path), config, JobOptions(data_uri=str(example_dataset),
+                                                                      checkpoint_dir=tmp_path / "ckpt"))
+    module = LocalizationModule.load_from_checkpoint(str(tmp_path / "ckpt" / "last.ckpt"), weights_only=True)
+    assert isinstance(module.net, RadioMapNet) and module.net.mean_db.abs().sum() > 0
+    cards = list(tmp_path.rglob("model.json"))
+    assert cards, result
+    card = json.loads(cards[0].read_text())
+    assert card["parity"]["passed"] and card["training"]["config"]["preset"] == "radio-map"
