@@ -97,6 +97,20 @@ def test_censored_fit_recovers_exponent_sigma_and_offsets_when_half_the_receiver
     assert fit.censored_used > 0.3 * online.sum()
 
 
+def test_the_channel_fit_runs_its_optimizer_on_one_blas_thread(monkeypatch):
+    """Thousands of tiny BLAS calls: OpenBLAS's thread pool made the fit 5x slower on 2 busy cores."""
+    from threadpoolctl import threadpool_info
+
+    from service.training import path_loss
+
+    threads, real_nll = set(), path_loss._Tobit.nll
+    monkeypatch.setattr(path_loss._Tobit, "nll", lambda self, x: threads.update(
+        pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas") or real_nll(self, x))
+    power, rx, online, true = _sessions(200, shadowing_db=2.0, intercept_dbm=(30.0, 45.0), seed=1)
+    fit_path_loss(power, rx, online, true, NOISE_DBM)
+    assert threads == {1}
+
+
 def test_fit_path_loss_refuses_sessions_that_say_nothing_about_the_exponent():
     power, rx, online, true = _sessions(5, shadowing_db=0.0, intercept_dbm=(-60.0, -60.0))
     with pytest.raises(ValueError):
