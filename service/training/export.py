@@ -86,19 +86,19 @@ def _export(model: nn.Module, path: Path, samples: int, example_receivers: int, 
                 log.warning("onnx graph unusable: full export", extra={"fields": {
                     "event": "onnx graph unusable: full export", "stage": "export", "error": exc.message}})
         program = _translate(lambda: _run_exporter(model, example), path)
+        _translate(lambda: export_cache.optimize_around_weights(program, model), path)
         if key:
-            _translate(lambda: export_cache.store(graphs_dir, key, program), path)
+            _translate(lambda: export_cache.store(graphs_dir, key, program, model), path)
         return _write(program, path, samples), False
     finally:
         model.train(was_training)
 
 
 def _write(program, path: Path, samples: int) -> dict:
-    """Optimise the graph as the exporter does, write it as one file with the contract's axis names, check it."""
+    """Write the optimised graph as one file with the contract's axis names, and check it."""
     import onnx
 
     def write():
-        program.optimize()  # constant folding and merging of equal initializers: depends on the weights
         program.save(str(path), external_data=False)
         proto = onnx.load(str(path), load_external_data=False)
         _name_dynamic_axes(proto, samples)
@@ -131,8 +131,8 @@ def _translate(step, path: Path):
 def _run_exporter(model: nn.Module, example: tuple[torch.Tensor, ...]):
     """torch.onnx's dynamo exporter, every input dynamic in its first two axes (batch, receivers).
 
-    Returns the ONNXProgram before optimisation: `_write` optimises it, and `export_cache` keeps
-    it as it is, since the optimised graph depends on the weights."""
+    Returns the ONNXProgram before optimisation: `export_cache.optimize_around_weights` optimises
+    it so that the result does not depend on the weights' values."""
     batch, receivers = torch.export.Dim("batch", min=1), torch.export.Dim("receivers", min=1)
     with warnings.catch_warnings():
         # one Dim object shared by all inputs makes the exporter say an axis name "will not
