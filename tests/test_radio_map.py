@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 from service.bench.oracle import ChannelModel, _censored_log_lik, eirp_nodes_dbm, oracle_posterior
 from service.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m
 from service.training.radio_map import RadioMapNet
-from service.training.radio_map_fit import Sessions, fit_radio_map
+from service.training.knn import KnnParams, _neighbours, knn_fingerprint
+from service.training.radio_map_fit import Sessions, fit_radio_map, memory_values
 from service.training.radio_map_train import noise_floor_of
 
 ORIGIN = (45.0, 8.0)
@@ -77,7 +79,7 @@ def test_in_graph_posterior_is_the_oracles_on_the_same_grid():
     rx = torch.tensor(np.repeat(model.rx_position[None], 12, axis=0), dtype=torch.float32)
     args = (torch.tensor(power, dtype=torch.float32), rx, torch.tensor(online))
     with torch.no_grad():
-        log_prob = net.log_posterior(*net.per_receiver(*args))
+        log_prob = net.log_posterior(*net.per_receiver(*args)[:3], net.log_prior)
         position, cov = net.from_power(*args)
     assert (~online | (power > NOISE_DBM + MARGIN_DB)).mean() < 1.0  # some receivers are censored
     np.testing.assert_allclose(log_prob.exp().numpy(), np.exp(oracle.log_prob.reshape(12, -1)), atol=2e-4)
@@ -156,6 +158,8 @@ def test_the_fitted_map_learns_static_shadowing_the_channel_alone_cannot(monkeyp
     power = np.maximum(10 * np.log10(10 ** (signal / 10) + 10 ** (NOISE_DBM / 10)), NOISE_DBM)
     online = np.ones_like(power, dtype=bool)
     split = [Sessions(power[s], online[s], np.c_[lat, lon][s]) for s in (slice(0, 600), slice(600, 750))]
+    monkeypatch.setattr(radio_map_fit, "MEMORY_CHOICES", ((2.0, 0.0),))  # the map alone: no fingerprint memory
+    monkeypatch.setattr(radio_map_fit, "BLENDS", (0.0,))
     net, chosen = fit_radio_map(*split, model.rx_position, NOISE_DBM, MARGIN_DB, samples=64, sample_rate_hz=12500.0)
     assert chosen["exponent"] == pytest.approx(3.0, abs=0.1)
     monkeypatch.setattr(radio_map_fit, "KERNEL_STEPS", (1e4,))  # a kernel wider than the area: no map
@@ -191,3 +195,35 @@ def test_a_radio_map_job_fits_exports_and_registers_through_the_pipeline(tmp_pat
     assert cards, result
     card = json.loads(cards[0].read_text())
     assert card["parity"]["passed"] and card["training"]["config"]["preset"] == "radio-map"
+
+
+@pytest.mark.parametrize("params", [KnnParams(k=5, weights="inverse_square", metric="rms", offline="skip"),
+                                    KnnParams(k=3, weights="uniform", metric="mean_abs", offline="not_heard")])
+def test_the_fingerprint_memory_in_the_graph_is_the_tuned_knn(params):
+    model = channel()
+    rng = np.random.default_rng(4)
+    train_power, query_power = sessions(model, 200, seed=5), sessions(model, 20, seed=6)
+    train_online = rng.random((200, 3)) > 0.1
+    query_online = np.ones((20, 3), dtype=bool)
+    query_online[::4, 1] = False
+    train_latlon = np.c_[rng.uniform(*area()[:2], 200), rng.uniform(*area()[2:], 200)]
+    expected = knn_fingerprint(train_power, train_online, train_latlon, query_power, query_online,
+                               noise_floor_dbm=NOISE_DBM, params=params)
+    grid_net, _ = net_of(model)
+    net = RadioMapNet(3, grid_net.grid_shape, EIRP_STEPS, samples=64, memory_sessions=200, neighbours=params.k)
+    net.load_state_dict({**grid_net.state_dict(), **{f"memory.{k}": v for k, v in net.memory.state_dict().items()}})
+    channel_frame = SimpleNamespace(noise=NOISE_DBM, tx_en=net.to_local_en(torch.tensor(train_latlon)).double().numpy())
+    values = memory_values(Sessions(train_power, train_online, train_latlon), channel_frame, params)
+    with torch.no_grad():
+        for name, value in values.items():
+            getattr(net.memory, name).copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
+        net.memory.blend.fill_(1.0)  # the output position is the memory's kNN estimate alone
+        position, _ = net.from_power(torch.tensor(query_power, dtype=torch.float32),
+                                     torch.tensor(np.repeat(model.rx_position[None], 20, 0), dtype=torch.float32),
+                                     torch.tensor(query_online))
+    moved = haversine_m(position[:, 0].double().numpy(), position[:, 1].double().numpy(), expected[:, 0], expected[:, 1])
+    # a session whose compared receivers all sit at the floor ties with many training sessions: which
+    # k of those are taken is arbitrary (in numpy and in the graph alike), so only untied sessions compare
+    dist, _ = _neighbours(train_power, train_online, query_power, query_online, NOISE_DBM, params, params.k + 1)
+    untied = (dist[:, 0] > 1e-3) & (dist[:, -1] - dist[:, -2] > 1e-3)
+    assert untied.sum() >= 12 and moved[untied].max() < 1.0  # metres

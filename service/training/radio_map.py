@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from service.geodesy import EARTH_RADIUS_M
+from service.training.fingerprint_memory import FingerprintMemory
 
 MATCH_TOLERANCE_M = 5.0  # an input receiver this close to a known one is that one (or its site)
 POWER_EPS = 1e-18  # -180 dBm floor for the log of an all-zero (offline) capture
@@ -41,7 +42,7 @@ class RadioMapNet(nn.Module):
     """Shapes only at construction (so a checkpoint can rebuild it); `radio_map_fit` fills the buffers."""
 
     def __init__(self, receivers: int, grid_shape: tuple[int, int], eirp_nodes: int, samples: int,
-                 sample_rate_hz: float = 12500.0):
+                 sample_rate_hz: float = 12500.0, memory_sessions: int = 1, neighbours: int = 1):
         super().__init__()
         k, (ny, nx), j = int(receivers), (int(grid_shape[0]), int(grid_shape[1])), int(eirp_nodes)
         self.samples, self.sample_rate_hz, self.grid_shape = samples, sample_rate_hz, (ny, nx)
@@ -65,11 +66,13 @@ class RadioMapNet(nn.Module):
         self.register_buffer("log_unheard_rate", torch.zeros(k))
         self.register_buffer("log_online_rate", torch.zeros(k))
         self.register_buffer("covariance_scale", torch.ones(()))  # post-hoc, as LocalizationNet's
+        self.memory = FingerprintMemory(memory_sessions, k, neighbours)  # off (weight 0) unless fitted
 
     def shape_args(self) -> dict:
         """What the constructor needs besides samples and rate: kept in the checkpoint's hyperparameters."""
         return {"receivers": int(self.rx_en.shape[0]), "grid_shape": list(self.grid_shape),
-                "eirp_nodes": int(self.eirp_db.shape[0])}
+                "eirp_nodes": int(self.eirp_db.shape[0]), "memory_sessions": int(self.memory.position_en.shape[0]),
+                "neighbours": self.memory.neighbours}
 
     def describe(self) -> dict:
         return {"preset": "radio-map", "samples": self.samples, "sample_rate_hz": self.sample_rate_hz,
@@ -113,7 +116,8 @@ class RadioMapNet(nn.Module):
     # -- the posterior --------------------------------------------------------------------
 
     def per_receiver(self, power, rx_position, online):
-        """Signal dB [B, K] of each known receiver (mean over inputs matched to it), heard and censored [B, K]."""
+        """Per known receiver [B, K] (the mean over the inputs matched to it): signal dB, heard, censored,
+        and for the fingerprint memory, dB above the floor and online."""
         floor, margin = self.noise_floor_dbm, self.detection_margin_db
         heard = online & (power > floor + margin)
         # the noise power removed, in dB relative to the capture: s = P + 10·log10(1 − 10^((N − P)/10))
@@ -124,11 +128,13 @@ class RadioMapNet(nn.Module):
         heard_count = heard_match.sum(dim=1)  # [B, K]
         signal_k = (heard_match * signal[..., None]).sum(dim=1) / heard_count.clamp(min=1.0)
         heard_k = (heard_count > 0).float()
-        censored_k = (match.sum(dim=1) > 0).float() * (1.0 - heard_k)
-        return signal_k, heard_k, censored_k
+        online_k = (match.sum(dim=1) > 0).float()
+        above = (match * torch.clamp(power - floor, min=0.0)[..., None]).sum(dim=1) / match.sum(dim=1).clamp(min=1.0)
+        return signal_k, heard_k, online_k * (1.0 - heard_k), above, online_k
 
-    def log_posterior(self, signal, heard, censored) -> torch.Tensor:
-        """[B, G] log posterior of each cell given per-known-receiver signal / heard / censored [B, K]."""
+    def log_posterior(self, signal, heard, censored, log_prior) -> torch.Tensor:
+        """[B, G] log posterior of each cell given per-known-receiver signal / heard / censored [B, K]
+        and the log prior over the cells ([G] or [B, G])."""
         # centred (each receiver's mean level, the EIRP nodes' mid-point) so the expansion below
         # cancels tens of dB, not hundreds: float32 in ONNX Runtime then agrees with PyTorch
         level = self.mean_db.mean(dim=1)  # [K]
@@ -149,7 +155,7 @@ class RadioMapNet(nn.Module):
         g = self.mean_db.shape[1]
         censored_part = (censored @ self.censored_log_lik).reshape(-1, e.shape[0], g)
         log_lik = torch.logsumexp(-0.5 * quadratic + censored_part + self.eirp_log_weight[None, :, None], dim=1)
-        return torch.log_softmax(log_lik + self.log_prior, dim=-1)
+        return torch.log_softmax(log_lik + log_prior, dim=-1)
 
     def moments(self, log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean [B, 2] and covariance [B, 2, 2], east/north metres."""
@@ -161,9 +167,14 @@ class RadioMapNet(nn.Module):
 
     def from_power(self, power, rx_position, online) -> tuple[torch.Tensor, torch.Tensor]:
         """Capture powers [B, R] dBm -> position [B, 2] lat/lon and covariance [B, 2, 2] m²."""
-        log_prob = self.log_posterior(*self.per_receiver(power, rx_position, online))
-        mean, cov = self.moments(log_prob)
-        return self.to_latlon(mean), cov * self.covariance_scale
+        signal, heard, censored, above, online_k = self.per_receiver(power, rx_position, online)
+        votes, where = self.memory.neighbours_of(above, online_k)
+        log_prior = self.memory.log_prior(votes, where, self.grid_en, self.log_prior)
+        mean, cov = self.moments(self.log_posterior(signal, heard, censored, log_prior))
+        # the blended position, and the posterior's second moment about it (its covariance + shift·shiftᵀ)
+        shift = self.memory.blend * ((votes[..., None] * where).sum(dim=1) - mean)
+        cov = cov + shift[:, :, None] * shift[:, None, :]
+        return self.to_latlon(mean + shift), cov * self.covariance_scale
 
     def forward(self, iq: torch.Tensor, rx_position: torch.Tensor,
                 rx_online: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
