@@ -206,3 +206,20 @@ def test_the_graph_is_optimised_the_same_whatever_the_weights(tmp_path):
     assert weights <= set(graphs[0].initializers)  # every weight kept, none merged or folded away
     assert [(n.op_type, [v.name if v is not None else None for v in n.inputs]) for n in graphs[0]] == \
         [(n.op_type, [v.name if v is not None else None for v in n.inputs]) for n in graphs[1]]
+
+
+def test_the_key_names_what_the_graph_bakes_in_and_not_the_weights():
+    example = export._example_inputs(2, 7, SAMPLES)
+
+    def key(net):
+        return export_cache.graph_key(net, example, opset=OPSET)
+
+    base = key(trained_like(0))
+    assert key(trained_like(1)) == base  # other weights: the same graph
+    assert key(trained_like(0, frame_scale_m=3_000.0)) != base  # a constant of the graph
+    assert key(LocalizationNet(SAMPLES, "small")) != base
+    plain = trained_like(0)
+    plain.lookup = torch.arange(3.0)  # neither parameter nor buffer: baked in as a constant, keyed by content
+    other = trained_like(0)
+    other.lookup = torch.arange(3.0) + 1
+    assert key(plain) != key(other) != base

@@ -41,9 +41,10 @@ VERSIONED = ("torch", "onnx", "onnxscript", "onnx-ir")  # the packages that trac
 
 def graph_key(model: nn.Module, example: tuple[torch.Tensor, ...], **export_options) -> str:
     """SHA-256 of what the traced graph depends on: every module's class and plain attributes (for
-    example `frame_scale_m`, a constant in the graph), the parameters' and buffers' names, shapes
-    and dtypes, the example inputs' shapes and dtypes, the export options, the versions of the
-    exporting packages, and the source of the model's modules and of the export code."""
+    example `frame_scale_m`, a constant in the graph; a plain tensor attribute by its content),
+    the parameters' and buffers' names, shapes and dtypes, the example inputs' shapes and dtypes,
+    the export options, the versions of the exporting packages, and the source of the model's
+    modules and of the export code."""
     modules = [[name, f"{type(m).__module__}.{type(m).__qualname__}", _plain_attributes(m)]
                for name, m in model.named_modules()]
     state = [[name, list(t.shape), str(t.dtype)] for name, t in _weights(model).items()]
@@ -139,8 +140,15 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _plain_attributes(module: nn.Module) -> dict[str, str]:
-    """A module's public attributes that can shape its graph: numbers, strings, tuples, dataclasses."""
+    """A module's public attributes that can shape its graph: numbers, strings, tuples, dataclasses,
+    and tensors that are neither parameters nor buffers (the exporter bakes them in as constants)."""
     plain = (bool, int, float, str, tuple, list, type(None))
-    return {name: repr(value) for name, value in sorted(vars(module).items())
-            if not name.startswith("_") and name != "training"
-            and (isinstance(value, plain) or dataclasses.is_dataclass(value))}
+    described = {}
+    for name, value in sorted(vars(module).items()):
+        if name.startswith("_") or name == "training":
+            continue
+        if isinstance(value, torch.Tensor):
+            described[name] = hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        elif isinstance(value, plain) or dataclasses.is_dataclass(value):
+            described[name] = repr(value)
+    return described
