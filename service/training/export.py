@@ -38,8 +38,8 @@ def export_onnx(model: nn.Module, path: Path, *, samples: int, example_receivers
                 graphs_dir: Path | None = None) -> dict:
     """Write `model` as one self-contained ONNX file with dynamic batch and receivers.
 
-    With `graphs_dir`, the traced graph is kept there per architecture and a later model of the
-    same architecture reuses it with its own weights (`service.training.export_cache`); call
+    With `graphs_dir`, the optimised graph is kept there per architecture and a later model of
+    the same architecture reuses it with its own weights (`service.training.export_cache`); call
     `export_and_check`, which exports in full when a reused graph fails the parity check.
     Returns {"sha256", "bytes", "opset", "inputs", "outputs"}, shapes read back from the file.
     Raises ExportError when the exporter fails, the file is not self-contained, or
