@@ -308,7 +308,7 @@ def test_kill_9_mid_training_then_restart_finishes_the_job_exactly_once(stack_fa
     stack.publish(training_requested("svc-kill", 1, overrides={"epochs": 60, "patience": 60}), "training.requested")
     stack.tap.wait_for("model.registered", job_id=job_id)
     long_job = stack.tap.wait_for("training.accepted", count=2)[-1]["data"]["job_id"]
-    progress_until(stack.tap, long_job, 2)
+    progress_until(stack.tap, long_job, 3)  # epoch 3 reported: epoch 2's checkpoint is on disk
     assert max(p["data"]["epoch"] for p in stack.tap.events("training.progress", job_id=long_job)) < 60
     first.stop(signal.SIGKILL)
 

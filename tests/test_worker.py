@@ -217,8 +217,8 @@ def test_sigterm_reaches_the_child_alone_so_its_dataloader_workers_live_to_see_t
             "print('ready', flush=True)\\n"
             "time.sleep(60)"], stdout=subprocess.PIPE)
         worker.stdout.readline()
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))  # before "started": the parent signals on it
         sys.stderr.write('{{"event": "started"}}\\n'); sys.stderr.flush()
-        signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
         time.sleep(60)
     """
 
