@@ -21,10 +21,11 @@ RX_EN_M = np.array([[-6000.0, -4000.0], [5000.0, -3000.0], [1000.0, 6000.0]])
 NOISE_DBM, MARGIN_DB, SIGMA_DB, EIRP_STEPS, STEP_M = -120.0, 1.0, 6.0, 5, 2000.0
 
 
-def channel() -> ChannelModel:
+def channel(calibration_db=np.zeros(3)) -> ChannelModel:
+    """Three receivers; a gain error (`calibration_db`) scales a receiver's signal and noise alike."""
     lat, lon = from_local_en(RX_EN_M[:, 0], RX_EN_M[:, 1], *ORIGIN)
     return ChannelModel(frequency_hz=145.5e6, path_loss_exponent=3.0, shadowing_sigma_db=SIGMA_DB,
-                        eirp_dbm_min=30.0, eirp_dbm_max=44.0, noise_dbm=NOISE_DBM, calibration_db=np.zeros(3),
+                        eirp_dbm_min=30.0, eirp_dbm_max=44.0, noise_dbm=NOISE_DBM, calibration_db=calibration_db,
                         rx_position=np.stack([lat, lon, np.full(3, 2.0)], axis=-1), tx_altitude_m=2.0)
 
 
@@ -52,6 +53,7 @@ def net_of(model: ChannelModel) -> tuple[RadioMapNet, object]:
         net.eirp_db.copy_(torch.tensor(eirp))
         net.censored_log_lik.copy_(torch.tensor(_censored_log_lik(offset, eirp, model.receiver_noise_dbm, MARGIN_DB, SIGMA_DB)))
         net.noise_floor_dbm.fill_(NOISE_DBM)
+        net.floor_offset_db.copy_(torch.tensor(model.calibration_db))
         net.detection_margin_db.fill_(MARGIN_DB)
         net.cell_var_m2.fill_(STEP_M**2 / 12.0)
     return net.eval(), grid
@@ -63,13 +65,14 @@ def sessions(model: ChannelModel, n: int, seed: int = 0) -> np.ndarray:
     lat = rng.uniform(*area()[:2], n)
     lon = rng.uniform(*area()[2:], n)
     signal = rng.uniform(30, 44, (n, 1)) + model.mean_offset_db(lat, lon) + rng.normal(0, SIGMA_DB, (n, 3))
-    power = 10 * np.log10(10 ** (signal / 10) + 10 ** (NOISE_DBM / 10))
+    noise = model.receiver_noise_dbm
+    power = 10 * np.log10(10 ** (signal / 10) + 10 ** (noise / 10))
     power[:, 2] -= 40.0 * (np.arange(n) % 3 == 0)  # push receiver 2 towards the floor in a third of them
-    return np.maximum(power, NOISE_DBM)
+    return np.maximum(power, noise)
 
 
 def test_in_graph_posterior_is_the_oracles_on_the_same_grid():
-    model = channel()
+    model = channel(np.array([-2.0, 0.0, 1.5]))  # each receiver's own noise floor
     net, grid = net_of(model)
     power = sessions(model, 12)
     online = np.ones_like(power, dtype=bool)
@@ -81,7 +84,7 @@ def test_in_graph_posterior_is_the_oracles_on_the_same_grid():
     with torch.no_grad():
         log_prob = net.log_posterior(*net.per_receiver(*args)[:3], net.log_prior)
         position, cov = net.from_power(*args)
-    assert (~online | (power > NOISE_DBM + MARGIN_DB)).mean() < 1.0  # some receivers are censored
+    assert (~online | (power > model.receiver_noise_dbm + MARGIN_DB)).mean() < 1.0  # some receivers are censored
     np.testing.assert_allclose(log_prob.exp().numpy(), np.exp(oracle.log_prob.reshape(12, -1)), atol=2e-4)
     moved = haversine_m(position[:, 0].double().numpy(), position[:, 1].double().numpy(),
                         oracle.mean_latlon[:, 0], oracle.mean_latlon[:, 1])
@@ -115,7 +118,7 @@ def test_co_located_radios_are_told_apart_by_their_power_level():
     rx = torch.zeros(1, 2, 3)  # both inputs at the origin, where both known radios are
     power = torch.tensor([[-97.0, -58.0]])
     heard = torch.ones(1, 2, dtype=torch.bool)
-    match = net.identify(power, heard, rx, heard)
+    match = net.identify(power, heard, net.nearby(rx), heard)
     assert match.tolist() == [[[0.0, 1.0], [1.0, 0.0]]]
 
 
@@ -145,36 +148,62 @@ def test_an_exported_radio_map_matches_pytorch_in_onnx_runtime(tmp_path):
     np.testing.assert_allclose(position, expected.numpy(), atol=1e-4)
 
 
+def shadowed_sessions(n: int, static_db: float, iid_db: float, eirp_dbm: float = 37.0, seed: int = 2):
+    """Sessions over the area: a fixed ±static_db pattern per receiver (period ~16 km) and iid shadowing."""
+    rng = np.random.default_rng(seed)
+    model = channel()
+    lat, lon = rng.uniform(*area()[:2], n), rng.uniform(*area()[2:], n)
+    bump = static_db * np.cos(np.radians(lat - ORIGIN[0]) * EARTH_RADIUS_M / 2500.0)[:, None] * np.array([1, -1, 1])
+    signal = eirp_dbm + model.mean_offset_db(lat, lon) + bump + rng.normal(0, iid_db, (n, 3))
+    power = np.maximum(10 * np.log10(10 ** (signal / 10) + 10 ** (NOISE_DBM / 10)), NOISE_DBM)
+    return power, np.ones_like(power, dtype=bool), np.c_[lat, lon]
+
+
 def test_the_fitted_map_learns_static_shadowing_the_channel_alone_cannot(monkeypatch):
     import service.training.radio_map_fit as radio_map_fit
 
-    rng = np.random.default_rng(2)
-    model = channel()
-    n = 900
-    lat, lon = rng.uniform(*area()[:2], n), rng.uniform(*area()[2:], n)
-    # a fixed ±12 dB pattern per receiver over the area (period ~16 km), and 2 dB iid shadowing
-    bump = 12.0 * np.cos(np.radians(lat - ORIGIN[0]) * EARTH_RADIUS_M / 2500.0)[:, None] * np.array([1, -1, 1])
-    signal = 37.0 + model.mean_offset_db(lat, lon) + bump + rng.normal(0, 2.0, (n, 3))
-    power = np.maximum(10 * np.log10(10 ** (signal / 10) + 10 ** (NOISE_DBM / 10)), NOISE_DBM)
-    online = np.ones_like(power, dtype=bool)
-    split = [Sessions(power[s], online[s], np.c_[lat, lon][s]) for s in (slice(0, 600), slice(600, 750))]
+    power, online, latlon = shadowed_sessions(900, static_db=12.0, iid_db=2.0)
+    split = [Sessions(power[s], online[s], latlon[s]) for s in (slice(0, 600), slice(600, 750))]
     monkeypatch.setattr(radio_map_fit, "MEMORY_CHOICES", ((2.0, 0.0),))  # the map alone: no fingerprint memory
     monkeypatch.setattr(radio_map_fit, "BLENDS", (0.0,))
-    net, chosen = fit_radio_map(*split, model.rx_position, NOISE_DBM, MARGIN_DB, samples=64, sample_rate_hz=12500.0)
-    assert chosen["exponent"] == pytest.approx(3.0, abs=0.1)
-    monkeypatch.setattr(radio_map_fit, "KERNEL_STEPS", (1e4,))  # a kernel wider than the area: no map
-    _, flat = fit_radio_map(*split, model.rx_position, NOISE_DBM, MARGIN_DB, samples=64, sample_rate_hz=12500.0)
+    rx = channel().rx_position
+    net, chosen = fit_radio_map(*split, rx, NOISE_DBM, MARGIN_DB, samples=64, sample_rate_hz=12500.0)
+    assert chosen["exponent"] == pytest.approx(3.0, abs=0.1) and chosen["kernel_m"] > 0
+    monkeypatch.setattr(radio_map_fit, "KERNEL_STEPS", ())  # no map
+    _, flat = fit_radio_map(*split, rx, NOISE_DBM, MARGIN_DB, samples=64, sample_rate_hz=12500.0)
     # measured: 822 m with the map, 1703 m without (and ~1 km with no static shadowing at all)
     assert chosen["val_median_error_m"] < 0.7 * flat["val_median_error_m"]
 
 
-def test_a_reported_floor_is_found_and_thermal_noise_is_the_default():
+def test_iid_shadowing_gets_no_map_and_the_censored_fits_sigma():
+    """A map learnt from iid shadowing is noise, and heard residuals alone would learn their truncation
+    (far receivers heard only when lucky): the out-of-sample censored likelihood prefers no map."""
+    from service.training.radio_map_fit import _Channel, choose_map
+
+    power, online, latlon = shadowed_sessions(900, static_db=0.0, iid_db=6.0, eirp_dbm=10.0)
+    assert 0.2 < (power <= NOISE_DBM + MARGIN_DB).mean() < 0.6  # censoring matters here
+    channel_fit = _Channel(Sessions(power, online, latlon), channel().rx_position[:, :2], NOISE_DBM, MARGIN_DB,
+                           np.zeros(3))
+    kernel_m, residual_map, _, sigma = choose_map(channel_fit, [2000.0, 4000.0])
+    assert kernel_m == 0.0 and not residual_map.any()
+    np.testing.assert_allclose(sigma, 6.0, atol=0.5)  # the heard residuals alone: ~4.5 dB
+
+
+def test_a_reported_floor_is_found_else_each_receivers_own_noise_floor():
     rng = np.random.default_rng(3)
     power = rng.uniform(-100.0, -40.0, (300, 4))
     online = np.ones_like(power, dtype=bool)
-    assert noise_floor_of(power, online, 12500.0)[0] == pytest.approx(-120.0)  # no value repeats
-    power[::7, 1] = -101.0  # "not heard", as POWDER writes it
-    assert noise_floor_of(power, online, 12500.0) == (-101.0, 0.5)
+    reported = power.copy()
+    reported[::7, 1] = -101.0  # "not heard", as POWDER writes it
+    floor, offsets, margin = noise_floor_of(reported, online, 12500.0, samples=1024)
+    assert (floor, margin) == (-101.0, 0.5) and not offsets.any()
+    # receivers 0-2 hear nothing in a third of the sessions: thermal noise scaled by their gain error
+    gain_db = np.array([-2.0, 0.0, 1.5, 0.0])
+    noise = -120.0 + gain_db + rng.normal(0.0, 10 / math.log(10) / math.sqrt(1024), (300, 4))
+    power[::3, :3] = noise[::3, :3]
+    floor, offsets, margin = noise_floor_of(power, online, 12500.0, samples=1024)
+    assert floor == pytest.approx(-120.0) and margin == pytest.approx(1.09, abs=0.01)
+    np.testing.assert_allclose(offsets, gain_db, atol=0.05)  # receiver 3 always hears: the thermal floor
 
 
 def test_a_radio_map_job_fits_exports_and_registers_through_the_pipeline(tmp_path, example_dataset):

@@ -58,6 +58,8 @@ class RadioMapNet(nn.Module):
         self.register_buffer("censored_log_lik", torch.zeros(k, j * g))  # log Φ((thr − e_j − mean_k)/σ_k)
         self.register_buffer("log_prior", torch.full((g,), -math.log(g)))
         self.register_buffer("noise_floor_dbm", torch.tensor(-120.0))  # capture power of "heard nothing"
+        # each known receiver's own floor above that one (a gain error scales its noise too); 0 elsewhere
+        self.register_buffer("floor_offset_db", torch.zeros(k))
         self.register_buffer("detection_margin_db", torch.tensor(3.0))  # heard: above floor + margin
         # identity among co-located radios: each known radio's marginal power (heard), heard rate, online rate
         self.register_buffer("level_mean_db", torch.zeros(k))
@@ -101,11 +103,19 @@ class RadioMapNet(nn.Module):
         lon = self.origin[1] + torch.rad2deg(en[..., 0] / (EARTH_RADIUS_M * torch.cos(torch.deg2rad(lat0))))
         return torch.stack([lat, lon], dim=-1)
 
-    def identify(self, power: torch.Tensor, heard: torch.Tensor, rx_position: torch.Tensor,
+    def nearby(self, rx_position: torch.Tensor) -> torch.Tensor:
+        """[B, R, K] bool: the known receivers at each input's position."""
+        offset = self.to_local_en(rx_position[..., :2])[:, :, None, :] - self.rx_en  # [B, R, K, 2]
+        return (offset * offset).sum(dim=-1) < MATCH_TOLERANCE_M**2
+
+    def input_floor_dbm(self, near: torch.Tensor) -> torch.Tensor:
+        """[B, R] each input's noise floor: its known receiver's (the mean over co-located ones)."""
+        offset = (near.float() * self.floor_offset_db).sum(dim=-1) / near.float().sum(dim=-1).clamp(min=1.0)
+        return self.noise_floor_dbm + offset
+
+    def identify(self, power: torch.Tensor, heard: torch.Tensor, near: torch.Tensor,
                  online: torch.Tensor) -> torch.Tensor:
         """[B, R, K] 0/1: which known receiver each online input is (none if no known one is near)."""
-        offset = self.to_local_en(rx_position[..., :2])[:, :, None, :] - self.rx_en  # [B, R, K, 2]
-        near = (offset * offset).sum(dim=-1) < MATCH_TOLERANCE_M**2
         z = (power[..., None] - self.level_mean_db) / self.level_std_db
         level = torch.where(heard[..., None], -0.5 * z * z - torch.log(self.level_std_db) + self.log_heard_rate,
                             self.log_unheard_rate.expand_as(z))
@@ -118,18 +128,19 @@ class RadioMapNet(nn.Module):
     def per_receiver(self, power, rx_position, online):
         """Per known receiver [B, K] (the mean over the inputs matched to it): signal dB, heard, censored,
         and for the fingerprint memory, dB above the floor and online."""
-        floor, margin = self.noise_floor_dbm, self.detection_margin_db
+        near = self.nearby(rx_position)
+        floor, margin = self.input_floor_dbm(near), self.detection_margin_db
         heard = online & (power > floor + margin)
         # the noise power removed, in dB relative to the capture: s = P + 10·log10(1 − 10^((N − P)/10))
         below = torch.clamp((floor - power) / 10.0, max=-1e-3)  # heard captures lie above the floor
         signal = torch.where(heard, power + 10.0 * torch.log10(1.0 - torch.exp(below * LN10)), torch.zeros_like(power))
-        match = self.identify(power, heard, rx_position, online)
+        match = self.identify(power, heard, near, online)
         heard_match = match * heard.float()[..., None]
         heard_count = heard_match.sum(dim=1)  # [B, K]
         signal_k = (heard_match * signal[..., None]).sum(dim=1) / heard_count.clamp(min=1.0)
         heard_k = (heard_count > 0).float()
         online_k = (match.sum(dim=1) > 0).float()
-        above = (match * torch.clamp(power - floor, min=0.0)[..., None]).sum(dim=1) / match.sum(dim=1).clamp(min=1.0)
+        above = (match * torch.clamp(power - self.noise_floor_dbm, min=0.0)[..., None]).sum(dim=1) / match.sum(dim=1).clamp(min=1.0)
         return signal_k, heard_k, online_k * (1.0 - heard_k), above, online_k
 
     def log_posterior(self, signal, heard, censored, log_prior) -> torch.Tensor:

@@ -10,6 +10,7 @@ deterministic and takes about as long as one epoch of the `small` net.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -27,22 +28,42 @@ log = logging.getLogger(__name__)
 RADIO_MAP = "radio-map"  # the preset's name (TrainConfig.preset)
 SENTINEL_SHARE = 0.01  # this share of online captures at exactly the minimum power: a reported floor
 REPORTED_FLOOR_MARGIN_DB = 0.5  # heard: above a reported floor by this much (the bench's POWDER setting)
+MIN_MARGIN_DB = 1.0  # heard: above a thermal floor by at least this much (the oracle's censoring margin)
+NOISE_SPREADS = 8.0  # ... and by this many spreads of a capture's noise power estimate (1.1 dB at 1024 samples)
 
 
-def noise_floor_of(power_dbm: np.ndarray, online: np.ndarray, sample_rate_hz: float) -> tuple[float, float]:
-    """(floor dBm, detection margin dB) for these captures.
+def noise_floor_of(power_dbm: np.ndarray, online: np.ndarray, sample_rate_hz: float,
+                   samples: int) -> tuple[float, np.ndarray, float]:
+    """(floor dBm, each receiver's floor above it [R] dB, detection margin dB) for these captures.
 
     Measurements that report "not heard" as a fixed value (POWDER's −101) pile up at their
-    minimum: that value is the floor and anything above it by a fraction of a dB was heard.
-    Otherwise the floor is thermal noise in the capture's bandwidth (dataset.md), and the
-    margin is the baselines' 3 dB, above the noise power's own spread and gain errors.
+    minimum: that value is every receiver's floor and anything above it by a fraction of a dB
+    was heard. Otherwise the floor is thermal noise in the capture's bandwidth (dataset.md),
+    and each receiver's own (its gain error scales the noise too) is where its noise-only
+    captures pile up (`receiver_floors_dbm`). Heard is then above it by the oracle's 1 dB, or by
+    `NOISE_SPREADS` times the spread of a noise power estimated from `samples` samples if wider.
     """
     values = power_dbm[online & np.isfinite(power_dbm)]
     if values.size:
         lowest = float(values.min())
         if np.mean(values <= lowest + 0.01) >= SENTINEL_SHARE:
-            return lowest, REPORTED_FLOOR_MARGIN_DB
-    return noise_floor_dbm(sample_rate_hz), DETECTION_MARGIN_DB
+            return lowest, np.zeros(power_dbm.shape[1]), REPORTED_FLOOR_MARGIN_DB
+    thermal = noise_floor_dbm(sample_rate_hz)
+    spread_db = 10.0 / math.log(10.0) / math.sqrt(samples)  # std of 10·log10 of a mean of `samples` |x|²
+    floors = receiver_floors_dbm(power_dbm, online, thermal, NOISE_SPREADS * spread_db)
+    return thermal, floors - thermal, max(MIN_MARGIN_DB, NOISE_SPREADS * spread_db)
+
+
+def receiver_floors_dbm(power_dbm: np.ndarray, online: np.ndarray, default_dbm: float, window_db: float) -> np.ndarray:
+    """[R] per receiver: the median of its captures within `window_db` of its lowest, when at
+    least `SENTINEL_SHARE` of them are there (noise alone); `default_dbm` for one that always hears."""
+    floors = np.full(power_dbm.shape[1], default_dbm)
+    for r in range(power_dbm.shape[1]):
+        values = power_dbm[online[:, r] & np.isfinite(power_dbm[:, r]), r]
+        near_lowest = values[values <= values.min() + window_db] if values.size else values
+        if values.size and near_lowest.size >= SENTINEL_SHARE * values.size:
+            floors[r] = float(np.median(near_lowest))
+    return floors
 
 
 def split_sessions(data: VerifiedDataset, split: str) -> Sessions:
@@ -66,10 +87,12 @@ def fit_closed_form(module: pl.LightningModule, data: VerifiedDataset, checkpoin
     when the training split has fewer than two sessions with a heard receiver."""
     started = time.monotonic()
     train = split_sessions(data, "train")
-    floor, margin = noise_floor_of(train.power_dbm, train.online, data.manifest.sample_rate_hz)
+    manifest = data.manifest
+    floor, offsets, margin = noise_floor_of(train.power_dbm, train.online, manifest.sample_rate_hz,
+                                            manifest.samples_per_capture)
     net, chosen = fit_radio_map(train, split_sessions(data, "val"), data.rx_position, floor, margin,
-                                samples=data.manifest.samples_per_capture,
-                                sample_rate_hz=data.manifest.sample_rate_hz)
+                                samples=manifest.samples_per_capture, sample_rate_hz=manifest.sample_rate_hz,
+                                floor_offset_db=offsets)
     module.net = net
     module.hparams["radio_map"] = net.shape_args()
     path = write_checkpoint(module, checkpoint_dir / "last.ckpt")
