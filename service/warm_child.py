@@ -54,4 +54,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from service.cli import exit_now
+
+    exit_now(main())
