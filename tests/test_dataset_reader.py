@@ -547,3 +547,18 @@ def test_absolute_shards_inside_the_root_or_an_allowed_location_are_read(version
     shutil.move(inside, allowed / "000001")
     edit_manifest(version, lambda m: m["shards"][1].update(path=str(allowed / "000001")))
     assert len(open_version(f"{version.as_uri()}/", cache, allowed_locations=[allowed.as_uri()])) == 24
+
+
+def test_files_fetched_in_parallel_still_name_the_first_refused_in_manifest_order(version, cache):
+    """The files of a version download in parallel; when several are broken the error is still
+    the first in manifest order, every time, and no staged download outlives the refusal."""
+    listed = [f"{SHARD0}/{name}" for name in load(version / "dataset.json")["shards"][0]["files"]]
+    first, later = [name for name in listed if name.endswith(".sigmf-data")][:2]
+    flip_byte(version / later)
+    flip_byte(version / first)
+    flip_byte(version / data(SHARD1, "torino"))
+    for _ in range(3):
+        with pytest.raises(DatasetError) as refused:
+            open_version(version, cache)
+        assert (refused.value.file, refused.value.rule) == (first, Rule.SHA256)
+        assert cached_files(cache) == [] and list((cache / "staging").iterdir()) == []

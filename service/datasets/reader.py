@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +37,7 @@ from service.object_store import ObjectStore, S3Credentials, is_within, join_uri
 __all__ = ["DatasetReader", "Rule", "VerifiedDataset"]
 
 SAMPLE_BYTES = 8  # cf32_le: two little-endian float32
+FETCH_THREADS = 8  # a version's files come in parallel: a download waits on the network, not on the CPU
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,9 @@ class DatasetReader:
                   check_shard_files(dataset_id, shard, manifest)) for shard in manifest.shards]
         cache = Cache(self.cache_dir)
         try:
-            shards = [self._verify_shard(manifest, shard, source, receivers, cache)
-                      for shard, source, receivers in plans]
+            fetched = self._fetch_all(dataset_id, plans, cache)
+            shards = [self._verify_shard(manifest, shard, source, receivers, files, cache)
+                      for (shard, source, receivers), files in zip(plans, fetched)]
             dataset = _index(manifest, self.uri, shards, validation_split, test_split)
             if int(dataset.labelled.sum()) < min_labelled_sessions:
                 Where(dataset_id, MANIFEST_FILE).refuse(Rule.TOO_FEW_LABELLED, (
@@ -149,11 +152,23 @@ class DatasetReader:
             where.refuse(Rule.SHARD_LOCATION, f"outside the allowed object-store locations {locations}")
         return ShardSource(shard.path, *located)
 
+    def _fetch_all(self, dataset_id: str, plans: list, cache: Cache) -> list[dict[str, tuple[Path, Digest]]]:
+        """Every listed file of every shard (`plans`), from the cache or downloaded, in parallel; per
+        shard, {file name: (local path, digest)}. When several files are refused, the error names
+        the first in manifest order, and is raised once no download is still running (so that
+        `cache.discard` leaves nothing behind)."""
+        wanted = [(source, name, sha256.lower()) for shard, source, _ in plans for name, sha256 in shard.files.items()]
+        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="fetch") as pool:
+            try:
+                found = iter(list(pool.map(lambda file: self._fetch(dataset_id, *file, cache), wanted)))
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        return [{name: next(found) for name in shard.files} for shard, _, _ in plans]
+
     def _verify_shard(self, manifest: Manifest, shard: Shard, source: ShardSource, receivers: list[str],
-                      cache: Cache) -> ShardIndex:
+                      fetched: dict[str, tuple[Path, Digest]], cache: Cache) -> ShardIndex:
         dataset_id = manifest.dataset_id
-        fetched = {name: self._fetch(dataset_id, source, name, sha256.lower(), cache)
-                   for name, sha256 in shard.files.items()}
         check_collection(Where(dataset_id, source.file(COLLECTION_FILE)), fetched[COLLECTION_FILE][0].read_bytes(),
                          {rid: fetched[meta_name(rid)][1].sha512 for rid in receivers})
         recordings = []
