@@ -157,3 +157,20 @@ def test_plot_results_writes_a_png(tmp_path):
                         title="synthetic")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
+
+
+def test_the_censored_fit_converges_on_thousands_of_generated_sessions(tmp_path):
+    """2,400 sessions from the project's own generator (seven receivers, unknown EIRPs): in its
+    natural variables L-BFGS-B stopped at its 2,000-iteration cap, short of the optimum (n 2.40
+    where the optimum was 2.34, on 3,000 sessions); preconditioned, it converges."""
+    from service.datasets.reader import DatasetReader
+    from service.datasets.synth import SynthConfig, synthesize_dataset
+    from service.training.evaluation import _labelled_powers, noise_floor_dbm
+
+    uri = synthesize_dataset(SynthConfig(sessions=2400, seed=7, samples_per_capture=64, shard_size=1200,
+                                         dataset_id="fit-converges"), str(tmp_path / "root"))
+    data = DatasetReader(uri, cache_dir=tmp_path / "cache").open(validation_split=0.1, test_split=0.1,
+                                                                 min_labelled_sessions=20)
+    power, online, true = _labelled_powers(data, "train")
+    fit = fit_path_loss(power, data.rx_position, online, true, noise_floor_dbm(data.manifest.sample_rate_hz))
+    assert fit.converged
