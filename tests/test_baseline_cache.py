@@ -10,7 +10,7 @@ import pytest
 
 from service.datasets.reader import DatasetReader
 from service.training import baseline_cache
-from service.training.evaluation import BaselineSetup, evaluate
+from service.training.evaluation import BaselineSetup, baseline_scores, evaluate
 from service.training.model import LocalizationNet
 
 
@@ -25,15 +25,19 @@ def net(data):
     return LocalizationNet(samples=data.manifest.samples_per_capture, preset="tiny").eval()
 
 
+def scored(net, data, cache_dir: Path | None = None):
+    return evaluate(net, data, baseline_scores(data, cache_dir))
+
+
 def entries(cache_dir: Path) -> list[Path]:
     return sorted((cache_dir / "baselines").glob("*.npz"))
 
 
 def test_cached_scores_equal_computed_ones_and_are_read_back(data, net, tmp_path):
-    fresh = evaluate(net, data)
-    first = evaluate(net, data, tmp_path)
+    fresh = scored(net, data)
+    first = scored(net, data, tmp_path)
     [entry] = entries(tmp_path)
-    second = evaluate(net, data, tmp_path)
+    second = scored(net, data, tmp_path)
     for kept in (first, second):
         assert kept.baselines == fresh.baselines and list(kept.errors_by_method) == list(fresh.errors_by_method)
         assert all(np.array_equal(kept.errors_by_method[m], fresh.errors_by_method[m]) for m in fresh.errors_by_method)
@@ -41,7 +45,7 @@ def test_cached_scores_equal_computed_ones_and_are_read_back(data, net, tmp_path
     metrics, errors = baseline_cache.load(tmp_path, entry.stem)
     metrics["knn"]["median_error_m"] = 12345.0
     baseline_cache.store(tmp_path, entry.stem, metrics, errors)
-    assert evaluate(net, data, tmp_path).baselines["knn"]["median_error_m"] == 12345.0
+    assert scored(net, data, tmp_path).baselines["knn"]["median_error_m"] == 12345.0
 
 
 def test_other_sessions_or_setup_make_another_key(data):
@@ -54,9 +58,9 @@ def test_other_sessions_or_setup_make_another_key(data):
 
 
 def test_a_damaged_entry_is_dropped_and_scored_again(data, net, tmp_path):
-    fresh = evaluate(net, data, tmp_path)
+    fresh = scored(net, data, tmp_path)
     [entry] = entries(tmp_path)
     entry.write_bytes(b"not an npz")
     assert baseline_cache.load(tmp_path, entry.stem) is None and not entry.exists()
-    assert evaluate(net, data, tmp_path).baselines == json.loads(json.dumps(fresh.baselines))
+    assert scored(net, data, tmp_path).baselines == json.loads(json.dumps(fresh.baselines))
     assert entries(tmp_path) == [entry]

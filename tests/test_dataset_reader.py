@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,31 @@ def test_reading_every_session_maps_no_cached_file_into_memory(example_dataset, 
     iq, _ = data.read_many(np.arange(len(data)))
     assert np.abs(iq).sum() > 0
     assert str(cache.resolve()) not in Path("/proc/self/maps").read_text()
+
+
+def test_two_threads_read_the_same_samples_as_one_while_files_are_closed_behind_them(example_dataset, cache,
+                                                                                    monkeypatch):
+    """A job scores its baselines in a thread beside its export: both read sessions at once. With
+    one open file allowed, every read closes another thread's file; none may read a closed (or
+    reused) descriptor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.datasets import verified
+
+    data = open_version(example_dataset, cache)
+    expected, _ = pickle.loads(pickle.dumps(data)).read_many(np.arange(len(data)))  # a copy: `data` opens no file yet
+    monkeypatch.setattr(verified, "OPEN_FILES_MAX", 1)
+    real_preadv = os.preadv
+
+    def slow_preadv(fd, buffers, offset):  # widens the moment between taking a file and reading it
+        time.sleep(0.001)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", slow_preadv)
+    orders = [np.random.default_rng(seed).permutation(len(data)) for seed in range(8)]  # not in step
+    with ThreadPoolExecutor(4) as pool:
+        reads = list(pool.map(lambda order: data.read_many(order)[0], orders))
+    assert all(np.array_equal(iq, expected[order]) for iq, order in zip(reads, orders))
 
 
 def test_the_training_loader_batches_the_same_sessions_as_single_reads(example_dataset, cache):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import BinaryIO, Sequence
@@ -48,12 +49,18 @@ class VerifiedDataset:
         self._shard_of, self._row_of, self._data_files = shard_of, row_of, data_files
         self._row_bytes = manifest.samples_per_capture * 2 * 4  # one capture: S cf32 samples
         self._open: OrderedDict[str, BinaryIO] = OrderedDict()
+        self._reading = threading.Lock()  # a job reads from two threads: its baselines beside its export
 
     def __len__(self) -> int:
         return len(self.session_ids)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_open": OrderedDict()}  # open files are per process
+        state = {**self.__dict__, "_open": OrderedDict()}  # open files (and their lock) are per process
+        del state["_reading"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _reading=threading.Lock())
 
     def indices(self, split: str, labelled_only: bool = True) -> np.ndarray:
         if split not in SPLITS:
@@ -108,14 +115,16 @@ class VerifiedDataset:
         offset = int(self._row_of[i]) * self._row_bytes
         for receiver in np.flatnonzero(self.online[i]):
             path = self._data_files[self._shard_of[i], receiver]
-            if os.preadv(self._file(path).fileno(), [out[receiver]], offset) != self._row_bytes:
+            with self._reading:  # no other thread closes the file (`_file`'s LRU) while it is read
+                read = os.preadv(self._file(path).fileno(), [out[receiver]], offset)
+            if read != self._row_bytes:
                 raise StorageUnavailable(f"{path} is shorter than when it was verified: changed in the cache "
                                          "(the next open fetches it again)", stage="data")
             if sys.byteorder == "big":  # the files are little-endian cf32
                 out[receiver].byteswap(inplace=True)
 
     def _file(self, path: str) -> BinaryIO:
-        """One data file, opened once per process; least recently used ones are closed."""
+        """One data file, opened once per process; least recently used ones are closed. Under `_reading`."""
         file = self._open.pop(path, None)
         if file is None:
             file = open(path, "rb", buffering=0)

@@ -119,28 +119,29 @@ def score_baselines(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np
                      path_loss=fitted, knn=knn, knn_val_median_m=knn_val_median, test_power=(power, online))
 
 
-def baseline_scores(data: VerifiedDataset, test_idx: np.ndarray, true_latlon: np.ndarray,
-                    cache_dir: Path | None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """(metrics, errors) of the baselines on the test sessions; kept in `cache_dir` (`baseline_cache`) when given."""
+def baseline_scores(data: VerifiedDataset, cache_dir: Path | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """(metrics, errors) of the baselines on the test split; kept in `cache_dir` (`baseline_cache`) when given.
+    They need the data alone, so a job scores them beside its model's calibration and export."""
+    test_idx = data.indices("test")
     setup = BaselineSetup.for_dataset(data)
     key = baseline_cache.baselines_key(data, test_idx, setup) if cache_dir is not None else None
     kept = baseline_cache.load(cache_dir, key) if key else None
     if kept is not None:
         return kept
-    baselines = score_baselines(data, test_idx, true_latlon, setup)
+    baselines = score_baselines(data, test_idx, data.emitter[test_idx, :2].astype(np.float64), setup)
     if key:
         baseline_cache.store(cache_dir, key, baselines.metrics, baselines.errors)
     return baselines.metrics, baselines.errors
 
 
-def evaluate(net: torch.nn.Module, data: VerifiedDataset, cache_dir: Path | None = None) -> Evaluation:
-    """The model and the baselines on the test split; the baselines' scores are reused from
-    `cache_dir` when the same sessions were scored by the same code before."""
+def evaluate(net: torch.nn.Module, data: VerifiedDataset,
+             baselines: tuple[dict[str, dict], dict[str, np.ndarray]]) -> Evaluation:
+    """The model on the test split, beside the baselines' (metrics, errors) on the same sessions (`baseline_scores`)."""
     test_idx = data.indices("test")
     true_latlon = data.emitter[test_idx, :2].astype(np.float64)
     pred, cov = predict(net, data, test_idx)
-    baselines, baseline_errors = baseline_scores(data, test_idx, true_latlon, cache_dir)
+    metrics, baseline_errors = baselines
     errors = {**baseline_errors, "model": localization_errors_m(pred, true_latlon)}
     return Evaluation(indices=test_idx, true_latlon=true_latlon, pred_latlon=pred, cov_m2=cov,
-                      metrics=localization_metrics(pred, cov, true_latlon), baselines=baselines,
+                      metrics=localization_metrics(pred, cov, true_latlon), baselines=metrics,
                       errors_by_method=errors)

@@ -1,8 +1,9 @@
-"""The training job as a recipe: data, model, fit, evaluate, export, register.
+"""The training job as a recipe: data, model, fit, export, evaluate, register.
 
 `run_job` is what `heimdall-training train` runs, in its own process. Each step is a plain
 function that can be called alone; the settings object and the training configuration are
-built once by the caller and passed down.
+built once by the caller and passed down. The baselines, which need the data alone, are scored in
+a thread beside the model's calibration and export.
 
 Raises: DatasetError (data), ConfigError, TrainingError (train), ExportError (export),
 RegistryError / StorageUnavailable (register).
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -134,7 +136,7 @@ def check_options(options: JobOptions) -> None:
 
 def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict | None:
     """The whole job. Returns the summary that `train --json` prints (None on DDP ranks other than zero)."""
-    from service.training.evaluation import evaluate
+    from service.training.evaluation import baseline_scores
     from service.training.fit import is_global_zero
     from service.training.registry import ModelRegistry, mlflow_errors
 
@@ -165,11 +167,12 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
         if not fitted.is_global_zero:
             return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
         best = load_net(fitted.best_checkpoint)
-        calibrate_covariance(best, data)
-        evaluation = evaluate(best, data, settings.cache_dir)
-        log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
-        registration = export_and_register(settings, config, options, data, best, evaluation, fitted, logger,
-                                           registry, key)
+        with ThreadPoolExecutor(1, thread_name_prefix="baselines") as beside:
+            # the baselines need the data alone: they are scored while the model is calibrated and exported
+            baselines = beside.submit(baseline_scores, data, settings.cache_dir)
+            calibrate_covariance(best, data)
+            evaluation, registration = export_and_register(settings, config, options, data, best, baselines, fitted,
+                                                           logger, registry, key)
     except BaseException:
         with mlflow_errors("end run"):
             logger.experiment.set_terminated(logger.run_id, "FAILED")
@@ -202,9 +205,11 @@ def calibrate_covariance(net, data: VerifiedDataset) -> float:
 
 
 def export_and_register(settings: Settings, config: TrainConfig, options: JobOptions, data: VerifiedDataset, net,
-                        evaluation, fitted, logger, registry, key: str):
-    """model.onnx + parity, the run's metrics and plot, then the card and the registry version."""
+                        baselines: Future, fitted, logger, registry, key: str):
+    """model.onnx + parity, the test split's scores (the model's, and the `baselines` when they are
+    ready), the run's metrics and plot, then the card and the registry version: (evaluation, registration)."""
     from service.training.card import build_card
+    from service.training.evaluation import evaluate
     from service.training.export import export_and_check
     from service.training.registry import mlflow_errors
 
@@ -214,13 +219,15 @@ def export_and_register(settings: Settings, config: TrainConfig, options: JobOpt
                                              samples=data.manifest.samples_per_capture,
                                              example_receivers=len(data.receivers), graphs_dir=settings.cache_dir)
         log_event(log, "exported", stage="export", onnx_bytes=onnx_info["bytes"], parity=parity["max_abs_diff"])
+        evaluation = evaluate(net, data, baselines.result())
+        log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
         with mlflow_errors("log results"):
             record_run(logger, evaluation, data, Path(tmp))
         card = build_card(model_name=settings.model_name, onnx=onnx_info, data=data, config=config,
                           job_id=options.job_id, metrics=evaluation.metrics, parity=parity,
                           mlflow_run_id=logger.run_id, epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch,
                           net_covariance_scale=float(net.covariance_scale))
-        return registry.publish(
+        return evaluation, registry.publish(
             run_id=logger.run_id, onnx_path=onnx_path, card=card, data=data, test_idx=evaluation.indices,
             median_error_m=evaluation.metrics["median_error_m"], parity_passed=parity["passed"],
             tags={"job_id": options.job_id, "idempotency_key": key, "dataset_id": data.manifest.dataset_id,
