@@ -32,6 +32,7 @@ from service.settings import Settings
 EXIT_UNREADABLE = 125  # ours, not the child's: it exited 0 but its result could not be read
 
 STDERR_LINE_LIMIT = 1 << 20
+STDERR_TAIL_LINES = 20  # the last stderr lines kept for a failure's report
 SPARE_READY = json.dumps({"event": "spare ready"})  # a warm spare's stderr line once its imports are done
 PR_SET_PDEATHSIG = 1
 
@@ -83,6 +84,20 @@ class Outcome:
     stderr_tail: list[str] = field(default_factory=list)
 
 
+async def stderr_line(proc: asyncio.subprocess.Process) -> str | None:
+    """The child's next stderr line as text; None once it closed stderr. A line over the reader's
+    limit (asyncio has dropped it from the buffer) comes back as a note saying so, never fatal."""
+    try:
+        raw = await proc.stderr.readline()
+    except ValueError:
+        return "[a log line over 1 MiB was skipped]"
+    return raw.decode(errors="replace").rstrip() if raw else None
+
+
+def with_line(tail: list[str], text: str) -> list[str]:
+    return (tail + [text])[-STDERR_TAIL_LINES:]
+
+
 async def spawn(cmd: list[str], settings: Settings) -> asyncio.subprocess.Process:
     """A child in its own process group that dies with us, with the settings as its environment."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
@@ -114,18 +129,11 @@ class WarmSpare:
             self._watch = asyncio.get_running_loop().create_task(self._until_ready(self.proc))
 
     async def _until_ready(self, proc: asyncio.subprocess.Process) -> None:
-        while True:
-            try:
-                raw = await proc.stderr.readline()
-            except ValueError:  # a line over the reader's limit: dropped
-                continue
-            if not raw:
-                return
-            text = raw.decode(errors="replace").rstrip()
+        while (text := await stderr_line(proc)) is not None:
             if text == SPARE_READY:
                 self.on_ready(True)
                 return
-            self._early_lines = (self._early_lines + [text])[-20:]
+            self._early_lines = with_line(self._early_lines, text)
 
     async def _stop_watching(self) -> None:
         if self._watch is not None:
@@ -168,16 +176,8 @@ class TrainingProcess:
     async def lines(self):
         """Parsed JSON log lines from stderr, until the child closes it. A line over the reader's
         limit is skipped (noted in the tail), never fatal."""
-        while True:
-            try:
-                raw = await self.proc.stderr.readline()
-            except ValueError:  # over STDERR_LINE_LIMIT: asyncio has dropped it from the buffer
-                self.outcome.stderr_tail = (self.outcome.stderr_tail + ["[a log line over 1 MiB was skipped]"])[-20:]
-                continue
-            if not raw:
-                return
-            text = raw.decode(errors="replace").rstrip()
-            self.outcome.stderr_tail = (self.outcome.stderr_tail + [text])[-20:]
+        while (text := await stderr_line(self.proc)) is not None:
+            self.outcome.stderr_tail = with_line(self.outcome.stderr_tail, text)
             try:
                 line = json.loads(text)
             except ValueError:
