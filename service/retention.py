@@ -80,24 +80,31 @@ def purge_cache(cache_dir: Path, retention_s: float, now_s: float | None = None)
     """Cached shards, baseline scores and traced ONNX graphs unused longer than retention_s (last
     used: the mtime of a shard's marker `verified/<hex[:2]>/<hex>`, which the reader touches, or of
     the file itself; see service/datasets/cache.py and service/training/export_cache.py), markers
-    whose file is gone, and staging folders older than a day.
+    whose file is gone, and what a killed process left older than a day: staging folders, partial
+    graphs (`onnx-graphs/.tmp-*`) and partial scores (`baselines/*.part`).
     Returns how many cache files and folders were removed."""
     now_s = time.time() if now_s is None else now_s
     removed = 0
-    for entry in [*(cache_dir / "sha256").glob("*/*"), *(cache_dir / "baselines").glob("*.npz"),
-                  *(cache_dir / "onnx-graphs").glob("*.onnx")]:
-        marker = cache_dir / "verified" / entry.parent.name / entry.name  # shards only; none for scores, graphs
-        used_s = max(entry.stat().st_mtime, marker.stat().st_mtime if marker.is_file() else 0.0)
-        if now_s - used_s > retention_s:
+    for entry in (cache_dir / "sha256").glob("*/*"):
+        marker = cache_dir / "verified" / entry.parent.name / entry.name
+        if now_s - max(entry.stat().st_mtime, marker.stat().st_mtime if marker.is_file() else 0.0) > retention_s:
             entry.unlink(missing_ok=True)
             marker.unlink(missing_ok=True)
+            removed += 1
+    for entry in [*(cache_dir / "baselines").glob("*.npz"), *(cache_dir / "onnx-graphs").glob("*.onnx")]:
+        if now_s - entry.stat().st_mtime > retention_s:
+            entry.unlink(missing_ok=True)
             removed += 1
     for marker in (cache_dir / "verified").glob("*/*"):
         if not (cache_dir / "sha256" / marker.parent.name / marker.name).is_file() \
                 and now_s - marker.stat().st_mtime > STAGING_MAX_AGE_S:
             marker.unlink(missing_ok=True)  # its file was removed, or a crash left a partial marker
-    for staging in (cache_dir / "staging").glob("open-*"):
-        if now_s - staging.stat().st_mtime > STAGING_MAX_AGE_S:
-            shutil.rmtree(staging, ignore_errors=True)
+    for left in [*(cache_dir / "staging").glob("open-*"), *(cache_dir / "onnx-graphs").glob(".tmp-*"),
+                 *(cache_dir / "baselines").glob("*.part")]:
+        if now_s - left.stat().st_mtime > STAGING_MAX_AGE_S:
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
             removed += 1
     return removed

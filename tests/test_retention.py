@@ -108,3 +108,25 @@ def test_the_retention_cannot_be_shorter_than_a_day():
     with pytest.raises(ValidationError, match="retention_s"):
         Settings(retention_s=3600)
 
+
+
+def test_what_a_killed_write_left_in_the_scores_and_graphs_folders_goes_after_a_day(settings):
+    """A kill -9 mid-write skips the writer's own clean-up: a graph's `.tmp-*` folder, a score's
+    `.part` file. Old ones go; a fresh one may be a write in progress and stays."""
+    cache = settings.cache_dir
+    old_graph_write, new_graph_write = cache / "onnx-graphs" / ".tmp-killed", cache / "onnx-graphs" / ".tmp-running"
+    old_score_write, new_score_write = cache / "baselines" / "tmpkilled.part", cache / "baselines" / "tmprunning.part"
+    for folder in (old_graph_write, new_graph_write):
+        folder.mkdir(parents=True)
+        (folder / ("01" * 32 + ".onnx")).write_bytes(b"x")
+    old_score_write.parent.mkdir(parents=True)
+    for path in (old_score_write, new_score_write):
+        path.write_bytes(b"x")
+    old = time.time() - 3 * DAY
+    for path in (old_graph_write, old_score_write):
+        os.utime(path, (old, old))
+    store = JobStore(settings.job_store_url)
+    store.migrate()
+    assert purge(store, settings).cache_files == 2
+    assert not old_graph_write.exists() and not old_score_write.exists()
+    assert new_graph_write.exists() and new_score_write.exists()
