@@ -26,9 +26,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     validation_split: float = Field(0.15, gt=0, lt=0.5)  # share of sessions hashed to val
     test_split: float = Field(0.15, gt=0, lt=0.5)  # share hashed to test; fixed per dataset lineage
-    # encoder size, see service.training.model.PRESETS; "radio-map": learned radio maps and a grid
-    # posterior, fitted in closed form (service.training.radio_map), the bench's default on POWDER
-    preset: Literal["tiny", "small", "large", "radio-map"] = "small"
+    # "radio-map": learned radio maps and a grid posterior, fitted in closed form (service.training.radio_map);
+    # at the Bayesian oracle on synthetic data and below every baseline on POWDER (reports/bench/summary.md).
+    # Otherwise a neural net's encoder size, see service.training.model.PRESETS.
+    preset: Literal["tiny", "small", "large", "radio-map"] = "radio-map"
     beta: float = Field(0.5, ge=0, le=1)  # β-NLL weight: 0 = plain NLL, 1 = MSE-like gradients for the mean
     # Training-only augmentation: each online receiver is marked offline with this probability
     # (receivers do go offline), so the model cannot lean on any one of them.

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-TARGET_MEDIAN_RATIO = 1.15
-TARGET_COVERAGE_POINTS = 0.03
-TARGET_SPEARMAN = 0.6
+# issue 11's targets: the median against the oracle's with 3,000 sessions and with 20,000 (14,000 to train)
+TARGET_MEDIAN_RATIO, TARGET_MEDIAN_RATIO_LARGE, LARGE_TRAIN_SESSIONS = 1.05, 1.02, 14_000
+TARGET_COVERAGE_POINTS = 0.02
+TARGET_SPEARMAN_BELOW_ORACLE = 0.03
 NOMINAL = {"coverage_1sigma": 0.393, "coverage_68": 0.683, "coverage_2sigma": 0.865, "coverage_95": 0.95}
 COLUMNS = ("median_error_m", "p90_error_m", "mean_error_m", "nll", "coverage_1sigma", "coverage_68",
            "coverage_2sigma", "coverage_95", "mean_mahalanobis_sq", "sigma_error_spearman")
@@ -36,28 +37,27 @@ def headline(run) -> dict:
 
 
 def targets(run) -> list[str]:
-    """Each target met or missed, by how much, and what bounds it (the oracle's own value, when known)."""
+    """Each target of issue 11 met or missed, by how much, and the oracle's own value where known
+    (a coverage on a few hundred test sessions is itself uncertain by about ±2 points)."""
     h, oracle = headline(run), run.rows.get("oracle")
     lines = []
     if h["median_ratio"] is not None:
-        ok = h["median_ratio"] <= TARGET_MEDIAN_RATIO
-        lines.append(f"- median within {TARGET_MEDIAN_RATIO}× the oracle's: **{'met' if ok else 'missed'}** "
-                     f"({h['median_ratio']:.3f}×)" + ("" if ok else
-                     f": {run.sessions['train']} training sessions and a CPU schedule; the oracle knows the exact "
-                     "generating model, the network must learn it from data"))
+        target = TARGET_MEDIAN_RATIO_LARGE if run.sessions["train"] >= LARGE_TRAIN_SESSIONS else TARGET_MEDIAN_RATIO
+        ok = h["median_ratio"] <= target
+        lines.append(f"- median within {target}× the oracle's ({run.sessions['train']} training sessions): "
+                     f"**{'met' if ok else 'missed'}** ({h['median_ratio']:.3f}×)")
     ok = h["worst_coverage_gap"] <= TARGET_COVERAGE_POINTS
-    why = "" if ok else ": one post-hoc variance scale fixes the average spread, not the shape of the predicted ellipses"
+    why = "" if not oracle else \
+        f" (the oracle's own worst gap: {100 * max(abs(oracle[k] - v) for k, v in NOMINAL.items()):.1f} points)"
+    lines.append(f"- every coverage within ±{100 * TARGET_COVERAGE_POINTS:.0f} points of nominal: "
+                 f"**{'met' if ok else 'missed'}** (worst gap {100 * h['worst_coverage_gap']:.1f} points){why}")
     if oracle:
-        gap = max(abs(oracle[k] - v) for k, v in NOMINAL.items())
-        why += f" (the oracle's own worst gap: {100 * gap:.1f} points)"
-    lines.append(f"- every coverage within ±3 points of nominal: **{'met' if ok else 'missed'}** "
-                 f"(worst gap {100 * h['worst_coverage_gap']:.1f} points){why}")
-    ok = h["spearman"] >= TARGET_SPEARMAN
-    why = "" if ok else (": part of each session's error is its own shadowing draw, which no predicted σ can "
-                         "foresee, and the single-Gaussian head summarises a posterior that is often skewed")
-    if oracle and not ok:
-        why += f"; the exact posterior itself reaches {oracle['sigma_error_spearman']:.3f}"
-    lines.append(f"- Spearman(σ, error) ≥ {TARGET_SPEARMAN}: **{'met' if ok else 'missed'}** ({h['spearman']:.3f}){why}")
+        floor = oracle["sigma_error_spearman"] - TARGET_SPEARMAN_BELOW_ORACLE
+        ok = h["spearman"] >= floor
+        lines.append(f"- Spearman(σ, error) within {TARGET_SPEARMAN_BELOW_ORACLE} of the oracle's "
+                     f"{oracle['sigma_error_spearman']:.3f}: **{'met' if ok else 'missed'}** ({h['spearman']:.3f})")
+    else:
+        lines.append(f"- Spearman(σ, error): {h['spearman']:.3f} (no oracle on real data)")
     lines.append(f"- beats maximum-likelihood grid search: **{'yes' if h['beats_ml_grid'] else 'no'}** "
                  f"(model {_cell('median_error_m', run.rows['model']['median_error_m'])}, ML grid "
                  f"{_cell('median_error_m', run.rows['ml_grid_search']['median_error_m'])}, kNN "
