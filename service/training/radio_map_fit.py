@@ -14,7 +14,7 @@ No gradient descent: every part has a closed form on the training split.
 3. The EIRP nodes are quantiles of the fitted A_i (a learnt prior); the spatial prior is a
    kernel density of the training transmitters mixed with uniform.
 
-The σ scale and the fingerprint memory are chosen on the validation split (`val_scores`), computed
+The σ scale and the fingerprint memory are chosen on the validation split (`radio_map_scores`), computed
 through `RadioMapNet.from_power`: the graph that is exported. With a learnt map by the median error
 (on POWDER that is what beats kNN). With no map by the Gaussian NLL of the output: the median would
 favour any sharper posterior, and the memory's votes come from the same powers as the likelihood,
@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from scipy.special import log_ndtr
 
-from service.geodesy import EARTH_RADIUS_M, haversine_m
+from service.geodesy import EARTH_RADIUS_M
 from service.training.baselines import MIN_DISTANCE_M, heard_mask, signal_power_dbm, signal_threshold_dbm
 from service.training.knn import KnnParams, tune_knn
-from service.training.metrics import mahalanobis_sq
 from service.training.path_loss import fit_path_loss
 from service.training.radio_map import RadioMapNet
+from service.training.radio_map_scores import MEDIAN, NLL, val_scores
 
 CELLS_PER_AXIS = 90  # grid resolution: span / 90 (POWDER: ~40 m; a 150 km area: ~1.7 km)
 AREA_MARGIN_SHARE = 0.05  # the grid reaches this share of the span beyond transmitters and receivers
@@ -56,8 +56,6 @@ PRIOR_KERNEL_STEPS = 2.0
 MEMORY_CHOICES = ((2.0, 0.0), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5))
 BLENDS = (0.0, 0.25, 0.5, 0.75)  # candidate shares of the kNN position in the output
 CHUNK = 2048
-MEDIAN, NLL = 0, 1  # `val_scores`' two scores
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -227,32 +225,6 @@ def set_memory(net: RadioMapNet, kernel_m: float, weight: float, blend: float = 
         net.memory.weight.fill_(weight)
         net.memory.blend.fill_(blend)
     return net
-
-
-def val_scores(net: RadioMapNet, val: Sessions, rx_position) -> tuple[float, float]:
-    """(median error m, Gaussian NLL per session once the covariances are scaled by the best scalar) on val.
-
-    The NLL after that scale, 1 + log(mean d²/2) + mean ½·log det Σ + log 2π, is a proper score of the
-    output's shape and ranking, blind to the overall confidence the post-hoc calibration sets anyway."""
-    position, cov = predict_power(net, val, rx_position)
-    d2 = mahalanobis_sq(position, cov, val.latlon)
-    nll = 1.0 + math.log(float(np.mean(d2)) / 2.0) + 0.5 * float(np.mean(np.linalg.slogdet(cov)[1])) + LOG_2PI
-    return float(np.median(haversine_m(position[:, 0], position[:, 1], val.latlon[:, 0], val.latlon[:, 1]))), nll
-
-
-@torch.no_grad()
-def predict_power(net: RadioMapNet, sessions: Sessions, rx_position) -> tuple[np.ndarray, np.ndarray]:
-    """Positions [N, 2] and covariances [N, 2, 2] from capture powers, through the exported graph's path."""
-    positions, covariances = [], []
-    for start in range(0, sessions.power_dbm.shape[0], 256):
-        part = slice(start, start + 256)
-        power = torch.as_tensor(np.nan_to_num(sessions.power_dbm[part], neginf=-180.0), dtype=torch.float32)
-        online = torch.as_tensor(sessions.online[part])
-        rx = torch.as_tensor(np.repeat(rx_position[None], power.shape[0], axis=0), dtype=torch.float32)
-        position, cov = net.from_power(power, rx, online)
-        positions.append(position.double().numpy())
-        covariances.append(cov.double().numpy())
-    return np.concatenate(positions), np.concatenate(covariances)
 
 
 def choose_map(channel: _Channel, kernels_m) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
