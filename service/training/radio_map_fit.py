@@ -238,15 +238,15 @@ def choose_map(channel: _Channel, kernels_m) -> tuple[float, np.ndarray, np.ndar
     scale of which `fit_radio_map` tunes on val (on POWDER the censored fit's σ, at any scale, lost
     50-60 m of median error with all receivers)."""
     heard_any = channel.heard.any(axis=1)
-    best = (channel.residual_map(None)[3], 0.0)
+    flat_map, flat_eirp, _, flat_log_lik = channel.residual_map(None)
+    best = (flat_log_lik, 0.0)
     for kernel_m in kernels_m:
         log_lik = channel.residual_map(kernel_m)[3]
         if log_lik > best[0]:
             best = (log_lik, kernel_m)
     kernel_m = best[1]
     if not kernel_m:
-        flat_map, eirp, _, _ = channel.residual_map(None)
-        return 0.0, flat_map, eirp[heard_any], np.full(flat_map.shape[1], channel.sigma)
+        return 0.0, flat_map, flat_eirp[heard_any], np.full(flat_map.shape[1], channel.sigma)
     residual_map, eirp, mean_square, _ = channel.residual_map(kernel_m, leave_one_out=False)
     return kernel_m, residual_map, eirp[heard_any], np.maximum(np.sqrt(mean_square), MIN_SIGMA_DB)
 
@@ -276,13 +276,14 @@ def fit_radio_map(train: Sessions, val: Sessions, rx_position, noise_floor_dbm: 
         scores = val_scores(candidate_net, val, rx_position)
         if best is None or scores[criterion] < best[0][criterion]:
             best = (scores, candidate_net, scale)
-    (median, nll), net, sigma_scale = best
+    scores, net, sigma_scale = best
     memory_choice = (step, 0.0, 0.0)
     for (memory_steps, weight), blend in product(MEMORY_CHOICES, BLENDS):
         candidate = val_scores(set_memory(net, memory_steps * step, weight, blend), val, rx_position)
-        if candidate[criterion] < (median, nll)[criterion]:
-            (median, nll), memory_choice = candidate, (memory_steps * step, weight, blend)
+        if candidate[criterion] < scores[criterion]:
+            scores, memory_choice = candidate, (memory_steps * step, weight, blend)
     set_memory(net, *memory_choice)
+    median, nll = scores
     return net, {"kernel_m": kernel_m, "sigma_scale": sigma_scale, **dict(zip(("memory_kernel_m", "memory_weight", "knn_blend"), memory_choice)),
                  "memory_neighbours": knn.k, "val_median_error_m": median, "val_nll": nll, "exponent": channel.exponent,
                  "grid_step_m": step, "cells": int(channel.cells.shape[0])}
