@@ -32,10 +32,10 @@ def test_bench_scores_model_oracle_bound_and_baselines_and_writes_the_report(tmp
     assert run.rows["oracle"]["nll"] < run.rows["model"]["nll"]
     for key in ("coverage_1sigma", "coverage_68", "coverage_2sigma", "coverage_95", "sigma_error_spearman"):
         assert key in run.rows["model"] and key in run.rows["oracle"]
-    report = (tmp_path / "reports" / "nw-italy-2m" / "seed-0" / "report.md").read_text()
+    report = (tmp_path / "reports" / "nw-italy-2m-200" / "seed-0" / "report.md").read_text()
     assert "Model median ÷ oracle median" in report and "## Targets" in report
     for png in ("results.png", "reliability.png"):
-        assert (tmp_path / "reports" / "nw-italy-2m" / "seed-0" / png).stat().st_size > 10_000
+        assert (tmp_path / "reports" / "nw-italy-2m-200" / "seed-0" / png).stat().st_size > 10_000
     assert run.timings["train_sessions_per_s"] > 0 and run.timings["eval_sessions_per_s"] > 0
 
 
@@ -67,19 +67,25 @@ def test_ml_and_knn_are_fitted_on_train_tuned_on_val_and_scored_on_the_models_te
 
 def test_seeds_draw_other_data_and_the_summary_shows_the_median_and_range_over_them(tmp_path):
     """Seed 1 is another dataset (other sessions), so the test errors differ; the summary cell
-    for each figure is the median of the per-seed values with their min and max."""
+    for each figure is the median of the per-seed values with their min and max. A scenario run
+    earlier, in another process, keeps its row in the summary, with the commit it was measured at."""
+    earlier = tmp_path / "reports" / "powder-seven"
+    earlier.mkdir(parents=True)
+    (earlier / "summary-row.md").write_text("| powder-seven | 3 | 286 m |\n")
     settings = Settings(state_dir=tmp_path / "state")
     result = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", config=TINY,
                           sessions=120, seeds=(0, 1, 2))
     assert [run.seed for run in result.runs] == [0, 1, 2]
     medians = sorted(run.rows["knn"]["median_error_m"] for run in result.runs)
     assert len(set(medians)) == 3
-    summary = write_summary([result], tmp_path / "reports").read_text()
-    row = next(line for line in summary.splitlines() if line.startswith("| nw-italy-2m"))
+    summary = write_summary(tmp_path / "reports").read_text()
+    assert "| powder-seven | 3 | 286 m |" in summary.splitlines()
+    row = next(line for line in summary.splitlines() if line.startswith("| nw-italy-2m-120 | 3 |"))
+    assert row.endswith(f"| `{result.revision}` |") and result.revision not in ("", "unknown")
     knn_cell = row.split(" | ")[2 + [f[0] for f in SUMMARY_FIGURES].index("kNN median")]
     expected = [_cell("median_error_m", v) for v in medians]
     assert knn_cell == f"{expected[1]} ({expected[0]}–{expected[2]})"
-    assert (tmp_path / "reports" / "nw-italy-2m" / "report.md").read_text().count("| 2 |") == 1
+    assert (tmp_path / "reports" / "nw-italy-2m-120" / "report.md").read_text().count("| 2 |") == 1
 
 
 def test_baselines_command_scores_every_baseline_on_a_seeds_test_split(tmp_path):

@@ -89,3 +89,15 @@ def test_a_misspelt_setting_is_refused_at_start_up(synth_dataset, tmp_path):
 def test_export_only_needs_a_checkpoint(synth_dataset, tmp_path):
     done = run_cli(["train", "--data_dir", str(synth_dataset), "--export_only"], tmp_path)
     assert done.returncode == 1 and "--export_only needs --checkpoint" in done.stderr
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--scenario", "powder-seven", "--sessions", "3000"], "powder-seven"),
+    (["--scenario", "nw-italy-2m", "--sessions", "10"], "at least 100"),
+    (["--scenario", "nw-italy-2m", "--seeds", "0"], "--seeds 0"),
+])
+def test_bench_refuses_a_session_count_for_real_data_and_says_why(tmp_path, flags, named):
+    """Nothing is measured and no report is written: the flags are checked before any data is made."""
+    done = run_cli(["bench", *flags, "--out", str(tmp_path / "reports")], tmp_path / "state")
+    assert done.returncode == 2 and named in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "state" / "bench").exists()

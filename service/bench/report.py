@@ -130,7 +130,8 @@ def across_seeds(result, figure) -> str:
 
 
 def write_scenario_report(result, workdir: Path) -> Path:
-    """`<scenario>/report.md`: the headline figures across seeds, then each seed's own median errors."""
+    """`<scenario>/report.md`: the headline figures across seeds, then each seed's own median errors; and
+    `<scenario>/summary-row.md`, the scenario's row of `summary.md`."""
     methods = [m for m in result.runs[0].rows if "median_error_m" in result.runs[0].rows[m]]
     lines = [f"# Bench: {result.scenario}, {len(result.runs)} seeds", "",
              "Each figure: the median over seeds (min–max). Per-seed reports, figures included: "
@@ -140,21 +141,23 @@ def write_scenario_report(result, workdir: Path) -> Path:
              "## Median error per seed", "", "| seed | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|",
              *[f"| {run.seed} | " + " | ".join(_cell("median_error_m", run.rows[m]["median_error_m"]) for m in methods)
                + " |" for run in result.runs], "",
-             f"Wall time, all seeds: {result.wall_s / 60:.1f} min.", ""]
+             f"Wall time, all seeds: {result.wall_s / 60:.1f} min, at `{result.revision}`.", ""]
+    cells = [result.scenario, str(len(result.runs)), *(across_seeds(result, figure) for figure in SUMMARY_FIGURES),
+             f"{result.wall_s / 60:.1f} min", f"`{result.revision}`"]
+    (workdir / "summary-row.md").write_text("| " + " | ".join(cells) + " |\n")
     path = workdir / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def write_summary(results: list, out_dir: Path) -> Path:
-    """`summary.md`: one row per scenario, each headline figure the median over seeds with its range."""
-    header = ["scenario", "seeds", *(figure[0] for figure in SUMMARY_FIGURES), "wall time"]
-    lines = ["# Bench summary", "", "Each cell: the median over seeds (min–max over seeds).", "",
-             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for result in results:
-        cells = [result.scenario, str(len(result.runs)), *(across_seeds(result, figure) for figure in SUMMARY_FIGURES),
-                 f"{result.wall_s / 60:.1f} min"]
-        lines.append("| " + " | ".join(cells) + " |")
+def write_summary(out_dir: Path) -> Path:
+    """`summary.md`: one row per scenario folder under `out_dir` (this run's and earlier runs', each
+    with the commit it was measured at), each headline figure the median over seeds with its range."""
+    header = ["scenario", "seeds", *(figure[0] for figure in SUMMARY_FIGURES), "wall time", "commit"]
+    rows = [path.read_text().rstrip("\n") for path in sorted(out_dir.glob("*/summary-row.md"))]
+    lines = ["# Bench summary", "", "Each cell: the median over seeds (min–max over seeds). Written by "
+             "`heimdall-training bench`, one row per scenario (`<scenario>-<N>`: run with `--sessions N`).", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|", *rows]
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path

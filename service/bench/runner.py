@@ -16,6 +16,7 @@ the scenario as defined.
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,11 @@ def scenario_names() -> list[str]:
     return [*SCENARIOS, *POWDER_VARIANTS]
 
 
+def scenario_label(name: str, sessions: int | None) -> str:
+    """The report folder's and the summary row's name: `nw-italy-2m`, or `nw-italy-2m-3000` with another session count."""
+    return name if sessions is None else f"{name}-{sessions}"
+
+
 def bench_config(quick: bool) -> TrainConfig:
     """The service's default model, the same on every scenario; --quick trades accuracy for minutes
     (fewer sessions, and fewer epochs for a net trained by gradient descent)."""
@@ -68,6 +74,7 @@ class ScenarioRuns:
     scenario: str
     runs: list[BenchRun]
     wall_s: float
+    revision: str  # the commit measured (`git describe --always --dirty`)
 
 
 def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | None = None,
@@ -188,9 +195,20 @@ def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, c
     started = time.monotonic()
     runs = [run_seed(settings, name, seed, quick=quick, out_dir=out_dir, config=config, sessions=sessions)
             for seed in seeds]
-    result = ScenarioRuns(name, runs, time.monotonic() - started)
-    write_scenario_report(result, out_dir / name)
+    label = scenario_label(name, sessions)
+    result = ScenarioRuns(label, runs, time.monotonic() - started, source_revision())
+    write_scenario_report(result, out_dir / label)
     return result
+
+
+def source_revision() -> str:
+    """The checkout's commit, `-dirty` with uncommitted changes; "unknown" outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
 
 
 def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: Path,
@@ -205,12 +223,13 @@ def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: 
     data = open_dataset(settings, config, uri)
     test_idx = data.indices("test")
     true = data.emitter[test_idx, :2].astype(np.float64)
-    run = BenchRun(name, seed, {s: int(len(data.indices(s))) for s in ("train", "val", "test")})
+    label = scenario_label(name, sessions)
+    run = BenchRun(label, seed, {s: int(len(data.indices(s))) for s in ("train", "val", "test")})
     run.timings["prepare_s"] = time.monotonic() - started
-    workdir = out_dir / name / f"seed-{seed}"
+    workdir = out_dir / label / f"seed-{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
     log_event(log, "bench scenario", scenario=name, seed=seed, sessions=run.sessions)
-    net, logger, fit_info = train_for_bench(settings, data, config, f"{name}-seed{seed}", workdir)
+    net, logger, fit_info = train_for_bench(settings, data, config, f"{label}-seed{seed}", workdir)
     run.timings.update({k: v for k, v in fit_info.items() if k.endswith("_s")})
     run.notes.append(f"Model: preset {config.preset}, {fit_info['epochs']} epochs run, post-hoc covariance scale "
                      f"{fit_info['covariance_scale']:.3f} (fitted on {run.sessions['val']} validation sessions).")
