@@ -208,8 +208,11 @@ def test_a_reported_floor_is_found_else_each_receivers_own_noise_floor():
 
 
 def test_a_radio_map_job_fits_exports_and_registers_through_the_pipeline(tmp_path, example_dataset):
-    """The whole `train` recipe with `--preset radio-map`: closed-form fit, checkpoint, calibration, export, card."""
+    """The whole `train` recipe with `--preset radio-map`: closed-form fit, checkpoint, calibration, export, card;
+    the MLflow run's parameters describe the fitted map, not the 1 × 1 placeholder the module starts with."""
     import json
+
+    import mlflow
 
     from service.config import TrainConfig
     from service.settings import Settings
@@ -217,10 +220,14 @@ def test_a_radio_map_job_fits_exports_and_registers_through_the_pipeline(tmp_pat
     from service.training.pipeline import JobOptions, run_job
 
     config = TrainConfig(preset="radio-map", min_labelled_sessions=10)
-    result = run_job(Settings(state_dir=tmp_path), config, JobOptions(data_uri=str(example_dataset),
-                                                                      checkpoint_dir=tmp_path / "ckpt"))
+    settings = Settings(state_dir=tmp_path)
+    result = run_job(settings, config, JobOptions(data_uri=str(example_dataset), checkpoint_dir=tmp_path / "ckpt"))
     module = LocalizationModule.load_from_checkpoint(str(tmp_path / "ckpt" / "last.ckpt"), weights_only=True)
     assert isinstance(module.net, RadioMapNet) and module.net.mean_db.abs().sum() > 0
+    params = mlflow.MlflowClient(settings.mlflow_tracking_uri).get_run(result["mlflow"]["run_id"]).data.params
+    fitted = module.net.describe()
+    assert params["receivers"] == str(fitted["receivers"]) != "1"
+    assert params["grid_shape"] == str(fitted["grid_shape"]) and params["buffers"] == str(fitted["buffers"])
     cards = list(tmp_path.rglob("model.json"))
     assert cards, result
     card = json.loads(cards[0].read_text())
@@ -257,3 +264,25 @@ def test_the_fingerprint_memory_in_the_graph_is_the_tuned_knn(params):
     dist, _ = _neighbours(train_power, train_online, query_power, query_online, NOISE_DBM, params, params.k + 1)
     untied = (dist[:, 0] > 1e-3) & (dist[:, -1] - dist[:, -2] > 1e-3)
     assert untied.sum() >= 12 and moved[untied].max() < 1.0  # metres
+
+
+def test_the_memorys_density_factorised_by_axis_is_the_kernel_sum_over_every_cell():
+    """The fingerprint memory's prior takes the grid as two axes (the fit's and the oracle's grids are
+    products); it must equal the plain Gaussian kernel sum over all G cells of `grid_en`."""
+    net, _ = net_of(channel())
+    east, north = net.grid_axes()
+    ny, nx = net.grid_shape
+    np.testing.assert_array_equal(torch.stack(torch.meshgrid(east, north, indexing="xy"), dim=-1).reshape(-1, 2),
+                                  net.grid_en)
+    gen = torch.Generator().manual_seed(0)
+    where = net.grid_en[torch.randint(0, ny * nx, (6, 4), generator=gen)] + 500 * torch.randn(6, 4, 2, generator=gen)
+    votes = torch.rand(6, 4, generator=gen)
+    votes = votes / votes.sum(dim=1, keepdim=True)
+    memory = net.memory
+    memory.weight.fill_(0.7)
+    memory.bandwidth_m.fill_(800.0)
+    d2 = ((net.grid_en[None, None] - where[:, :, None]) ** 2).sum(dim=-1)
+    density = (votes[..., None] * torch.exp(-0.5 * d2 / 800.0**2)).sum(dim=1)
+    expected = torch.log(0.3 * net.log_prior.exp() + 0.7 * density / density.sum(dim=-1, keepdim=True) + 1e-30)
+    torch.testing.assert_close(memory.log_prior(votes, where, east, north, net.log_prior), expected,
+                               rtol=1e-5, atol=1e-5)

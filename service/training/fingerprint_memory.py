@@ -57,10 +57,16 @@ class FingerprintMemory(nn.Module):
         votes = votes / votes.sum(dim=1, keepdim=True).clamp(min=1e-30)
         return votes, self.position_en[index]
 
-    def log_prior(self, votes: torch.Tensor, where: torch.Tensor, grid_en: torch.Tensor,
+    def log_prior(self, votes: torch.Tensor, where: torch.Tensor, east: torch.Tensor, north: torch.Tensor,
                   base_log_prior: torch.Tensor) -> torch.Tensor:
-        """[B, G] log of (1 − weight)·base + weight·(the neighbours' kernel density over the cells)."""
-        d2 = ((grid_en[None, None, :, :] - where[:, :, None, :]) ** 2).sum(dim=-1)  # [B, k, G]
-        density = (votes[..., None] * torch.exp(-0.5 * d2 / (self.bandwidth_m * self.bandwidth_m))).sum(dim=1)
+        """[B, G] log of (1 − weight)·base + weight·(the neighbours' kernel density over the cells).
+
+        The cells are the product grid of `north` [ny] × `east` [nx] (row-major, east fastest), so the
+        Gaussian kernel factorises by axis: B·k·(nx + ny) exponentials and one batched matmul, not B·k·G
+        exponentials (a third of the radio map's fit time went there)."""
+        scale = -0.5 / (self.bandwidth_m * self.bandwidth_m)
+        along_east = torch.exp(scale * (east[None, None, :] - where[..., 0:1]) ** 2)  # [B, k, nx]
+        along_north = torch.exp(scale * (north[None, None, :] - where[..., 1:2]) ** 2)  # [B, k, ny]
+        density = ((votes[..., None] * along_north).transpose(1, 2) @ along_east).flatten(1)  # [B, ny·nx]
         density = density / density.sum(dim=-1, keepdim=True).clamp(min=1e-30)
         return torch.log((1.0 - self.weight) * base_log_prior.exp() + self.weight * density + 1e-30)

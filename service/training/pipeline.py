@@ -158,7 +158,7 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
     module = build_module(data, config, options.checkpoint if options.export_only else None)
     with mlflow_errors("start run"):
         logger = build_logger(settings, options, data)
-        logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash(), **module.net.describe()})
+        logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash()})
         if is_global_zero():  # the service reads one "started" per job
             log_event(log, "started", stage="train", mlflow_run_id=logger.run_id)
     try:
@@ -167,6 +167,8 @@ def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dic
         if not fitted.is_global_zero:
             return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
         best = load_net(fitted.best_checkpoint)
+        with mlflow_errors("log the model's shape"):
+            logger.log_hyperparams(best.describe())  # after fit: a radio map's shapes are the fit's
         with ThreadPoolExecutor(1, thread_name_prefix="baselines") as beside:
             # the baselines need the data alone: they are scored while the model is calibrated and exported
             baselines = beside.submit(baseline_scores, data, settings.cache_dir)

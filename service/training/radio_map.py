@@ -168,6 +168,11 @@ class RadioMapNet(nn.Module):
         log_lik = torch.logsumexp(-0.5 * quadratic + censored_part + self.eirp_log_weight[None, :, None], dim=1)
         return torch.log_softmax(log_lik + log_prior, dim=-1)
 
+    def grid_axes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grid's east [nx] and north [ny] cell centres: `grid_en` is their product, row-major (east fastest)."""
+        cells = self.grid_en.reshape(self.grid_shape[0], self.grid_shape[1], 2)
+        return cells[0, :, 0], cells[:, 0, 1]
+
     def moments(self, log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean [B, 2] and covariance [B, 2, 2], east/north metres."""
         prob = log_prob.exp()
@@ -180,7 +185,7 @@ class RadioMapNet(nn.Module):
         """Capture powers [B, R] dBm -> position [B, 2] lat/lon and covariance [B, 2, 2] m²."""
         signal, heard, censored, above, online_k = self.per_receiver(power, rx_position, online)
         votes, where = self.memory.neighbours_of(above, online_k)
-        log_prior = self.memory.log_prior(votes, where, self.grid_en, self.log_prior)
+        log_prior = self.memory.log_prior(votes, where, *self.grid_axes(), self.log_prior)
         mean, cov = self.moments(self.log_posterior(signal, heard, censored, log_prior))
         # the blended position, and the posterior's second moment about it (its covariance + shift·shiftᵀ)
         shift = self.memory.blend * ((votes[..., None] * where).sum(dim=1) - mean)
