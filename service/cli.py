@@ -81,9 +81,10 @@ def add_bench(sub) -> None:
     p = sub.add_parser("bench", help="model vs the Bayesian oracle, the Cramér-Rao bound and classical baselines")
     add_log_format(p)
     p.add_argument("--scenario", action="append", help="a scenario name (repeatable); default: all of them")
-    p.add_argument("--quick", action="store_true", help="600 sessions and 8 epochs per scenario: minutes, not half an hour")
+    p.add_argument("--quick", action="store_true", help="synthetic scenarios at 600 sessions (and 8 epochs for a preset trained by "
+                   "gradient), reported as <scenario>-600: minutes for a smoke run; POWDER is the same data either way")
     p.add_argument("--sessions", type=int, help="synthetic scenarios only: this many sessions instead of 6,000 "
-                   "(issue 11 checks 3,000 and 20,000); reported as <scenario>-<N>")
+                   "(the sample-efficiency checks use 3,000 and 20,000); reported as <scenario>-<N>")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per scenario (default 3)")
     p.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder")
 

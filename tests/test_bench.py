@@ -111,3 +111,17 @@ def test_every_scenario_runs_the_services_default_model_which_is_near_the_oracle
     assert any(note.startswith("Model: preset radio-map") for note in run.notes)
     # with 3,000 sessions: 0.94-1.04x over 3 seeds (reports/bench); the `small` net after 8 epochs on 600: 2.5x
     assert run.rows["model"]["median_error_m"] < 1.15 * run.rows["oracle"]["median_error_m"]
+
+
+def test_a_quick_run_is_reported_beside_the_full_one_not_over_it(tmp_path):
+    """`bench --quick` writes `<scenario>-600/`: a smoke run must not replace the full bench's report."""
+    settings = Settings(state_dir=tmp_path / "state")
+    full = tmp_path / "reports" / "nw-italy-2m"
+    full.mkdir(parents=True)
+    (full / "summary-row.md").write_text("| nw-italy-2m | 3 | 24.48 km |\n")
+    result = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", config=TINY, seeds=(0,))
+    assert result.scenario == "nw-italy-2m-600" and result.runs[0].sessions["train"] + \
+        result.runs[0].sessions["val"] + result.runs[0].sessions["test"] == 600
+    assert (tmp_path / "reports" / "nw-italy-2m-600" / "seed-0" / "report.md").is_file()
+    assert (full / "summary-row.md").read_text() == "| nw-italy-2m | 3 | 24.48 km |\n"
+    assert {p.parent.name for p in (tmp_path / "reports").glob("*/summary-row.md")} == {"nw-italy-2m", "nw-italy-2m-600"}

@@ -191,7 +191,10 @@ def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, c
     """Every seed of one scenario, each reported in `<out_dir>/<name>/seed-<k>/`, plus the scenario's
     report across seeds. `config`, `sessions` and `seeds` shrink it for tests."""
     from service.bench.report import write_scenario_report
+    from service.bench.scenarios import QUICK_SESSIONS
 
+    if quick and sessions is None and name not in POWDER_VARIANTS:
+        sessions = QUICK_SESSIONS  # reported as <name>-600, beside the full run's, not over it
     started = time.monotonic()
     runs = [run_seed(settings, name, seed, quick=quick, out_dir=out_dir, config=config, sessions=sessions)
             for seed in seeds]
