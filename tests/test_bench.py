@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 
 from service.bench.report import SUMMARY_FIGURES, _cell, write_summary
@@ -125,3 +127,24 @@ def test_a_quick_run_is_reported_beside_the_full_one_not_over_it(tmp_path):
     assert (tmp_path / "reports" / "nw-italy-2m-600" / "seed-0" / "report.md").is_file()
     assert (full / "summary-row.md").read_text() == "| nw-italy-2m | 3 | 24.48 km |\n"
     assert {p.parent.name for p in (tmp_path / "reports").glob("*/summary-row.md")} == {"nw-italy-2m", "nw-italy-2m-600"}
+
+
+def test_the_commit_in_the_summary_is_dirty_for_changed_code_not_for_the_reports_the_bench_writes(
+        tmp_path, tmp_path_factory):
+    from service.bench.runner import source_revision
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    for path in ("service/runner.py", "reports/bench/summary.md", "pyproject.toml"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("v1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    (tmp_path / "reports" / "bench" / "summary.md").write_text("a new run\n")
+    assert source_revision(tmp_path / "service") == commit
+    (tmp_path / "service" / "runner.py").write_text("v2\n")
+    assert source_revision(tmp_path / "service") == f"{commit}-dirty"
+    assert source_revision(tmp_path_factory.mktemp("not-a-checkout")) == "unknown"

@@ -204,14 +204,20 @@ def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, c
     return result
 
 
-def source_revision() -> str:
-    """The checkout's commit, `-dirty` with uncommitted changes; "unknown" outside a git checkout."""
+def source_revision(checkout: Path = Path(__file__).parent) -> str:
+    """The checkout's short commit, `-dirty` when the code differs from it (the reports the bench writes
+    do not count); "unknown" outside a git checkout."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+
     try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, check=True, timeout=30)
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ":/service", ":/messages",
+                      ":/pyproject.toml")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return done.stdout.strip()
+    return commit + ("-dirty" if changed else "")
 
 
 def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: Path,
