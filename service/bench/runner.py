@@ -74,7 +74,7 @@ class ScenarioRuns:
     scenario: str
     runs: list[BenchRun]
     wall_s: float
-    revision: str  # the commit measured (`git describe --always --dirty`)
+    revision: str  # the commit measured (`source_revision`)
 
 
 def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | None = None,
@@ -188,8 +188,9 @@ def score_oracle(run: BenchRun, cfg, true) -> None:
 
 def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, config: TrainConfig | None = None,
                  sessions: int | None = None, seeds: tuple[int, ...] = BENCH_SEEDS) -> ScenarioRuns:
-    """Every seed of one scenario, each reported in `<out_dir>/<name>/seed-<k>/`, plus the scenario's
-    report across seeds. `config`, `sessions` and `seeds` shrink it for tests."""
+    """Every seed of one scenario, each reported in `<out_dir>/<label>/seed-<k>/`, plus the scenario's
+    report across seeds (`scenario_label`: the name, with the session count when not the scenario's own).
+    `config`, `sessions` and `seeds` shrink it for tests."""
     from service.bench.report import write_scenario_report
     from service.bench.scenarios import QUICK_SESSIONS
 
