@@ -56,9 +56,19 @@ def scenario_names() -> list[str]:
     return [*SCENARIOS, *POWDER_VARIANTS]
 
 
-def scenario_label(name: str, sessions: int | None) -> str:
-    """The report folder's and the summary row's name: `nw-italy-2m`, or `nw-italy-2m-3000` with another session count."""
-    return name if sessions is None else f"{name}-{sessions}"
+def bench_sessions(name: str, quick: bool, sessions: int | None) -> int | None:
+    """A synthetic scenario's session count: `sessions`, else `QUICK_SESSIONS` with --quick, else None
+    (the scenario's own). None for POWDER, whose sessions are the measurements'."""
+    from service.bench.scenarios import QUICK_SESSIONS
+
+    return None if name in POWDER_VARIANTS else sessions or (QUICK_SESSIONS if quick else None)
+
+
+def scenario_label(name: str, quick: bool, sessions: int | None) -> str:
+    """The report folder's and the summary row's name: `nw-italy-2m`, or `nw-italy-2m-3000` with another
+    session count (`--quick`: `nw-italy-2m-600`, beside the full run's report, not over it)."""
+    count = bench_sessions(name, quick, sessions)
+    return name if count is None else f"{name}-{count}"
 
 
 def bench_config(quick: bool) -> TrainConfig:
@@ -80,7 +90,7 @@ class ScenarioRuns:
 def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | None = None,
                     seed: int = 0) -> tuple[str, object | None]:
     """The scenario's dataset URI for `seed` (generated once, then reused) and its generator config (None for POWDER)."""
-    from service.bench.scenarios import QUICK_SESSIONS, scenario
+    from service.bench.scenarios import scenario
     from service.datasets.synth import synthesize_dataset
 
     root = settings.state_dir / "bench" / ("quick" if quick else "full")
@@ -93,7 +103,7 @@ def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | 
             import_powder(str(root), variant=POWDER_VARIANTS[name], dataset_id=dataset_id, samples_per_capture=256,
                           seed=seed)
         return uri, None
-    cfg = scenario(name, sessions=sessions or (QUICK_SESSIONS if quick else None))
+    cfg = scenario(name, sessions=bench_sessions(name, quick, sessions))
     dataset_id = f"{name}-{cfg.sessions}" + ("" if seed == 0 else f"-seed{seed}")
     cfg = replace(cfg, seed=cfg.seed + SYNTH_SEED_STRIDE * seed, dataset_id=dataset_id)
     uri = f"{root}/{dataset_id}/v1"
@@ -192,14 +202,11 @@ def run_scenario(settings: Settings, name: str, *, quick: bool, out_dir: Path, c
     report across seeds (`scenario_label`: the name, with the session count when not the scenario's own).
     `config`, `sessions` and `seeds` shrink it for tests."""
     from service.bench.report import write_scenario_report
-    from service.bench.scenarios import QUICK_SESSIONS
 
-    if quick and sessions is None and name not in POWDER_VARIANTS:
-        sessions = QUICK_SESSIONS  # reported as <name>-600, beside the full run's, not over it
     started = time.monotonic()
     runs = [run_seed(settings, name, seed, quick=quick, out_dir=out_dir, config=config, sessions=sessions)
             for seed in seeds]
-    label = scenario_label(name, sessions)
+    label = scenario_label(name, quick, sessions)
     result = ScenarioRuns(label, runs, time.monotonic() - started, source_revision())
     write_scenario_report(result, out_dir / label)
     return result
@@ -233,7 +240,7 @@ def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: 
     data = open_dataset(settings, config, uri)
     test_idx = data.indices("test")
     true = data.emitter[test_idx, :2].astype(np.float64)
-    label = scenario_label(name, sessions)
+    label = scenario_label(name, quick, sessions)
     run = BenchRun(label, seed, {s: int(len(data.indices(s))) for s in ("train", "val", "test")})
     run.timings["prepare_s"] = time.monotonic() - started
     workdir = out_dir / label / f"seed-{seed}"

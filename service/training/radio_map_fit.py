@@ -146,7 +146,7 @@ class _Channel:
     def residual_map(self, bandwidth_m: float | None, leave_one_out: bool = True):
         """Map on the cells [G, K] (zero for None: no map), session EIRPs [N], the heard residuals' mean
         square per receiver [K] and `log_lik` of the training sessions, each session's from the map
-        without it (`leave_one_out`) or with it."""
+        without it (`leave_one_out`: a score of the width, so no map on the cells, None) or with it."""
         weights = self.heard.astype(np.float64)
         at_train = np.zeros_like(self.base_train)
         for _ in range(2 if bandwidth_m else 0):
@@ -154,8 +154,9 @@ class _Channel:
             residual = np.where(self.heard, self.signal - eirp[:, None] - self.base_train, 0.0)
             at_train = _kernel_average(self.tx_en, self.tx_en, residual, weights, bandwidth_m, SHRINK_SESSIONS,
                                        leave_one_out=leave_one_out)
-        on_cells = (_kernel_average(self.cells, self.tx_en, residual, weights, bandwidth_m, SHRINK_SESSIONS)
-                    if bandwidth_m else np.zeros((self.cells.shape[0], weights.shape[1])))
+        on_cells = None if leave_one_out else \
+            (_kernel_average(self.cells, self.tx_en, residual, weights, bandwidth_m, SHRINK_SESSIONS)
+             if bandwidth_m else np.zeros((self.cells.shape[0], weights.shape[1])))
         eirp = _eirp(self.signal, self.heard, self.base_train + at_train)
         left = np.where(self.heard, self.signal - eirp[:, None] - self.base_train - at_train, 0.0)
         mean_square = (left**2).sum(axis=0) / np.maximum(weights.sum(axis=0), 1)
@@ -238,7 +239,7 @@ def choose_map(channel: _Channel, kernels_m) -> tuple[float, np.ndarray, np.ndar
     scale of which `fit_radio_map` tunes on val (on POWDER the censored fit's σ, at any scale, lost
     50-60 m of median error with all receivers)."""
     heard_any = channel.heard.any(axis=1)
-    flat_map, flat_eirp, _, flat_log_lik = channel.residual_map(None)
+    flat_map, flat_eirp, _, flat_log_lik = channel.residual_map(None, leave_one_out=False)  # no map: nothing to leave out
     best = (flat_log_lik, 0.0)
     for kernel_m in kernels_m:
         log_lik = channel.residual_map(kernel_m)[3]

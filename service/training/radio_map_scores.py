@@ -10,12 +10,10 @@ import math
 import numpy as np
 import torch
 
-from service.geodesy import haversine_m
-from service.training.metrics import mahalanobis_sq
+from service.training.metrics import LOG_2PI, localization_errors_m, mahalanobis_sq
 from service.training.radio_map import RadioMapNet
 
 MEDIAN, NLL = 0, 1  # `val_scores`' two scores
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def val_scores(net: RadioMapNet, val, rx_position) -> tuple[float, float]:
@@ -26,7 +24,7 @@ def val_scores(net: RadioMapNet, val, rx_position) -> tuple[float, float]:
     position, cov = predict_power(net, val, rx_position)
     d2 = mahalanobis_sq(position, cov, val.latlon)
     nll = 1.0 + math.log(float(np.mean(d2)) / 2.0) + 0.5 * float(np.mean(np.linalg.slogdet(cov)[1])) + LOG_2PI
-    return float(np.median(haversine_m(position[:, 0], position[:, 1], val.latlon[:, 0], val.latlon[:, 1]))), nll
+    return float(np.median(localization_errors_m(position, val.latlon))), nll
 
 
 @torch.no_grad()
