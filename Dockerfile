@@ -52,6 +52,9 @@ FROM deps AS wheel
 WORKDIR /src
 COPY pyproject.toml ./
 COPY service ./service
+COPY training ./training
+COPY foundation ./foundation
+COPY cli ./cli
 COPY messages ./messages
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels .

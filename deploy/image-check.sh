@@ -133,7 +133,7 @@ main() {
   fi
   echo "ok   build: $IMAGE in $((built - build_started)) s, set-up before it $((build_started - started)) s" \
     "($(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.1f GB", $1 / 1e9}'))"
-  as_root .venv/bin/python -m tests.image_check --image "$IMAGE" --run-id "$RUN_ID"
+  as_root .venv/bin/python -m tests.deploy.image_check --image "$IMAGE" --run-id "$RUN_ID"
   echo "image-check: all checks passed in $(($(date +%s) - started)) s"
 }
 

@@ -109,7 +109,7 @@ wait_until() {  # seconds, what, check-function
 
 main() {
   local need_rabbitmq="" need_postgres="" missing=()
-  command -v promtool >/dev/null || apt_install prometheus   # tests/test_monitoring.py runs promtool
+  command -v promtool >/dev/null || apt_install prometheus   # tests/deploy/test_monitoring.py runs promtool
   rabbitmq_answers || need_rabbitmq=1
   postgres_answers || need_postgres=1
   if [ -z "$need_rabbitmq$need_postgres" ]; then

@@ -1,5 +1,6 @@
-"""Heimdall training service.
+"""The async service (`heimdall-training serve`): one event loop that consumes triggers, keeps the
+job store, runs each job in a training child (`runner/`) and relays the outbox to RabbitMQ.
 
-Importing this package is cheap: torch, Lightning, MLflow and ONNX are imported only by the
-modules of the training job (`service.training.pipeline` and what it calls), never by the package itself.
+It never imports torch, Lightning, MLflow, ONNX or numpy, nor anything in `training/`; it talks to
+the child only through `foundation.child_protocol`.
 """

@@ -18,15 +18,15 @@ from functools import partial
 import aio_pika
 
 from service.consumer import Consumer
-from service.job_store import JobStore
-from service.logs import log_event
+from service.jobs.store import JobStore
+from foundation.logs import log_event
 from service.outbox import OutboxRelay
 from service.probes import ProbeServer
 from service.retention import purge
-from service.service_metrics import ServiceMetrics
-from service.settings import Settings
+from service.metrics import ServiceMetrics
+from foundation.settings import Settings
 from service.topology import WORK_QUEUES, declare_exchange, declare_topology
-from service.worker import JobRunner
+from service.runner.worker import JobRunner
 
 log = logging.getLogger(__name__)
 METRICS_REFRESH_S = 5.0

@@ -19,13 +19,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
 from messages import DatasetReady, InvalidMessage, TrainingCancel, TrainingRequested, parse_event
-from service.config import TrainConfig
-from service.errors import HeimdallError
-from service.job_events import accepted_message, cancelled_message
-from service.job_store import JobStore
-from service.logs import log_event
-from service.object_store import is_within, join_uri, open_store
-from service.settings import Settings
+from foundation.train_config import TrainConfig
+from foundation.errors import HeimdallError
+from service.jobs.events import accepted_message, cancelled_message
+from service.jobs.store import JobStore
+from foundation.logs import log_event
+from foundation.object_store import is_within, join_uri, open_store
+from foundation.settings import Settings
 from service.topology import WorkQueue, dead_letter
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,11 @@ import aio_pika
 
 from messages import TrainingCancel, TrainingOverrides, TrainingRequested, make_event
 from messages.constants import TRAINING_PROGRESS
-from service.job_store import JobStatus, JobStore
-from service.job_tables import Job, utcnow
-from service.job_timeline import Progress, TimelineEntry, job_timeline, latest_progress
-from service.logs import format_clock, format_km
-from service.settings import Settings
+from service.jobs.store import JobStatus, JobStore
+from service.jobs.tables import Job, utcnow
+from service.jobs.timeline import Progress, TimelineEntry, job_timeline, latest_progress
+from foundation.logs import format_clock, format_km
+from foundation.settings import Settings
 from service.topology import declare_exchange, event_message
 
 

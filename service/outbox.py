@@ -18,8 +18,8 @@ import time
 import aio_pika
 from aio_pika.abc import AbstractExchange
 
-from service.job_store import JobStore, OutboxMessage
-from service.service_metrics import ServiceMetrics
+from service.jobs.store import JobStore, OutboxMessage
+from service.metrics import ServiceMetrics
 from service.topology import event_message
 
 log = logging.getLogger(__name__)

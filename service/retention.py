@@ -20,10 +20,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from service.checkpoint_store import job_store
-from service.job_store import JobStatus, JobStore, utcnow
-from service.job_tables import jobs, outbox, processed_events
-from service.settings import Settings
+from foundation.checkpoint_store import job_store
+from service.jobs.store import JobStatus, JobStore, utcnow
+from service.jobs.tables import jobs, outbox, processed_events
+from foundation.settings import Settings
 
 log = logging.getLogger(__name__)
 STAGING_MAX_AGE_S = 86400.0  # an open that has not committed in a day has crashed
@@ -79,7 +79,7 @@ def purge_checkpoints(settings: Settings, job_id: str) -> int:
 def purge_cache(cache_dir: Path, retention_s: float, now_s: float | None = None) -> int:
     """Cached shards, baseline scores and traced ONNX graphs unused longer than retention_s (last
     used: the mtime of a shard's marker `verified/<hex[:2]>/<hex>`, which the reader touches, or of
-    the file itself; see service/datasets/cache.py and service/training/export_cache.py), markers
+    the file itself; see training/datasets/cache.py and training/export_cache.py), markers
     whose file is gone, and what a killed process left older than a day: staging folders, partial
     graphs (`onnx-graphs/.tmp-*`) and partial scores (`baselines/*.part`).
     Returns how many cache files and folders were removed."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Postgres, S3Server, mlflow_server, seaweedfs
+from tests.support.servers import Postgres, S3Server, mlflow_server, seaweedfs
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples" / "nw-italy-mini" / "v1"
 BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]
@@ -52,9 +52,9 @@ def postgres():
 @pytest.fixture(scope="session")
 def datasets(s3_server) -> dict[str, str]:
     """Small synthetic datasets under DATASETS_ROOT, written once per session (versions are immutable)."""
-    from service.datasets.synth import SynthConfig, synthesize_dataset
-    from service.object_store import S3Credentials
-    from tests.test_service import DATASETS_ROOT
+    from training.datasets.synth import SynthConfig, synthesize_dataset
+    from foundation.object_store import S3Credentials
+    from tests.e2e.test_service import DATASETS_ROOT
 
     credentials = S3Credentials(endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
                                 secret_access_key=s3_server.secret_access_key)

@@ -1,10 +1,13 @@
 """The boundaries the tree promises, enforced by walking the import graph of the source.
 
 Every `import` and `from ... import` in a module counts, at any depth (a lazy import inside a
-function still runs in the same process). The async service is everything the entry points
-`service.app`, `service.consumer`, `service.worker`, `service.job_store` and `service.outbox`
-reach through imports of `service.*`; the training job runs in a child process, so nothing it
-imports may pull in the service.
+function still runs in the same process). The top-level packages say where code runs:
+
+- `service/`: the async service, one event loop; never reaches `training/`, `cli/` or a heavy library;
+- `training/`: the training child; never reaches `service/` or `cli/`;
+- `foundation/`: imported by both, so it reaches neither side and no heavy library;
+- `messages/`: the wire contract, pydantic only;
+- `cli/`: the command line, the one package that may name both sides (each command imports its own).
 """
 
 from __future__ import annotations
@@ -18,10 +21,7 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-ASYNC_ENTRY_POINTS = ("service.app", "service.consumer", "service.worker", "service.job_store", "service.outbox")
-ASYNC_SERVICE_MODULES = ASYNC_ENTRY_POINTS + ("service.topology", "service.probes", "service.service_metrics",
-                                              "service.job_command", "service.ops_commands", "service.training_process",
-                                              "service.job_tables")
+PACKAGES = ("cli", "foundation", "messages", "service", "training")
 HEAVY = ("torch", "pytorch_lightning", "lightning", "mlflow", "onnx", "onnxruntime", "onnxscript", "numpy", "scipy",
          "matplotlib")
 MAX_MODULE_LINES = 300
@@ -34,7 +34,7 @@ def module_name(path: Path) -> str:
 
 
 def source_modules() -> dict[str, Path]:
-    paths = [*ROOT.glob("service/**/*.py"), *ROOT.glob("messages/**/*.py")]
+    paths = [p for package in PACKAGES for p in ROOT.glob(f"{package}/**/*.py")]
     return {module_name(p): p for p in paths}
 
 
@@ -88,24 +88,35 @@ def within(name: str, package: str) -> bool:
     return name == package or name.startswith(package + ".")
 
 
-def test_messages_imports_nothing_from_service():
+def modules_of(graph: dict[str, set[str]], package: str) -> list[str]:
+    return [m for m in graph if within(m, package)]
+
+
+def forbidden_reach(graph: dict[str, set[str]], package: str, never: tuple[str, ...]) -> dict[str, str]:
+    """What `package`'s modules reach that they must not: a package in `never`, or a heavy library."""
+    seen = reachable(graph, modules_of(graph, package))
+    return {m: f"imported by {seen[m]}" for m in sorted(seen)
+            if any(within(m, p) for p in never) or top(m) in HEAVY}
+
+
+def test_the_messages_contract_imports_only_itself():
     graph = import_graph()
-    offenders = {m: sorted(t for t in targets if top(t) == "service")
-                 for m, targets in graph.items() if top(m) == "messages"}
+    offenders = {m: sorted(t for t in graph[m] if top(t) in PACKAGES and top(t) != "messages")
+                 for m in modules_of(graph, "messages")}
     assert not {m: t for m, t in offenders.items() if t}
 
 
-def test_the_async_service_never_reaches_training_bench_or_heavy_libraries():
-    seen = reachable(import_graph(), ASYNC_SERVICE_MODULES)
-    forbidden = sorted(m for m in seen if within(m, "service.training") or within(m, "service.bench") or top(m) in HEAVY)
-    assert not forbidden, {m: f"imported by {seen[m]}" for m in forbidden}
+def test_the_async_service_never_reaches_training_the_cli_or_heavy_libraries():
+    assert not forbidden_reach(import_graph(), "service", ("training", "cli"))
 
 
-def test_the_training_package_never_reaches_the_async_service():
-    graph = import_graph()
-    starts = [m for m in graph if within(m, "service.training")]
-    seen = reachable(graph, starts)
-    forbidden = sorted(m for m in seen if m in ASYNC_SERVICE_MODULES or m == "service.cli")
+def test_the_foundation_belongs_to_neither_side():
+    assert not forbidden_reach(import_graph(), "foundation", ("service", "training", "cli"))
+
+
+def test_the_training_child_never_reaches_the_async_service_or_the_cli():
+    seen = reachable(import_graph(), modules_of(import_graph(), "training"))
+    forbidden = sorted(m for m in seen if within(m, "service") or within(m, "cli"))
     assert not forbidden, {m: f"imported by {seen[m]}" for m in forbidden}
 
 
@@ -132,21 +143,22 @@ def test_there_is_no_import_circle_between_modules():
 
 def test_the_graph_walk_sees_a_forbidden_import(tmp_path):
     """The checks above would catch `import torch` in the consumer or the service in training."""
-    (tmp_path / "service" / "training").mkdir(parents=True)
+    (tmp_path / "service").mkdir()
+    (tmp_path / "training").mkdir()
     consumer = tmp_path / "service" / "consumer.py"
     consumer.write_text("import json\n\ndef f():\n    import torch\n")
     app = tmp_path / "service" / "app.py"
     app.write_text("def serve():\n    pass\n")
-    fit = tmp_path / "service" / "training" / "fit.py"
+    fit = tmp_path / "training" / "fit.py"
     fit.write_text("from service.app import serve\n")
-    modules = {"service.consumer": consumer, "service.training.fit": fit, "service.app": app}
+    modules = {"service.consumer": consumer, "training.fit": fit, "service.app": app}
     graph = import_graph(modules)
     assert "torch" in reachable(graph, ["service.consumer"])
-    assert "service.app" in reachable(graph, ["service.training.fit"])
+    assert "service.app" in reachable(graph, ["training.fit"])
 
 
 def test_importing_the_async_service_loads_no_heavy_library():
-    code = ("import sys; import " + ", ".join(ASYNC_SERVICE_MODULES) + "; "
+    code = ("import sys; import " + ", ".join(modules_of(import_graph(), "service")) + "; "
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 cwd=ROOT).stdout.split())

@@ -8,7 +8,7 @@ connects to `sqlalchemy.url`.
 from alembic import context
 import sqlalchemy as sa
 
-from service.job_tables import ALEMBIC_VERSION_TABLE, metadata
+from service.jobs.tables import ALEMBIC_VERSION_TABLE, metadata
 
 
 def run_migrations(connection: sa.Connection) -> None:

@@ -16,7 +16,7 @@ down_revision: Union[str, Sequence[str], None] = None
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
-# Spelled out rather than imported from service.job_tables: a migration is a frozen record of
+# Spelled out rather than imported from service.jobs.tables: a migration is a frozen record of
 # the schema at its revision, and must not change when the tables module does.
 STATUSES = "'queued', 'running', 'succeeded', 'failed', 'cancelled'"
 LIVE_STATUSES = "'queued', 'running', 'succeeded'"  # the states that hold an idempotency key

@@ -1,0 +1,44 @@
+"""The events a job's life announces, as outbox rows: one builder each, used by the consumer,
+the worker and the job store alike."""
+
+from __future__ import annotations
+
+from messages import (ModelRegistered, TrainingAccepted, TrainingCancelled, TrainingFailed, make_event)
+from service.jobs.tables import Job, OutboxMessage
+
+STAGES = ("data", "train", "export", "register")  # the contract's stages; anything else is reported as train
+
+
+def outbox(event) -> OutboxMessage:
+    return OutboxMessage(id=event.id, routing_key=event.data.ROUTING_KEY, body=event.to_bytes())
+
+
+def accepted_message(job: Job) -> OutboxMessage:
+    return outbox(make_event(TrainingAccepted(job_id=job.id, trigger_id=job.trigger_id, dataset_id=job.dataset_id,
+                                              version=job.dataset_version, config_hash=job.config_hash),
+                             subject=f"job/{job.id}"))
+
+
+def cancelled_message(job: Job, reason: str) -> OutboxMessage:
+    return outbox(make_event(TrainingCancelled(job_id=job.id, reason=reason), subject=f"job/{job.id}"))
+
+
+def failed_message(job: Job, failure: dict, *, retryable: bool) -> OutboxMessage:
+    """`failure` is the child's "failed" line (stage, error_type, message) or the worker's own."""
+    stage = failure.get("stage") if failure.get("stage") in STAGES else "train"
+    return outbox(make_event(TrainingFailed(
+        job_id=job.id, stage=stage, error_type=str(failure.get("error_type") or "Error"),
+        message=str(failure.get("message") or "")[:2000], retryable=retryable, attempt=max(job.attempt, 1)),
+        subject=f"job/{job.id}"))
+
+
+def registered_message(job: Job, result: dict) -> OutboxMessage:
+    """Raises pydantic.ValidationError (or KeyError) when the child's result is not a valid event."""
+    model, metrics = result["model"], result["metrics"]
+    return outbox(make_event(ModelRegistered(
+        job_id=job.id, model_name=model["model_name"], model_version=model["model_version"],
+        aliases=model["aliases"], promoted=model["promoted"], model_uri=model["model_uri"], onnx=model["onnx"],
+        card_uri=model["card_uri"], metrics={k: metrics[k] for k in ("median_error_m", "p90_error_m",
+                                                                        "coverage_1sigma", "coverage_2sigma")},
+        dataset={"id": job.dataset_id, "version": job.dataset_version, "uri": job.dataset_uri},
+        mlflow_run_id=result["mlflow"]["run_id"]), subject=f"{model['model_name']}/{model['model_version']}"))

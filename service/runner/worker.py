@@ -1,0 +1,283 @@
+"""The worker: claims one job at a time and runs it in a child process until it ends.
+
+Each job ends in exactly one of model.registered, a final training.failed, or training.cancelled,
+written to the outbox in the same transaction as the job's last state change. A shutdown puts
+the job back in the queue after the child has checkpointed; a crash (kill -9) leaves a lease that
+expires, and whichever replica claims the job next resumes it from the checkpoint. Nothing that
+goes wrong around a job (a bug, the store away, a bad result) leaves it running forever: after
+`max_attempts` the job ends with a final training.failed that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from datetime import timedelta
+
+from pydantic import ValidationError
+
+from messages import TrainingProgress, TrainingStarted, make_event
+from foundation.errors import HeimdallError
+from service.runner.job_command import job_arguments
+from foundation.exit_codes import EXIT_INTERRUPTED
+from service.jobs.events import cancelled_message, failed_message, outbox, registered_message
+from service.jobs.store import Job, JobStore, LostClaim, utcnow
+from foundation.logs import log_event
+from service.metrics import ServiceMetrics
+from foundation.settings import Settings
+from foundation.registration_permit import PERMIT_REQUEST
+from service.runner.child_process import Outcome, TrainingProcess, WarmSpare
+
+log = logging.getLogger(__name__)
+IDLE_POLL_S = 2.0
+
+
+def abandoned_failure(job: Job) -> dict:
+    """Why a job whose lease expired on its last attempt is over (its worker died every time)."""
+    return {"stage": "train", "error_type": "WorkerLost", "retryable": False,
+            "message": f"the worker running attempt {job.attempt} stopped renewing its lease (killed or frozen); "
+                       f"{job.attempt} attempts used"}
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: JobStore, metrics: ServiceMetrics, on_messages,
+                 spare_command: list[str] | None = None):
+        self.settings, self.store, self.metrics = settings, store, metrics
+        self.on_messages = on_messages  # wakes the outbox relay
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.current: tuple[Job, TrainingProcess] | None = None
+        self.stop_reason: str | None = None
+        self.spare = WarmSpare(settings, command=spare_command, on_ready=metrics.warm_spare_ready.set) \
+            if settings.warm_spare else None  # spare_command: `python -m training.warm_spare` unless a test's stand-in
+
+    @property
+    def heartbeat_s(self) -> float:
+        return min(2.0, self.settings.lease_s / 3)
+
+    async def run(self) -> None:
+        if self.spare:
+            await self.spare.ensure()
+        while not self.stopping:
+            job = await self.claim()
+            if job is None:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
+                except asyncio.TimeoutError:
+                    pass
+            elif self.stopping:  # claimed while shutting down: hand it straight back (or its lease expires)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow())
+            else:
+                await self.run_guarded(job)
+                await self.start_spare()
+        if self.spare:
+            await self.spare.close()
+
+    async def start_spare(self) -> None:
+        """The next job's spare, once this job has ended: its imports no longer compete with the job."""
+        if self.spare and not self.stopping:
+            try:
+                await self.spare.ensure()
+            except Exception as exc:  # e.g. out of processes: the next job's take tries again
+                log.warning("warm spare not started: %s", exc, extra={"fields": {"event": "spare failed"}})
+
+    async def claim(self) -> Job | None:
+        try:
+            return await asyncio.to_thread(
+                self.store.claim_next, self.settings.replica_id, self.settings.lease_s,
+                max_attempts=self.settings.max_attempts,
+                abandoned_message=lambda job: failed_message(job, abandoned_failure(job), retryable=False))
+        except Exception as exc:  # the store away, or a bug: the worker itself must never die
+            log.warning("claim failed: %s", exc, extra={"fields": {"event": "claim failed"}})
+            return None
+
+    async def run_guarded(self, job: Job) -> None:
+        """Run the job; anything that escapes becomes a recorded failure (retried up to max_attempts)."""
+        started = time.monotonic()
+        try:
+            await self.run_job(job, started)
+        except Exception as exc:
+            log.exception("the worker failed around the job", extra={"fields": {"job_id": job.id}})
+            failure = {"stage": getattr(exc, "stage", "train"), "error_type": type(exc).__name__,
+                       "retryable": getattr(exc, "retryable", True), "message": f"worker: {exc}"}
+            try:
+                outcome_name = await asyncio.to_thread(self.record_failure, job, failure)
+            except Exception:  # the store is away too: the lease expires and the claim cap ends the job
+                log.exception("could not record the failure", extra={"fields": {"job_id": job.id}})
+                outcome_name = "worker-error"
+            self.done(job, outcome_name, Outcome(returncode=-1), started)
+            await asyncio.sleep(IDLE_POLL_S)
+
+    def cancel(self, job_id: str) -> None:
+        """A cancel arrived: stop the job now if it runs here (other replicas see the flag)."""
+        if self.current and self.current[0].id == job_id:
+            self._stop("cancel")
+
+    async def shutdown(self) -> None:
+        """Stop picking work; let the running child checkpoint, then return."""
+        self.stopping = True
+        self.wake.set()
+        self._stop("shutdown")  # a job whose child is still starting sees it as soon as the child is up
+        if self.current:
+            await self.current[1].stop(self.settings.shutdown_grace_s)
+
+    def _stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            if self.current:
+                asyncio.get_running_loop().create_task(self.current[1].stop(self.settings.shutdown_grace_s))
+
+    async def run_job(self, job: Job, started: float) -> None:
+        self.stop_reason = None
+        log_event(log, "claimed", job_id=job.id, attempt=job.attempt, dataset=f"{job.dataset_id}/v{job.dataset_version}")
+        if job.cancel_requested:
+            return await self.finish(job, Outcome(returncode=-1), "cancel", started)
+        heartbeat = asyncio.create_task(self.heartbeat(job, started))  # before any slow step: the claim stays ours
+        process = None
+        try:
+            process = await self.start_child(await asyncio.to_thread(job_arguments, self.settings, job))
+            self.current = (job, process)
+            if self.stop_reason:  # a cancel or a lost claim arrived while the child was starting
+                asyncio.get_running_loop().create_task(process.stop(self.settings.shutdown_grace_s))
+            last_progress = 0.0
+            async for line in process.lines():
+                last_progress = await self.on_line(job, process, line, last_progress)
+            outcome = await process.wait()
+        finally:
+            heartbeat.cancel()
+            self.current = None
+            if process is not None:
+                process.signal(signal.SIGKILL)  # never leave a child running behind a failed worker
+        await self.finish(job, outcome, self.stop_reason, started)
+
+    async def start_child(self, arguments: list[str]) -> TrainingProcess:
+        if self.spare is None:
+            return await TrainingProcess.start(arguments, self.settings)
+        return await self.spare.take(arguments)  # the next spare starts when this job has ended (`run`)
+
+    async def on_line(self, job: Job, process: TrainingProcess, line: dict, last_progress: float) -> float:
+        event = line.get("event")
+        if event == PERMIT_REQUEST:  # the child is about to register: only while the claim is still ours
+            await process.answer_permit(await self.may_register(job))
+        elif event == "started":
+            await self.publish(make_event(TrainingStarted(job_id=job.id, attempt=job.attempt,
+                                                          mlflow_run_id=line.get("mlflow_run_id")),
+                                          subject=f"job/{job.id}"))
+        elif event == "progress" and time.monotonic() - last_progress >= self.settings.progress_interval_s:
+            metrics = line.get("metrics", {})
+            await self.publish(make_event(TrainingProgress(
+                job_id=job.id, epoch=line["epoch"], max_epochs=line["max_epochs"], eta_s=line.get("eta_s"),
+                metrics={k: metrics.get(k) for k in ("train_loss", "val_loss", "val_median_error_m")}),
+                subject=f"job/{job.id}"))
+            return time.monotonic()
+        return last_progress
+
+    async def may_register(self, job: Job) -> bool:
+        if self.stop_reason is not None:
+            return False
+        try:
+            held = await asyncio.to_thread(self.store.renew_lease, job.id, self.settings.replica_id,
+                                           self.settings.lease_s)
+        except Exception as exc:
+            log.warning("no registration permit: %s", exc, extra={"fields": {"job_id": job.id}})
+            return False
+        log_event(log, "registration permit", job_id=job.id, attempt=job.attempt, granted=held)
+        return held
+
+    async def publish(self, event) -> None:
+        try:
+            await asyncio.to_thread(self.store.add_messages, [outbox(event)], job_id=event.data.job_id)
+        except HeimdallError as exc:  # started and progress are informative: losing one never stops a job
+            log.warning("event not recorded: %s", exc.message, extra={"fields": {"job_id": event.data.job_id}})
+        self.on_messages()
+
+    async def heartbeat(self, job: Job, started: float) -> None:
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                held = await asyncio.to_thread(self.store.renew_lease, job.id, self.settings.replica_id,
+                                               self.settings.lease_s)
+                fresh = await asyncio.to_thread(self.store.read.get, job.id)
+            except Exception as exc:  # the store away for a moment: keep trying until the lease would lapse
+                if time.monotonic() - renewed >= self.settings.lease_s:
+                    held, fresh = False, None
+                else:
+                    log.warning("lease not renewed: %s", exc, extra={"fields": {"job_id": job.id}})
+                    continue
+            if not held:
+                self._stop("lost-claim")
+                return
+            renewed = time.monotonic()
+            if fresh is not None and fresh.cancel_requested:
+                self._stop("cancel")
+            elif time.monotonic() - started > self.settings.job_timeout_s:
+                self._stop("timeout")
+
+    async def finish(self, job: Job, outcome: Outcome, stop_reason: str | None, started: float) -> None:
+        try:
+            outcome_name = await asyncio.to_thread(self.record_outcome, job, outcome, stop_reason)
+        except LostClaim:
+            outcome_name = "lost-claim"  # another replica owns the job now; it will report it
+        self.done(job, outcome_name, outcome, started)
+
+    def done(self, job: Job, outcome_name: str, outcome: Outcome, started: float) -> None:
+        elapsed = time.monotonic() - started
+        self.metrics.job_finished(outcome_name, elapsed)
+        log_event(log, outcome_name, job_id=job.id, attempt=job.attempt, returncode=outcome.returncode,
+                  elapsed_s=round(elapsed, 2))
+        self.on_messages()
+        self.wake.set()
+
+    def record_outcome(self, job: Job, outcome: Outcome, stop_reason: str | None) -> str:
+        me = self.settings.replica_id
+        if stop_reason == "lost-claim":
+            return "lost-claim"
+        if outcome.returncode == 0 and outcome.result is not None:  # it finished: a late cancel changes nothing
+            try:
+                message = registered_message(job, outcome.result)
+            except (ValidationError, KeyError, TypeError) as exc:
+                return self.record_failure(job, {"stage": "register", "error_type": "InvalidResult", "retryable": False,
+                                                 "message": f"the job's result is not a valid model.registered: {exc}"})
+            self.store.finish_succeeded(job.id, me, outcome.result, [message])
+            return "succeeded"
+        if stop_reason == "shutdown":
+            self.store.requeue(job.id, me, not_before=utcnow())
+            return "requeued"
+        if stop_reason == "cancel":
+            fresh = self.store.read.get(job.id)
+            reason = (fresh and fresh.cancel_reason) or "cancelled"
+            self.store.finish_cancelled(job.id, me, reason, [cancelled_message(job, reason)])
+            return "cancelled"
+        return self.record_failure(job, self.failure_of(outcome, stop_reason))
+
+    def failure_of(self, outcome: Outcome, stop_reason: str | None) -> dict:
+        if stop_reason == "timeout":
+            return {"stage": "train", "error_type": "TimeLimitExceeded", "retryable": False,
+                    "message": f"stopped after the {self.settings.job_timeout_s:.0f} s time limit"}
+        if outcome.returncode == EXIT_INTERRUPTED:  # interrupted, but not by us: retried like a crash
+            return {"stage": "train", "error_type": "Interrupted", "retryable": True,
+                    "message": "the training process was stopped by SIGTERM that the service did not send"}
+        return outcome.failure or {
+            "stage": "train", "error_type": f"ExitCode{outcome.returncode}", "retryable": outcome.returncode < 0,
+            "message": " | ".join(outcome.stderr_tail[-3:])[-1000:] or "the training process died"}
+
+    def record_failure(self, job: Job, failure: dict) -> str:
+        me = self.settings.replica_id
+        retry = bool(failure.get("retryable")) and job.attempt < self.settings.max_attempts
+        log_event(log, "job failure", job_id=job.id, attempt=job.attempt, will_retry=retry,
+                  **{k: failure.get(k) for k in ("stage", "error_type", "message", "retryable")})
+        message = failed_message(job, failure, retryable=retry)
+        if retry:
+            delay = self.settings.retry_backoff_s * 2 ** (job.attempt - 1) * random.uniform(0.8, 1.2)
+            self.store.requeue(job.id, me, not_before=utcnow() + timedelta(seconds=delay), error=failure,
+                               messages=[message])
+            return "retrying"
+        self.store.finish_failed(job.id, me, failure, [message])
+        return "failed"

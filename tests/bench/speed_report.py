@@ -1,0 +1,96 @@
+"""`reports/speed.md` from the measurements of `python -m tests.bench.speed`."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime
+from pathlib import Path
+
+
+def _median(rows: list[dict], key) -> float:
+    return statistics.median(key(row) for row in rows)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "reported" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def headline(results: dict) -> list[str]:
+    """The issue's table: each figure, the goal, and whether this run met it."""
+    service, rss, rates, inference = results["service"], results["rss"], results["rates"], results["inference"]
+    overhead = {mode: _median(rows, lambda r: r["total_s"] - r["fit_s"]) for mode, rows in service.items()}
+    child = {mode: _median(rows, lambda r: r["child_start_s"]) for mode, rows in service.items()}
+    rss_ratio = rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"]
+    cpu = next(r for r in rates if r["device"] == "cpu")
+    speedup = {row["batch"]: row["torch_ms"] / next(iter(row["ort_ms"].values())) for row in inference}
+    rows = [
+        ("tiny job: median (`dataset.ready` → `model.registered`) − `fit`, warm spare",
+         f"{overhead['warm']:.1f} s" if "warm" in overhead else "not built yet", "≤ 3 s",
+         overhead["warm"] <= 3 if "warm" in overhead else None),
+        ("the same with the warm spare disabled", f"{overhead['cold']:.1f} s", "reported", None),
+        ("child start (accepted → training.started), cold / warm",
+         f"{child['cold'] / child['warm']:.1f}× ({child['cold']:.1f} s / {child['warm']:.1f} s)"
+         if "warm" in child else f"cold {child['cold']:.1f} s", "≥ 4×",
+         child["cold"] / child["warm"] >= 4 if "warm" in child else None),
+        (f"peak RSS at {rss[0]['sessions']:,} and {rss[-1]['sessions']:,} sessions",
+         f"{rss_ratio:.2f} ({rss[0]['peak_rss_mb']:.0f} MB → {rss[-1]['peak_rss_mb']:.0f} MB)", "ratio ≤ 1.10",
+         rss_ratio <= 1.10),
+        (f"loader / model sessions/s (`{cpu['preset']}` train step, num_workers {cpu['num_workers']})",
+         f"{cpu['loader_per_s'] / cpu['model_per_s']:.0f}× ({cpu['loader_per_s']:.0f} / {cpu['model_per_s']:.1f})",
+         "≥ 1.5×", cpu["loader_per_s"] / cpu["model_per_s"] >= 1.5),
+        ("ONNX Runtime / PyTorch eager, batch 1 and 64 (service's ORT options)",
+         f"{speedup[1]:.2f}× and {speedup[64]:.2f}×", "≥ 1.5× at batch 1", speedup[1] >= 1.5),
+    ]
+    return ["| figure | this run | goal | |", "|---|---|---|---|",
+            *[f"| {name} | {value} | {goal} | {_verdict(ok)} |" for name, value, goal, ok in rows]]
+
+
+def details(results: dict) -> list[str]:
+    lines = ["## Peak RSS of the `train` child (tiny preset, 2 epochs, batch 512, 128 samples)", "",
+             "| sessions | peak RSS MB | wall s |", "|---|---|---|",
+             *[f"| {r['sessions']:,} | {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} |" for r in results["rss"]],
+             "", "## Loader and model, sessions/s (3,000 sessions × 7 receivers × 1024 samples)", "",
+             "| preset | device | batch | num_workers | loader | train step | loader / model |", "|---|---|---|---|---|---|---|",
+             *[f"| {r['preset']} | {r['device']} | {r['batch_size']} | {r['num_workers']} | {r['loader_per_s']:.0f} "
+               f"| {r['model_per_s']:.1f} | {r['loader_per_s'] / r['model_per_s']:.0f}× |" for r in results["rates"]],
+             "", "## Inference, median ms per call (`small`, 7 receivers × 1024 samples)", ""]
+    names = list(results["inference"][0]["ort_ms"])
+    lines += ["| batch | torch eager | " + " | ".join(f"ORT {n}" for n in names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for r in results["inference"]:
+        cells = [f"{ms:.2f} ({r['torch_ms'] / ms:.2f}×)" for ms in r["ort_ms"].values()]
+        lines.append(f"| {r['batch']} | {r['torch_ms']:.2f} ({r['torch_threads']} threads) | " + " | ".join(cells) + " |")
+    lines += ["", "## The tiny job through `serve`, medians in s", "",
+              "| spare | jobs | waited for the spare's imports | publish → accepted | child start | started → registered "
+              "| total | fit | total − fit |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for mode, rows in results["service"].items():
+        cells = [_median(rows, lambda r, k=k: r.get(k, 0.0)) for k in ("spare_wait_s", "accept_s", "child_start_s",
+                                                                       "after_start_s", "total_s", "fit_s")]
+        lines.append(f"| {mode} | {len(rows)} | " + " | ".join(f"{c:.2f}" for c in cells)
+                     + f" | {_median(rows, lambda r: r['total_s'] - r['fit_s']):.2f} |")
+    lines += ["", "One job at a time. With the warm spare on, each dataset is announced once the spare that the "
+              "service starts when a job ends has done its imports (`heimdall_training_warm_spare_ready`), as "
+              "between real datasets, which arrive hours apart."]
+    profile = results["profile"]
+    lines += ["", f"## Steps of the tiny `train --json` job ({len(profile)} jobs), median s", "",
+              "| step (ends with the line) | median s | first job s |", "|---|---|---|",
+              *[f"| → `{step}` | {_median(profile, lambda r, s=step: r[s]):.2f} | {profile[0][step]:.2f} |"
+                for step in profile[0]], "",
+              "The jobs share one state directory and one dataset version, with a new seed each: the first "
+              "job scores the baselines, the later ones find them in the cache (`training/baselines/cache.py`)."]
+    return lines
+
+
+def write_report(results: dict, walls: dict[str, float], out: Path, *, cores: int | None) -> str:
+    text = "\n".join([
+        "# Speed where users wait (issue 10)", "",
+        f"Measured {datetime.now():%Y-%m-%d %H:%M} on this machine ({cores} cores, shared) with "
+        f"`python -m tests.bench.speed`; wall time {walls['total']:.0f} s. Medians of at least 5 runs where a "
+        "figure is a time; the goals are ratios.", "",
+        *headline(results), "", *details(results), "",
+        "## Wall time of each part", "", "| part | s |", "|---|---|",
+        *[f"| {what} | {s:.0f} |" for what, s in walls.items()], ""])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text

@@ -1,0 +1,350 @@
+"""The worker around a job, against a real job store (SQLite file) and real child processes.
+
+The child here is a small stand-in script instead of `heimdall-training train`, so each fault
+(a huge log line, exit 3 forever, a result that is not a valid event, a missing checkpoint) is
+produced on purpose and quickly; the worker, the job store and the process handling are the
+real ones. Every job must end exactly once, with a final event that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import textwrap
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from service.jobs.events import accepted_message, cancelled_message, failed_message
+from service.jobs.store import JobStatus, JobStore, utcnow
+from service.metrics import ServiceMetrics
+from foundation.settings import S3Settings, Settings
+from service.runner.child_process import Outcome, TrainingProcess, spawn
+from service.runner.worker import JobRunner, abandoned_failure
+
+VALID_RESULT = {
+    "model": {"model_name": "m", "model_version": 1, "aliases": ["candidate"], "promoted": False,
+              "model_uri": "models:/m/1", "onnx": {"uri": "s3://b/m/1/model.onnx", "sha256": "0" * 64, "bytes": 10},
+              "card_uri": "s3://b/m/1/model.json"},
+    "metrics": {"median_error_m": 10.0, "p90_error_m": 20.0, "coverage_1sigma": 0.4, "coverage_2sigma": 0.86},
+    "mlflow": {"run_id": "r1"},
+}
+
+
+class StandInRunner(JobRunner):
+    """The real worker, running `script` as the job's child instead of the training job."""
+
+    script = ""
+
+    async def start_child(self, arguments):
+        assert arguments[0] == "train" and "--registration_permit" in arguments  # what the real child gets
+        process = await spawn([sys.executable, "-c", textwrap.dedent(self.script)], self.settings)
+        return TrainingProcess(process)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(state_dir=tmp_path / "state", max_attempts=3, retry_backoff_s=0.05, lease_s=3.0,
+                    shutdown_grace_s=5.0, progress_interval_s=0.0, warm_spare=False)
+
+
+@pytest.fixture
+def store(settings) -> JobStore:
+    store = JobStore(settings.job_store_url)
+    store.migrate()
+    yield store
+    store.close()
+
+
+def accept(store: JobStore, **extra):
+    return store.accept(event_id=str(uuid.uuid4()), trigger_kind="manual", dataset_id="d", dataset_version=1,
+                        dataset_uri="s3://heimdall-datasets/d/v1", config={}, config_hash="c", **extra,
+                        accepted_message=accepted_message, cancelled_message=cancelled_message).job
+
+
+def run_until_over(settings: Settings, store: JobStore, script: str, job_id: str, timeout_s: float = 60):
+    """Run the worker until the job is finished; returns (job, its events by routing key)."""
+    runner = StandInRunner(settings, store, ServiceMetrics(), on_messages=lambda: None)
+    runner.script = script
+
+    async def main():
+        task = asyncio.create_task(runner.run())
+        while store.read.get(job_id).status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
+        await runner.shutdown()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(asyncio.wait_for(main(), timeout_s))
+    events = [json.loads(m.body) for m in store.read.pending_messages(1000)]
+    return store.read.get(job_id), [(e["type"].split(".")[-2], e["data"]) for e in events
+                                    if e["data"].get("job_id") == job_id]
+
+
+def final_failures(events):
+    return [data for kind, data in events if kind == "failed"]
+
+
+def test_a_child_that_keeps_exiting_3_ends_after_max_attempts(settings, store):
+    job = accept(store)
+    over, events = run_until_over(settings, store, "import sys; sys.exit(3)", job.id)
+    assert over.status is JobStatus.FAILED and over.attempt == 3
+    failed = final_failures(events)
+    assert [(f["attempt"], f["retryable"]) for f in failed] == [(1, True), (2, True), (3, False)]
+    assert failed[-1]["error_type"] == "Interrupted"
+
+
+def test_a_result_that_is_not_a_valid_event_is_a_final_failure_not_a_success(settings, store):
+    job = accept(store)
+    result = json.dumps({**VALID_RESULT, "metrics": {**VALID_RESULT["metrics"], "median_error_m": float("nan")}})
+    over, events = run_until_over(settings, store, f"print({result!r})", job.id)
+    assert over.status is JobStatus.FAILED
+    failed = final_failures(events)
+    assert len(failed) == 1 and failed[0]["error_type"] == "InvalidResult" and not failed[0]["retryable"]
+    assert failed[0]["stage"] == "register"
+    assert not [kind for kind, _ in events if kind == "registered"]
+
+
+def test_a_log_line_over_one_mebibyte_is_skipped_and_the_job_still_succeeds(settings, store):
+    job = accept(store)
+    script = f"""
+        import json, sys
+        sys.stderr.write("x" * (3 << 20) + "\\n")
+        sys.stderr.write(json.dumps({{"event": "started", "mlflow_run_id": "r1"}}) + "\\n")
+        print({json.dumps(VALID_RESULT)!r})
+    """
+    over, events = run_until_over(settings, store, script, job.id)
+    assert over.status is JobStatus.SUCCEEDED
+    assert [kind for kind, _ in events].count("started") == 1 and [k for k, _ in events].count("registered") == 1
+
+
+def test_an_export_of_a_missing_checkpoint_object_fails_once_at_the_data_stage(settings, store, s3_server):
+    settings = settings.model_copy(update={"s3": S3Settings(
+        endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
+        secret_access_key=s3_server.secret_access_key)})
+    job = accept(store, export_only=True, checkpoint_uri="s3://heimdall-models/no-such/last.ckpt")
+    over, events = run_until_over(settings, store, "print('never runs')", job.id)
+    assert over.status is JobStatus.FAILED and over.attempt == 1
+    failed = final_failures(events)
+    assert len(failed) == 1 and failed[0]["stage"] == "data" and "no such object" in failed[0]["message"]
+
+
+def test_a_job_whose_lease_expired_on_its_last_attempt_is_failed_not_reclaimed(store):
+    job = accept(store)
+    for attempt in range(1, 4):  # three workers that died mid-job (kill -9): each lease expires
+        claimed = store.claim_next(f"dead-{attempt}", 1.0, now=utcnow() + timedelta(seconds=10 * attempt),
+                                   max_attempts=3)
+        assert claimed.id == job.id and claimed.attempt == attempt
+    abandoned = store.claim_next("alive", 1.0, now=utcnow() + timedelta(seconds=40), max_attempts=3,
+                                 abandoned_message=lambda j: failed_message(j, abandoned_failure(j), retryable=False))
+    assert abandoned is None
+    over = store.read.get(job.id)
+    assert over.status is JobStatus.FAILED and over.error["error_type"] == "WorkerLost"
+    failed = [json.loads(m.body)["data"] for m in store.read.pending_messages(100) if m.routing_key == "training.failed"]
+    assert [(f["attempt"], f["retryable"], f["error_type"]) for f in failed] == [(3, False, "WorkerLost")]
+
+
+def test_a_child_that_lost_its_claim_is_denied_the_registration_permit(settings, store, tmp_path):
+    job = accept(store)
+    answer = tmp_path / "answer"
+    script = f"""
+        import json, signal, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the heartbeat's stop must not beat the permit
+        from service.jobs.store import JobStore, utcnow
+        from datetime import timedelta
+        store = JobStore({settings.job_store_url!r})
+        time.sleep(0.5)
+        # another replica claims the job after our lease "expired" (we were frozen past it)
+        job = store.read.get({job.id!r})
+        with store.transaction(write=True) as conn:
+            from service.jobs.tables import jobs
+            import sqlalchemy as sa
+            conn.execute(sa.update(jobs).where(jobs.c.id == job.id).values(claimed_by="other-replica"))
+        sys.stderr.write(json.dumps({{"event": "registration-permit-requested"}}) + "\\n")
+        sys.stderr.flush()
+        open({str(answer)!r}, "w").write(sys.stdin.readline().strip())
+        sys.exit(1)
+    """
+    runner = StandInRunner(settings, store, ServiceMetrics(), on_messages=lambda: None)
+    runner.script = script
+
+    async def main():
+        claimed = await runner.claim()
+        await runner.run_guarded(claimed)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert answer.read_text() == "denied"
+    assert store.read.get(job.id).claimed_by == "other-replica"  # the stale worker recorded nothing
+
+
+@pytest.mark.parametrize("late", ["cancel", "timeout"])
+def test_a_cancel_or_timeout_after_the_child_finished_is_still_a_success(settings, store, late):
+    accept(store)
+    job = store.claim_next(settings.replica_id, 30.0)
+    runner = JobRunner(settings, store, ServiceMetrics(), on_messages=lambda: None)
+    assert runner.record_outcome(job, Outcome(returncode=0, result=VALID_RESULT), late) == "succeeded"
+    assert store.read.get(job.id).status is JobStatus.SUCCEEDED
+    kinds = [m.routing_key for m in store.read.pending_messages(100)]
+    assert kinds.count("model.registered") == 1 and "training.cancelled" not in kinds
+
+
+def test_a_job_claimed_while_shutting_down_goes_back_to_the_queue_unstarted(settings, store):
+    class ShutdownDuringClaim(StandInRunner):
+        script = "raise SystemExit('must not run')"
+
+        async def claim(self):
+            claimed = await super().claim()
+            self.stopping = True  # SIGTERM arrived while the claim was in flight
+            return claimed
+
+    job = accept(store)
+    asyncio.run(asyncio.wait_for(ShutdownDuringClaim(settings, store, ServiceMetrics(), lambda: None).run(), 30))
+    again = store.read.get(job.id)
+    assert again.status is JobStatus.QUEUED and again.claimed_by is None
+    assert [m.routing_key for m in store.read.pending_messages(100)] == ["training.accepted"]
+
+
+def test_sigterm_reaches_the_child_alone_so_its_dataloader_workers_live_to_see_the_checkpoint(tmp_path, settings):
+    marker = tmp_path / "grandchild-got-sigterm"
+    script = f"""
+        import signal, subprocess, sys, time
+        worker = subprocess.Popen([sys.executable, "-c",
+            "import signal, time, pathlib\\n"
+            "signal.signal(signal.SIGTERM, lambda *a: pathlib.Path({str(marker)!r}).write_text('x'))\\n"
+            "print('ready', flush=True)\\n"
+            "time.sleep(60)"], stdout=subprocess.PIPE)
+        worker.stdout.readline()
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))  # before "started": the parent signals on it
+        sys.stderr.write('{{"event": "started"}}\\n'); sys.stderr.flush()
+        time.sleep(60)
+    """
+
+    async def main():
+        process = TrainingProcess(await spawn([sys.executable, "-c", textwrap.dedent(script)], settings))
+        async for line in process.lines():
+            if line.get("event") == "started":
+                await process.stop(10)
+                break
+        outcome = await process.wait()
+        process.signal(signal.SIGKILL)  # what the worker does after every job: the group goes
+        return outcome
+
+    outcome = asyncio.run(asyncio.wait_for(main(), 60))
+    assert outcome.returncode == 3
+    assert not marker.exists()
+
+
+def test_progress_is_rate_limited_to_one_event_per_interval(settings, store):
+    settings = settings.model_copy(update={"progress_interval_s": 30.0})
+    job = accept(store)
+    script = f"""
+        import json, sys
+        for epoch in range(1, 21):
+            sys.stderr.write(json.dumps({{"event": "progress", "epoch": epoch, "max_epochs": 20}}) + "\\n")
+        print({json.dumps(VALID_RESULT)!r})
+    """
+    over, events = run_until_over(settings, store, script, job.id)
+    assert over.status is JobStatus.SUCCEEDED
+    assert [data["epoch"] for kind, data in events if kind == "progress"] == [1]
+
+
+def test_a_job_over_its_time_limit_is_stopped_and_fails_once_for_good(settings, store):
+    settings = settings.model_copy(update={"job_timeout_s": 1.0})
+    job = accept(store)
+    script = """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))  # checkpoints, as train does
+        time.sleep(60)
+    """
+    over, events = run_until_over(settings, store, script, job.id)
+    assert over.status is JobStatus.FAILED and over.attempt == 1
+    failed = final_failures(events)
+    assert [(f["error_type"], f["retryable"]) for f in failed] == [("TimeLimitExceeded", False)]
+
+
+def test_a_child_that_still_holds_the_claim_is_granted_the_permit_and_registers(settings, store):
+    job = accept(store)
+    script = f"""
+        import json, sys
+        sys.stderr.write(json.dumps({{"event": "registration-permit-requested"}}) + "\\n")
+        sys.stderr.flush()
+        if sys.stdin.readline().strip() != "granted":
+            sys.exit(1)
+        print({json.dumps(VALID_RESULT)!r})
+    """
+    over, events = run_until_over(settings, store, script, job.id)
+    assert over.status is JobStatus.SUCCEEDED
+    assert [kind for kind, _ in events].count("registered") == 1
+
+
+# ---------------------------------------------------------------- the warm spare
+
+STAND_IN_SPARE = """
+    import json, os, sys, time
+    folder, import_s = sys.argv[1], float(sys.argv[2])
+    with open(os.path.join(folder, f"spare-{os.getpid()}"), "w") as out:
+        out.write(str(time.time()))
+    time.sleep(import_s)  # the training stack's imports
+    sys.stderr.write(json.dumps({"event": "spare ready"}) + "\\n")
+    sys.stderr.flush()
+    arguments = json.loads(sys.stdin.readline())
+    with open(os.path.join(folder, f"job-{os.getpid()}"), "w") as out:
+        out.write(json.dumps({"started": time.time(), "command": arguments[0]}))
+    time.sleep(1.5)  # the job
+    with open(os.path.join(folder, f"job-{os.getpid()}"), "a") as out:
+        out.write("\\n" + str(time.time()))
+    print(json.dumps(RESULT))
+"""
+
+
+def run_with_stand_in_spares(settings: Settings, store: JobStore, folder, import_s: float, job_id: str,
+                             spares: int) -> ServiceMetrics:
+    """The real worker and WarmSpare, each spare a stand-in that records when it started and ran its job.
+    Runs until the job is over and `spares` spares have started, the last one ready (the
+    `heimdall_training_warm_spare_ready` gauge), then shuts down."""
+    script = textwrap.dedent(STAND_IN_SPARE).replace("RESULT", repr(VALID_RESULT))
+    metrics = ServiceMetrics()
+    runner = JobRunner(settings.model_copy(update={"warm_spare": True}), store, metrics, on_messages=lambda: None,
+                       spare_command=[sys.executable, "-c", script, str(folder), str(import_s)])
+
+    async def main():
+        task = asyncio.create_task(runner.run())
+        while store.read.get(job_id).status is not JobStatus.SUCCEEDED or len(list(folder.glob("spare-*"))) < spares:
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
+        while b"heimdall_training_warm_spare_ready 1.0" not in metrics.render():  # the new spare's imports
+            await asyncio.sleep(0.05)
+        await runner.shutdown()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    return metrics
+
+
+def spare_times(folder) -> dict[int, float]:
+    return {int(p.name.split("-")[1]): float(p.read_text()) for p in folder.glob("spare-*")}
+
+
+def test_the_next_spare_starts_when_the_job_has_ended_not_while_it_runs(settings, store, tmp_path):
+    job = accept(store)
+    metrics = run_with_stand_in_spares(settings, store, tmp_path, 0.2, job.id, spares=2)
+    (ran_in,) = [int(p.name.split("-")[1]) for p in tmp_path.glob("job-*")]  # one job, in one spare
+    started, ended = tmp_path.joinpath(f"job-{ran_in}").read_text().splitlines()
+    assert json.loads(started)["command"] == "train"
+    spares = spare_times(tmp_path)
+    (next_spare,) = [t for pid, t in spares.items() if pid != ran_in]
+    assert next_spare >= float(ended)  # not started during the job, where it competed for the cores
+    assert b"heimdall_training_warm_spare_ready 0.0" in metrics.render()  # closed at shutdown
+
+
+def test_a_job_that_arrives_while_the_spare_is_importing_runs_in_that_spare(settings, store, tmp_path):
+    job = accept(store)  # queued before the worker and its first spare start
+    run_with_stand_in_spares(settings, store, tmp_path, 2.0, job.id, spares=2)
+    spares = spare_times(tmp_path)
+    first = min(spares, key=spares.get)
+    started = json.loads(tmp_path.joinpath(f"job-{first}").read_text().splitlines()[0])["started"]
+    assert started >= spares[first] + 2.0  # it waited for the imports in the spare, no cold child was started
+    assert len(list(tmp_path.glob("job-*"))) == 1

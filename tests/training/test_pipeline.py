@@ -1,0 +1,211 @@
+"""The training job end to end, against a real S3 server (SeaweedFS) and a real `mlflow server`.
+
+One tiny job trains on a synthetic dataset stored in S3; the tests then check every promise of
+`model.md` on what it published, register twice more to exercise the champion gate, and resume
+a fit from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from foundation.train_config import TrainConfig
+from training.pipeline import JobOptions, open_dataset, run_job
+from foundation.settings import S3Settings, Settings
+from training.datasets.synth import SynthConfig, synthesize_dataset
+
+TINY = TrainConfig(preset="tiny", epochs=4, batch_size=32, learning_rate=5e-3, patience=3)
+CARD_FIELDS = {"schema", "model_name", "model_version", "created_at", "onnx", "signal", "receivers", "training",
+               "metrics", "parity", "mlflow_run_id"}
+
+
+@pytest.fixture(scope="module")
+def server_settings(s3_server, mlflow_url, tmp_path_factory) -> Settings:
+    return Settings(state_dir=tmp_path_factory.mktemp("state"), models_uri="s3://heimdall-models/models",
+                    mlflow_tracking_uri=mlflow_url, model_name=f"test-{uuid.uuid4().hex[:8]}",
+                    s3=S3Settings(endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
+                                  secret_access_key=s3_server.secret_access_key))
+
+
+@pytest.fixture(scope="module")
+def s3_dataset_uri(server_settings) -> str:
+    cfg = SynthConfig(sessions=300, seed=7, samples_per_capture=256, shard_size=128, dataset_id="tiny-s3")
+    return synthesize_dataset(cfg, "s3://heimdall-datasets/synthetic", credentials=server_settings.s3.credentials())
+
+
+@pytest.fixture(scope="module")
+def first_job(server_settings, s3_dataset_uri, tmp_path_factory) -> dict:
+    options = JobOptions(data_uri=s3_dataset_uri, checkpoint_dir=tmp_path_factory.mktemp("ckpt"))
+    return run_job(server_settings, TINY, options)
+
+
+def s3_read(settings: Settings, uri: str) -> bytes:
+    from foundation.object_store import open_store
+
+    root, _, key = uri.rpartition("/")
+    return open_store(root, settings.s3.credentials()).read_bytes(key)
+
+
+def test_published_onnx_matches_the_card_and_the_registry(server_settings, first_job):
+    model = first_job["model"]
+    onnx_bytes = s3_read(server_settings, model["onnx"]["uri"])
+    card = json.loads(s3_read(server_settings, model["card_uri"]))
+    assert model["onnx"]["uri"].startswith("s3://heimdall-models/models/")
+    assert hashlib.sha256(onnx_bytes).hexdigest() == model["onnx"]["sha256"] == card["onnx"]["sha256"]
+    assert len(onnx_bytes) == model["onnx"]["bytes"] == card["onnx"]["bytes"]
+    assert CARD_FIELDS <= card.keys() and card["schema"] == "heimdall.model/1"
+    assert card["model_version"] == model["model_version"] == 1
+    assert card["metrics"]["median_error_m"] == pytest.approx(first_job["metrics"]["median_error_m"])
+    assert card["parity"]["passed"] and card["parity"]["batch_sizes"] == [1, 16]
+    assert card["training"]["config_hash"] == TINY.config_hash()
+    assert card["signal"]["samples"] == 256 and card["signal"]["max_receivers"] == 7
+
+
+def test_registry_version_has_aliases_and_the_same_files(server_settings, first_job, tmp_path):
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server_settings.mlflow_tracking_uri)
+    version = client.get_model_version_by_alias(server_settings.model_name, "champion")
+    assert version.version == "1" and set(version.aliases) == {"candidate", "champion"}
+    assert version.tags["config_hash"] == TINY.config_hash()
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source}/model.onnx", dst_path=str(tmp_path),
+                                                tracking_uri=server_settings.mlflow_tracking_uri)
+    assert hashlib.sha256(Path(local).read_bytes()).hexdigest() == first_job["model"]["onnx"]["sha256"]
+    run = client.get_run(first_job["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_median_error_m"] == pytest.approx(first_job["metrics"]["median_error_m"])
+    assert "baseline_weighted_centroid_median_error_m" in run.data.metrics
+    assert {"val_loss", "train_loss", "val_median_error_m"} <= run.data.metrics.keys()
+    assert "plots/test_results.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+
+
+def test_onnx_runs_on_dataset_sessions_with_the_contract_inputs(server_settings, s3_dataset_uri, first_job):
+    data = open_dataset(server_settings, TINY, s3_dataset_uri)
+    session = ort.InferenceSession(s3_read(server_settings, first_job["model"]["onnx"]["uri"]),
+                                   providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["iq", "rx_position", "rx_online"]
+    indices = data.indices("test")[:5]
+    iq, online = data.read_many(indices)
+    rx = np.repeat(data.rx_position[None], len(indices), axis=0)
+    position, covariance = session.run(None, {"iq": iq, "rx_position": rx, "rx_online": online})
+    assert position.shape == (5, 2) and covariance.shape == (5, 2, 2)
+    error_km = np.median(np.hypot(*(position - data.emitter[indices, :2]).T)) * 111
+    assert error_km < 150, "predictions are not even in the receivers' region"
+    assert np.all(np.linalg.eigvalsh(covariance.astype(np.float64)) > 0)
+
+
+def test_a_replayed_job_returns_the_registered_version_without_training(server_settings, s3_dataset_uri, first_job):
+    replay = run_job(server_settings, TINY, JobOptions(data_uri=s3_dataset_uri))
+    assert replay["already_registered_by"] == first_job["job_id"]
+    assert replay["model"]["model_version"] == 1
+    assert replay["model"]["onnx"] == first_job["model"]["onnx"]
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(server_settings.mlflow_tracking_uri).search_model_versions(
+        f"name='{server_settings.model_name}'")
+    assert [v.version for v in versions] == ["1"]
+
+
+def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_dataset_uri, first_job, tmp_path):
+    from mlflow import MlflowClient
+
+    from training.export import export_onnx
+    from training.neural.model import LocalizationNet
+    from foundation.object_store import open_store
+    from training.registry import ModelRegistry
+
+    # Registering the same checkpoint again: as good as the champion, so it is promoted.
+    best = Path(first_job["training"]["best_checkpoint"])
+    again = run_job(server_settings, TINY, JobOptions(data_uri=s3_dataset_uri, export_only=True, checkpoint=best))
+    assert again["model"]["model_version"] == 2 and again["model"]["promoted"]
+    assert again["model"]["champion_median_error_m"] == pytest.approx(again["metrics"]["median_error_m"], rel=1e-6)
+
+    # An untrained network is far worse on the same sessions: it stays a candidate.
+    data = open_dataset(server_settings, TINY, s3_dataset_uri)
+    torch.manual_seed(0)
+    untrained = LocalizationNet(samples=256, preset="tiny").eval()
+    info = export_onnx(untrained, tmp_path / "model.onnx", samples=256)
+    registry = ModelRegistry(server_settings.mlflow_tracking_uri, server_settings.model_name,
+                             open_store(server_settings.models_uri, server_settings.s3.credentials()))
+    worse = registry.publish(run_id=first_job["mlflow"]["run_id"], onnx_path=tmp_path / "model.onnx",
+                             card={"onnx": info}, data=data, test_idx=data.indices("test"),
+                             median_error_m=first_job["metrics"]["median_error_m"] * 3, parity_passed=True,
+                             tags={"idempotency_key": f"untrained-{uuid.uuid4().hex[:8]}"})
+    assert worse.model_version == 3 and not worse.promoted and worse.aliases == ["candidate"]
+    client = MlflowClient(server_settings.mlflow_tracking_uri)
+    assert client.get_model_version_by_alias(server_settings.model_name, "champion").version == "2"
+    assert client.get_model_version_by_alias(server_settings.model_name, "candidate").version == "3"
+
+
+def test_resume_training_restores_epoch_optimizer_and_scheduler(tmp_path, example_dataset):
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from training.fit import fit
+    from training.pipeline import build_module
+
+    settings = Settings(state_dir=tmp_path)
+    config = TINY.model_copy(update={"epochs": 2, "min_labelled_sessions": 10, "batch_size": 8})
+    data = open_dataset(settings, config, str(example_dataset))
+    logger = MLFlowLogger(experiment_name="resume", tracking_uri=settings.mlflow_tracking_uri,
+                          artifact_location=settings.mlflow_artifacts_uri)
+    first = fit(build_module(data, config, None), data, config, tmp_path / "ckpt", logger, None)
+    state = torch.load(first.last_checkpoint, weights_only=False)
+    assert state["epoch"] == 1 and first.epochs_run == 2
+    steps_per_epoch = state["global_step"] // 2
+
+    longer = config.model_copy(update={"epochs": 4})
+    resumed = fit(build_module(data, longer, None), data, longer, tmp_path / "ckpt", logger, first.last_checkpoint)
+    after = torch.load(resumed.last_checkpoint, weights_only=False)
+    assert after["epoch"] == 3 and resumed.epochs_run == 4
+    assert after["global_step"] == 4 * steps_per_epoch, "resumed from scratch instead of from epoch 2"
+    optimizer_steps = {s["step"].item() for s in after["optimizer_states"][0]["state"].values()}
+    assert optimizer_steps == {4 * steps_per_epoch}, "AdamW moments were not restored"
+    assert after["lr_schedulers"][0]["last_epoch"] == 4 * steps_per_epoch
+
+
+class StoreFailingOn:
+    """The real S3 store, except that uploading one named file fails as if S3 went away."""
+
+    def __init__(self, store, failing_name: str):
+        self.store, self.failing_name = store, failing_name
+
+    def upload(self, key, src):
+        from foundation.errors import StorageUnavailable
+
+        if key.endswith(self.failing_name):
+            raise StorageUnavailable(f"injected: {key}")
+        self.store.upload(key, src)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_failed_upload_leaves_no_version_and_no_files(server_settings, s3_dataset_uri, first_job, tmp_path):
+    from mlflow import MlflowClient
+
+    from foundation.errors import StorageUnavailable
+    from training.export import export_onnx
+    from training.neural.model import LocalizationNet
+    from foundation.object_store import open_store
+    from training.registry import ModelRegistry
+
+    name = f"half-{uuid.uuid4().hex[:8]}"
+    store = open_store(server_settings.models_uri, server_settings.s3.credentials())
+    registry = ModelRegistry(server_settings.mlflow_tracking_uri, name, StoreFailingOn(store, "model.json"))
+    info = export_onnx(LocalizationNet(samples=256, preset="tiny").eval(), tmp_path / "model.onnx", samples=256)
+    data = open_dataset(server_settings, TINY, s3_dataset_uri)
+    with pytest.raises(StorageUnavailable):
+        registry.publish(run_id=first_job["mlflow"]["run_id"], onnx_path=tmp_path / "model.onnx",
+                         card={"onnx": info}, data=data, test_idx=data.indices("test")[:8], median_error_m=1.0,
+                         parity_passed=True, tags={"idempotency_key": f"half-{uuid.uuid4().hex[:8]}"})
+    assert MlflowClient(server_settings.mlflow_tracking_uri).search_model_versions(f"name='{name}'") == []
+    assert store.list(name) == []

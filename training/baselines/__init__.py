@@ -1,0 +1,1 @@
+"""The classical baselines scored beside every model: weighted centroid, kNN and the fitted ML grid search."""

@@ -1,0 +1,294 @@
+"""A seeded synthetic dataset whose captures follow the physics of the real ones.
+
+The generating model (what a Bayesian oracle on this data must assume), for session i and
+receiver r:
+
+    receivers      `cfg.receivers` (layout "fixed"), or, for layout "random", N ~ U{random_receivers_min..max}
+                   drawn once per dataset uniformly in a random_area_m square around the random centre,
+                   altitude ~ U(100, 800) m, ids rx-00, rx-01, ... (`receivers_for`)
+    transmitter    uniform in lat/lon over the receivers' bounding box grown by area_margin_m,
+                   at tx_altitude_m
+    eirp_dbm       ~ U(eirp_dbm_min, eirp_dbm_max)
+    d_r            3-D distance: haversine ground distance and altitude difference
+    signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + static_r(transmitter) + calibration_r,
+                   PL = log-distance with exponent n from free space at 1 m at the centre frequency,
+                   shadowing_r ~ N(0, shadowing_sigma_db) independent per session and receiver,
+                   static_r = a fixed Gaussian random field over the transmitter's position, one per
+                   receiver for the dataset, std static_shadowing_sigma_db and exponential (Gudmundson)
+                   correlation exp(-distance / static_shadowing_correlation_m); 0 by default
+                   calibration_r ~ N(0, calibration_sigma_db) fixed per receiver for the dataset
+    noise_dbm_r    = noise floor over the captured bandwidth + calibration_r (the gain error
+                   scales the whole capture)
+    capture_r      = NBFM of power signal_dbm_r + complex Gaussian noise of power noise_dbm_r,
+                   or all zeros when the receiver is offline (probability offline_probability,
+                   at least one receiver online per session)
+
+Receivers are unsynchronised, so each capture draws its own audio, carrier offset and phase:
+only power carries location information, as in the real data.
+
+Randomness: the layout, the calibration, each receiver's static field and every session draw
+from their own `SeedSequence(seed, spawn_key=...)`, so session i is the same whatever else is
+generated, and a session's truth can be drawn without synthesising its samples. The static
+field is a function of position, not a draw, so it leaves the session streams (and so every
+default-config byte) untouched. The same config gives
+byte-identical recordings; only the manifest's `created_at` differs unless it is passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+
+from training.datasets.channel import (
+    StaticField,
+    distances_m,
+    log_distance_path_loss_db,
+    nbfm_capture,
+    noise_power_dbm,
+    received_power_dbm,
+)
+from training.datasets.manifest import Receiver
+from training.datasets.sigmf_shard import SessionRecord
+from training.datasets.writer import write_dataset_version
+from training.geodesy import EARTH_RADIUS_M, from_local_en
+from foundation.logs import counted
+from foundation.object_store import S3Credentials
+
+log = logging.getLogger(__name__)
+EPOCH = datetime(2026, 11, 1, tzinfo=timezone.utc)
+SESSION_INTERVAL_S = 30.0
+
+# spawn_key roots: one independent random stream per purpose
+CALIBRATION_STREAM = 0
+TRUTH_STREAM = 1
+SAMPLES_STREAM = 2
+LAYOUT_STREAM = 3
+STATIC_FIELD_STREAM = 4  # spawn_key (4, r): receiver r's field
+
+RECEIVER_LAYOUTS = ("fixed", "random")
+RANDOM_RECEIVER_ALTITUDE_M = (100.0, 800.0)
+STATIC_FIELD_FEATURES = 256  # random Fourier features per receiver: enough for a near-Gaussian field
+
+DEFAULT_RECEIVERS = (
+    Receiver(id="giaveno", latitude=45.03, longitude=7.27, altitude_m=600.0),
+    Receiver(id="montanaro", latitude=45.234, longitude=7.857, altitude_m=300.0),
+    Receiver(id="torino", latitude=45.044, longitude=7.672, altitude_m=250.0),
+    Receiver(id="coazze", latitude=45.048, longitude=7.238, altitude_m=700.0),
+    Receiver(id="giovi", latitude=44.561, longitude=8.956, altitude_m=480.0),
+    Receiver(id="genova", latitude=44.395, longitude=8.956, altitude_m=100.0),
+    Receiver(id="milano", latitude=45.478, longitude=9.123, altitude_m=120.0),
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    sessions: int = 2000
+    seed: int = 0
+    dataset_id: str = "synth-nw-italy"
+    center_frequency_hz: float = 145.5e6  # 2 m amateur band
+    sample_rate_hz: float = 12_500.0  # one NBFM channel
+    samples_per_capture: int = 1024
+    path_loss_exponent: float = 3.0  # between free space (2) and dense urban (4)
+    shadowing_sigma_db: float = 6.0  # log-normal shadowing, typical of VHF over hills
+    eirp_dbm_min: float = 30.0  # 1 W handheld ...
+    eirp_dbm_max: float = 44.0  # ... to 25 W mobile
+    calibration_sigma_db: float = 2.0  # fixed, unknown gain error per receiver
+    offline_probability: float = 0.05  # WebSDRs drop out
+    noise_floor_dbm_per_12k5: float = -120.0  # noise power in 12.5 kHz at the receiver input
+    area_margin_m: float = 10_000.0  # transmitters may lie this far outside the receivers' box
+    tx_altitude_m: float = 2.0  # a handheld or a car roof
+    fm_deviation_hz: float = 2_500.0  # narrowband FM
+    shard_size: int = 1000
+    receivers: tuple[Receiver, ...] = DEFAULT_RECEIVERS  # used by the "fixed" layout
+    receiver_layout: str = "fixed"  # "fixed": `receivers`; "random": drawn from the seed (`receivers_for`)
+    random_receivers_min: int = 7  # the random layout draws this many receivers ...
+    random_receivers_max: int = 10  # ... up to this many, inclusive
+    random_area_m: float = 60_000.0  # side of the square they are drawn in
+    random_center_latitude: float = 45.0  # centre of that square: near Torino
+    random_center_longitude: float = 7.7
+    static_shadowing_sigma_db: float = 0.0  # std of each receiver's fixed shadowing field over position
+    static_shadowing_correlation_m: float = 5_000.0  # distance at which that field's correlation is 1/e
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.receiver_layout not in RECEIVER_LAYOUTS:
+            errors.append(f"receiver_layout {self.receiver_layout!r} is not one of {RECEIVER_LAYOUTS}")
+        if not 1 <= self.random_receivers_min <= self.random_receivers_max:
+            errors.append("need 1 <= random_receivers_min <= random_receivers_max")
+        if self.static_shadowing_sigma_db < 0 or self.static_shadowing_correlation_m <= 0:
+            errors.append("need static_shadowing_sigma_db >= 0 and static_shadowing_correlation_m > 0")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+
+@dataclass(frozen=True)
+class SessionTruth:
+    """Everything drawn for one session before its samples: what an oracle would want to know."""
+
+    index: int
+    session_id: str
+    time: datetime
+    transmitter: tuple[float, float, float]  # (latitude, longitude, altitude_m)
+    eirp_dbm: float
+    shadowing_db: np.ndarray  # [R] iid shadowing of this session
+    static_shadowing_db: np.ndarray  # [R] each receiver's fixed field at the transmitter (zeros by default)
+    online: np.ndarray  # bool [R]
+    signal_dbm: np.ndarray  # [R] signal power in the capture, both shadowings and calibration error included
+    noise_dbm: np.ndarray  # [R] noise power in the capture, calibration error included
+
+
+def transmitter_area(receivers, margin_m: float) -> tuple[float, float, float, float]:
+    """(lat_min, lat_max, lon_min, lon_max) in degrees: the receivers' box grown by `margin_m`."""
+    latitudes = [r.latitude for r in receivers]
+    longitudes = [r.longitude for r in receivers]
+    margin_lat_deg = np.degrees(margin_m / EARTH_RADIUS_M)
+    margin_lon_deg = margin_lat_deg / np.cos(np.radians((min(latitudes) + max(latitudes)) / 2.0))
+    return (
+        min(latitudes) - margin_lat_deg,
+        max(latitudes) + margin_lat_deg,
+        min(longitudes) - margin_lon_deg,
+        max(longitudes) + margin_lon_deg,
+    )
+
+
+def receivers_for(cfg: SynthConfig) -> tuple[Receiver, ...]:
+    """The receivers a config realises, in receiver-axis order: `cfg.receivers`, or the seeded random layout."""
+    if cfg.receiver_layout == "fixed":
+        return cfg.receivers
+    rng = _rng(cfg.seed, LAYOUT_STREAM)
+    count = int(rng.integers(cfg.random_receivers_min, cfg.random_receivers_max + 1))
+    east_m, north_m = rng.uniform(-cfg.random_area_m / 2.0, cfg.random_area_m / 2.0, size=(2, count))
+    altitude_m = rng.uniform(*RANDOM_RECEIVER_ALTITUDE_M, size=count)
+    latitude, longitude = from_local_en(east_m, north_m, cfg.random_center_latitude, cfg.random_center_longitude)
+    return tuple(
+        Receiver(id=f"rx-{r:02d}", latitude=float(latitude[r]), longitude=float(longitude[r]),
+                 altitude_m=float(altitude_m[r]))
+        for r in range(count)
+    )
+
+
+def total_shadowing_sigma_db(cfg: SynthConfig) -> float:
+    """What an oracle that treats all shadowing as iid should assume: the two shadowings add in power."""
+    return float(np.hypot(cfg.shadowing_sigma_db, cfg.static_shadowing_sigma_db))
+
+
+def static_field(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = None) -> StaticField:
+    """The config's static shadowing field, drawn once (pass `receivers` to skip re-deriving the layout)."""
+    receivers = receivers_for(cfg) if receivers is None else receivers
+    origin = (float(np.mean([r.latitude for r in receivers])), float(np.mean([r.longitude for r in receivers])))
+    wave_per_m = np.empty((len(receivers), STATIC_FIELD_FEATURES, 2))
+    phase = np.empty((len(receivers), STATIC_FIELD_FEATURES))
+    for r in range(len(receivers)):
+        rng = _rng(cfg.seed, STATIC_FIELD_STREAM, r)  # receiver r's field does not depend on how many there are
+        gaussian = rng.standard_normal((STATIC_FIELD_FEATURES, 2))
+        chi_1 = np.abs(rng.standard_normal((STATIC_FIELD_FEATURES, 1)))
+        wave_per_m[r] = gaussian / (chi_1 * cfg.static_shadowing_correlation_m)
+        phase[r] = rng.uniform(0.0, 2.0 * np.pi, STATIC_FIELD_FEATURES)
+    return StaticField(cfg.static_shadowing_sigma_db, origin, wave_per_m, phase)
+
+
+def static_field_db(cfg: SynthConfig, latitude, longitude) -> np.ndarray:
+    """[..., R] each receiver's static shadowing at transmitter positions (degrees); zeros by default."""
+    return static_field(cfg)(latitude, longitude)
+
+
+def receiver_calibration_db(cfg: SynthConfig) -> np.ndarray:
+    """[R] each receiver's fixed gain error for the whole dataset."""
+    rng = _rng(cfg.seed, CALIBRATION_STREAM)
+    return rng.normal(0.0, cfg.calibration_sigma_db, size=len(receivers_for(cfg)))
+
+
+def session_truths(cfg: SynthConfig) -> Iterator[SessionTruth]:
+    """The drawn truth of every session, cheaply: no samples are synthesised."""
+    receivers = receivers_for(cfg)
+    calibration_db = receiver_calibration_db(cfg)
+    field = static_field(cfg, receivers)
+    area = transmitter_area(receivers, cfg.area_margin_m)
+    for index in range(cfg.sessions):
+        yield _draw_truth(cfg, index, receivers, calibration_db, field, area)
+
+
+def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndarray, field: StaticField,
+                area) -> SessionTruth:
+    rng = _rng(cfg.seed, TRUTH_STREAM, index)
+    lat_min, lat_max, lon_min, lon_max = area
+    latitude, longitude = rng.uniform(lat_min, lat_max), rng.uniform(lon_min, lon_max)
+    eirp_dbm = rng.uniform(cfg.eirp_dbm_min, cfg.eirp_dbm_max)
+    shadowing_db = rng.normal(0.0, cfg.shadowing_sigma_db, size=len(receivers))
+    online = rng.random(len(receivers)) >= cfg.offline_probability
+    if not online.any():
+        online[rng.integers(len(receivers))] = True  # a session nobody recorded would not exist
+    static_shadowing_db = field(latitude, longitude)  # zeros by default: x + 0.0 == x keeps old bytes
+    distance_m = distances_m(latitude, longitude, cfg.tx_altitude_m, receivers)
+    path_loss_db = log_distance_path_loss_db(distance_m, cfg.center_frequency_hz, cfg.path_loss_exponent)
+    return SessionTruth(
+        index=index,
+        session_id=f"{cfg.dataset_id}-{index:07d}",
+        time=EPOCH + timedelta(seconds=SESSION_INTERVAL_S * index),
+        transmitter=(float(latitude), float(longitude), cfg.tx_altitude_m),
+        eirp_dbm=float(eirp_dbm),
+        shadowing_db=shadowing_db,
+        static_shadowing_db=static_shadowing_db,
+        online=online,
+        signal_dbm=received_power_dbm(eirp_dbm, path_loss_db, shadowing_db + static_shadowing_db, calibration_db),
+        noise_dbm=noise_power_dbm(cfg.noise_floor_dbm_per_12k5, cfg.sample_rate_hz) + calibration_db,
+    )
+
+
+def capture_session(cfg: SynthConfig, truth: SessionTruth) -> SessionRecord:
+    """The samples every receiver records for one drawn session."""
+    rng = _rng(cfg.seed, SAMPLES_STREAM, truth.index)
+    iq = np.zeros((truth.online.size, cfg.samples_per_capture), dtype=np.complex64)
+    for r in np.flatnonzero(truth.online):
+        iq[r] = nbfm_capture(truth.signal_dbm[r], truth.noise_dbm[r], cfg.samples_per_capture, cfg.sample_rate_hz,
+                             cfg.fm_deviation_hz, rng)
+    return SessionRecord(
+        session_id=truth.session_id,
+        time=truth.time,
+        emitter=truth.transmitter,
+        split=None,
+        online=truth.online.copy(),
+        iq=iq,
+    )
+
+
+def generate_sessions(cfg: SynthConfig) -> Iterator[SessionRecord]:
+    """Every session with its samples, lazily, in order; deterministic from `cfg.seed`."""
+    for truth in session_truths(cfg):
+        yield capture_session(cfg, truth)
+
+
+def synthesize_dataset(
+    cfg: SynthConfig,
+    root_uri: str,
+    *,
+    version: int = 1,
+    credentials: S3Credentials | None = None,
+    created_at: datetime | None = None,
+) -> str:
+    """Write the synthetic dataset as `<root>/<dataset_id>/v<version>`; return its URI.
+
+    Raises what `write_dataset_version` raises (FileExistsError for an existing version).
+    """
+    return write_dataset_version(
+        root_uri,
+        dataset_id=cfg.dataset_id,
+        version=version,
+        parent_version=None,
+        center_frequency_hz=cfg.center_frequency_hz,
+        sample_rate_hz=cfg.sample_rate_hz,
+        samples_per_capture=cfg.samples_per_capture,
+        receivers=list(receivers_for(cfg)),
+        sessions=counted(generate_sessions(cfg), total=cfg.sessions, unit="sessions", logger=log),
+        shard_size=cfg.shard_size,
+        credentials=credentials,
+        created_at=created_at,
+    )
+
+
+def _rng(seed: int, *spawn_key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=spawn_key))
