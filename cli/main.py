@@ -20,14 +20,12 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
-import uuid
 from pathlib import Path
 
 from foundation.errors import HeimdallError, JobInterrupted
-from foundation.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
-from foundation.logs import log_event
+from foundation.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_now
+from foundation.logs import log_event, printable
 
 
 def add_log_format(parser) -> None:
@@ -61,7 +59,10 @@ def add_synth(sub) -> None:
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train, export, check and register a model")
     add_log_format(p)
-    p.add_argument("--data_dir", required=True, help="dataset version: folder, file:// or s3://.../<id>/v<k>/")
+    job = p.add_mutually_exclusive_group(required=True)
+    job.add_argument("--data_dir", help="dataset version: folder, file:// or s3://.../<id>/v<k>/")
+    job.add_argument("--spec", type=Path, help="a whole job specification (JSON, foundation.child_protocol.JobSpec) "
+                     "instead of the flags")
     add_config_flags(p)
     p.add_argument("--checkpoint_dir", type=Path)
     p.add_argument("--experiment_name", default="heimdall-localization")
@@ -71,8 +72,6 @@ def add_train(sub) -> None:
     p.add_argument("--resume_training", action="store_true",
                    help="resume epoch, optimizer and scheduler from --checkpoint (default: <checkpoint_dir>/last.ckpt)")
     p.add_argument("--job_id", default=None)
-    p.add_argument("--idempotency_key", default=None, help=argparse.SUPPRESS)  # the service's key for the job
-    p.add_argument("--registration_permit", action="store_true", help=argparse.SUPPRESS)  # ask the service first
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the summary (and, with --log-format auto, JSON logs)")
 
@@ -138,24 +137,30 @@ def run_synth(args, settings) -> int:
     return 0
 
 
-def run_train(args, settings) -> int:
+def job_spec_of(args):
+    """The job the flags describe (or the one `--spec` names), as the child's JobSpec."""
+    from foundation.child_protocol import JobSpec
     from foundation.train_config import TrainConfig
-    from training.pipeline import JobOptions, run_job
+
+    if args.spec is not None:
+        return JobSpec.model_validate_json(args.spec.read_text())
+    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None})
+    return JobSpec(data_uri=args.data_dir, config=config, checkpoint_dir=args.checkpoint_dir,
+                   experiment_name=args.experiment_name, run_name_prefix=args.run_name_prefix,
+                   export_only=args.export_only, checkpoint=args.checkpoint, resume_training=args.resume_training,
+                   **({"job_id": args.job_id} if args.job_id else {}))
+
+
+def run_train(args, settings) -> int:
+    from training.child import pin_spec
+    from training.pipeline import run_job
     from training.summary import format_summary
 
-    config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields if getattr(args, k) is not None})
-    if args.job_id is None:
-        args.job_id = str(uuid.uuid4())
-        if sys.argv[1:2] == ["train"]:  # Lightning's DDP launcher re-executes sys.argv: every rank, one job id
-            sys.argv += ["--job_id", args.job_id]
-    options = JobOptions(data_uri=args.data_dir, job_id=args.job_id,
-                         checkpoint_dir=args.checkpoint_dir, experiment_name=args.experiment_name,
-                         run_name_prefix=args.run_name_prefix, export_only=args.export_only,
-                         checkpoint=args.checkpoint, resume_training=args.resume_training,
-                         idempotency_key=args.idempotency_key, registration_permit=args.registration_permit)
-    setup_logging(args, options.job_id)
+    spec = job_spec_of(args)
+    setup_logging(args, spec.job_id)
+    pin_spec(settings, spec, leading=["train", *(["--json"] if args.json else [])])  # every DDP rank: this job
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result alone (MLflow prints links)
-        result = run_job(settings, config, options)
+        result = run_job(settings, spec)
     if result is not None:
         print(json.dumps(result) if args.json else format_summary(result))
     return 0
@@ -214,10 +219,8 @@ def run_ops(args, settings) -> int:
 def run_jobs(args, settings) -> int:
     from service import ops_commands
 
-    if args.action == "list":
-        print(ops_commands.list_jobs(settings, args.status, args.limit))
-        return 0
-    shown = ops_commands.show_job(settings, args.job_id)
+    shown = ops_commands.list_jobs(settings, args.status, args.limit) if args.action == "list" \
+        else ops_commands.show_job(settings, args.job_id)
     if shown is None:
         print(f"no job {args.job_id}", file=sys.stderr)
         return EXIT_FAILED
@@ -255,26 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         log_event(logging.getLogger("cli.main"), "failed", stage=exc.stage, error_type=type(exc).__name__,
                   message=exc.message, retryable=exc.retryable)
         print(f"heimdall-training {args.command}: {exc.stage} failed"
-              f"{' (retryable)' if exc.retryable else ''}: {exc.message}", file=sys.stderr)
+              f"{' (retryable)' if exc.retryable else ''}: {printable(exc.message)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # a bug, not a bad input: keep the traceback for whoever fixes it
         logging.getLogger("cli.main").exception(
             "failed", extra={"fields": {"event": "failed", "stage": "train", "error_type": type(exc).__name__,
                                         "message": str(exc), "retryable": False}})
         return EXIT_FAILED
-
-
-def exit_now(code: int):
-    """End the process as soon as its output is out. The interpreter's own teardown of torch,
-    Lightning and MLflow takes 2-3 s on this machine (in C: freeing modules and tensors), and the
-    service publishes `model.registered` only when the child has exited. Nothing is lost: stdout,
-    stderr and the logging handlers are flushed here; MLflow runs end and checkpoint uploads are
-    joined before `main` returns; DataLoader workers are in the process group that the service
-    kills, and they watch their parent."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def console_main() -> None:

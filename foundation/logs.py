@@ -105,6 +105,12 @@ def counted(items: Iterable[T], *, total: int, unit: str, logger: logging.Logger
 # --- for people --------------------------------------------------------------------------
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal and for one log line: control characters (newlines, escapes) shown
+    as escapes, never acted on. For what a dataset or a message author wrote."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def format_km(metres: float) -> str:
     return f"{metres / 1000:.2f} km"
 

@@ -12,13 +12,21 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foundation.train_config import TrainConfig
 from foundation.object_store import S3Credentials
 
 ENV_PREFIX = "HEIMDALL_"
+SETTINGS_ENV = ENV_PREFIX + "SETTINGS_JSON"  # the whole settings model, serialised: how a training child gets them
+
+
+def reveal_for_child(value: SecretStr | None, info: SerializationInfo) -> str | None:
+    """Secrets stay masked in every dump but the one `Settings.serialised` makes for the child."""
+    if value is None:
+        return None
+    return value.get_secret_value() if (info.context or {}).get("reveal_secrets") else str(value)
 
 
 class S3Settings(BaseModel):
@@ -28,6 +36,8 @@ class S3Settings(BaseModel):
     access_key_id: SecretStr | None = None  # None: boto3's own chain (AWS_ACCESS_KEY_ID, ...)
     secret_access_key: SecretStr | None = None
     region: str = "us-east-1"
+
+    _reveal = field_serializer("access_key_id", "secret_access_key")(reveal_for_child)
 
     def credentials(self) -> S3Credentials:
         return S3Credentials(
@@ -107,6 +117,12 @@ class Settings(BaseSettings):
         return self
 
 
+    _reveal = field_serializer("amqp_url")(reveal_for_child)
+
+    def serialised(self) -> str:
+        """Every setting as JSON, secrets included: for the child's environment (`SETTINGS_ENV`) only."""
+        return self.model_dump_json(context={"reveal_secrets": True})
+
     def job_checkpoint_dir(self, job_id: str) -> Path:
         """Where a job's checkpoints live on this replica (last.ckpt, top-k, a downloaded given.ckpt)."""
         return self.state_dir / "checkpoints" / job_id
@@ -119,7 +135,7 @@ class Settings(BaseSettings):
 
 
 def _refuse_unknown_env(environ: dict[str, str]) -> None:
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {SETTINGS_ENV}
     nested = {ENV_PREFIX + "S3__" + name.upper() for name in S3Settings.model_fields}
     unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known | nested)
     if unknown:
@@ -127,6 +143,9 @@ def _refuse_unknown_env(environ: dict[str, str]) -> None:
 
 
 def load_settings(**overrides) -> Settings:
-    """Build the settings once; raises ValueError naming any unknown or invalid setting."""
+    """Build the settings once; raises ValueError naming any unknown or invalid setting. A training
+    child gets the service's own settings whole, in `SETTINGS_ENV`."""
     _refuse_unknown_env(dict(os.environ))
+    if SETTINGS_ENV in os.environ:
+        return Settings.model_validate_json(os.environ[SETTINGS_ENV]).model_copy(update=overrides)
     return Settings(**overrides)

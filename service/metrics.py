@@ -23,6 +23,12 @@ class ServiceMetrics:
         self.unroutable = Counter("heimdall_training_outbox_unroutable_total",
                                   "Publishes returned because no queue was bound", ["routing_key"],
                                   registry=self.registry)
+        self.nacked = Counter("heimdall_training_outbox_nacked_total",
+                              "Publishes the broker refused (a queue at its length limit)", ["routing_key"],
+                              registry=self.registry)
+        self.outbox_parked = Gauge("heimdall_training_outbox_parked",
+                                   "Events refused so often that an operator should look (kept, still retried)",
+                                   registry=self.registry)
         self.warm_spare_ready = Gauge("heimdall_training_warm_spare_ready",
                                       "1 while a warm spare has done its imports and waits for a job",
                                       registry=self.registry)

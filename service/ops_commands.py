@@ -14,7 +14,7 @@ from messages.constants import TRAINING_PROGRESS
 from service.jobs.store import JobStatus, JobStore
 from service.jobs.tables import Job, utcnow
 from service.jobs.timeline import Progress, TimelineEntry, job_timeline, latest_progress
-from foundation.logs import format_clock, format_km
+from foundation.logs import format_clock, format_km, printable
 from foundation.settings import Settings
 from service.topology import declare_exchange, event_message
 
@@ -139,9 +139,9 @@ def event_text(routing_key: str, d: dict) -> str:
                     + (f", val error {format_km(error)}" if error is not None else ""))
         case "training.failed":
             then = "will retry" if d["retryable"] else "final"
-            return f"failed       attempt {d['attempt']}, {d['stage']}: {d['error_type']}: {d['message']} ({then})"
+            return f"failed       attempt {d['attempt']}, {d['stage']}: {printable(d['error_type'])}: {printable(d['message'])} ({then})"
         case "training.cancelled":
-            return f"cancelled    {d['reason']}"
+            return f"cancelled    {printable(d['reason'])}"
         case "model.registered":
             aliases = ", ".join(d["aliases"]) or "no aliases"
             return f"registered   version {d['model_version']} ({aliases}){'' if d['promoted'] else ', not promoted'}"
@@ -160,5 +160,5 @@ def whereabouts(job: Job, entries: list[TimelineEntry]) -> list[str]:
     run_id = (registered or {}).get("mlflow_run_id") or (started or {}).get("mlflow_run_id")
     lines.append(f"  mlflow run {run_id}" if run_id else "  mlflow run none yet")
     if job.error:
-        lines.append(f"  error      {job.error.get('stage')}: {job.error.get('message')}")
+        lines.append(f"  error      {job.error.get('stage')}: {printable(str(job.error.get('message')))}")
     return lines

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import Postgres, S3Server, mlflow_server, seaweedfs
+from tests.support.cli import run_cli
+from tests.support.servers import BUCKETS, Postgres, S3Server, mlflow_server, seaweedfs
 
 EXAMPLE_DATASET = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "examples" / "nw-italy-mini" / "v1"
-BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]
 
 
 @pytest.fixture(scope="session")
@@ -49,17 +49,13 @@ def postgres():
     server.close()
 
 
-@pytest.fixture(scope="session")
-def datasets(s3_server) -> dict[str, str]:
-    """Small synthetic datasets under DATASETS_ROOT, written once per session (versions are immutable)."""
-    from training.datasets.synth import SynthConfig, synthesize_dataset
-    from foundation.object_store import S3Credentials
-    from tests.e2e.test_service import DATASETS_ROOT
 
-    credentials = S3Credentials(endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
-                                secret_access_key=s3_server.secret_access_key)
-    uris = {}
-    for i, name in enumerate(["svc-main", "svc-dup", "svc-cancel", "svc-kill", "svc-r1", "svc-r2", "svc-r3"]):
-        cfg = SynthConfig(sessions=240, seed=100 + i, samples_per_capture=256, shard_size=128, dataset_id=name)
-        uris[name] = synthesize_dataset(cfg, DATASETS_ROOT, credentials=credentials)
-    return uris
+@pytest.fixture(scope="module")
+def synth_dataset(tmp_path_factory) -> Path:
+    """A tiny dataset written by `heimdall-training synth` (once per test module), as a user makes one."""
+    root = tmp_path_factory.mktemp("datasets")
+    done = run_cli(["synth", "--out", str(root), "--sessions", "240", "--samples_per_capture", "256",
+                    "--dataset_id", "cli-tiny", "--seed", "3"], root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"file://{root}/cli-tiny/v1"
+    return root / "cli-tiny" / "v1"

@@ -1,4 +1,5 @@
-"""Fitting: the LightningModule, the data loaders and the Trainer with its callbacks.
+"""The neural family's fit (training.neural.builder): the LightningModule, the data loaders and
+the Trainer with its callbacks. Only Lightning lives here; the recipe sees a `FitResult`.
 
 Validation logs `val_loss` (plain Gaussian NLL, the monitored key) and `val_median_error_m`.
 Training minimises β-NLL so the mean keeps learning while the covariance grows honest.
@@ -10,7 +11,6 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,6 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.environments import KubeflowEnvironment
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
@@ -26,10 +25,11 @@ from foundation.train_config import TrainConfig
 from training.datasets.reader import VerifiedDataset
 from foundation.errors import JobInterrupted
 from training.checkpoint_sync import CheckpointSync
+from foundation.child_protocol import Progress, channel
 from foundation.logs import log_event
+from training.family import FitResult
 from training.metrics import localization_errors_m
 from training.neural.model import LocalizationNet, gaussian_nll
-from training.radio_map.model import RadioMapNet
 
 log = logging.getLogger(__name__)
 MONITOR = "val_loss"
@@ -72,16 +72,11 @@ def drop_receivers(online: torch.Tensor, probability: float) -> torch.Tensor:
 
 class LocalizationModule(pl.LightningModule):
     def __init__(self, samples: int, preset: str, sample_rate_hz: float, learning_rate: float,
-                 weight_decay: float, beta: float, frame_scale_m: float, receiver_dropout: float = 0.0,
-                 radio_map: dict | None = None):
+                 weight_decay: float, beta: float, frame_scale_m: float, receiver_dropout: float = 0.0):
         super().__init__()
-        self.save_hyperparameters()
-        if preset == "radio-map":  # fitted in closed form (radio_map_train); `radio_map` holds its shapes
-            self.net = RadioMapNet(samples=samples, sample_rate_hz=sample_rate_hz,
-                                   **(radio_map or {"receivers": 1, "grid_shape": (1, 1), "eirp_nodes": 1}))
-        else:
-            self.net = LocalizationNet(samples=samples, preset=preset, sample_rate_hz=sample_rate_hz,
-                                       frame_scale_m=frame_scale_m)
+        self.save_hyperparameters()  # a checkpoint of an earlier version may hold more: Lightning drops unknown ones
+        self.net = LocalizationNet(samples=samples, preset=preset, sample_rate_hz=sample_rate_hz,
+                                   frame_scale_m=frame_scale_m)
         self._val_errors: list[torch.Tensor] = []
 
     def forward(self, iq, rx_position, rx_online):
@@ -155,8 +150,9 @@ class ProgressLines(Callback):
         per_epoch = elapsed / max(done - self._first_epoch, 1)
         metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
                    if k in ("train_loss", MONITOR, "val_median_error_m")}
-        log_event(log, "progress", stage="train", epoch=done, max_epochs=self.max_epochs, metrics=metrics,
-                  eta_s=round(per_epoch * (self.max_epochs - done), 1))
+        eta_s = round(per_epoch * (self.max_epochs - done), 1)
+        log_event(log, "progress", stage="train", epoch=done, max_epochs=self.max_epochs, metrics=metrics, eta_s=eta_s)
+        channel().send(Progress(epoch=done, max_epochs=self.max_epochs, metrics=metrics, eta_s=eta_s))
 
 
 class CheckpointOnInterrupt(Callback):
@@ -197,17 +193,6 @@ class StopTogether(Callback):
             raise SIGTERMException
 
 
-@dataclass
-class FitResult:
-    best_checkpoint: Path | None  # None on DDP ranks other than zero
-    last_checkpoint: Path | None
-    epochs_run: int
-    best_epoch: int | None
-    best_val_loss: float | None
-    is_global_zero: bool = True  # False in the extra processes of a multi-GPU (DDP) run
-    fit_s: float = 0.0  # wall time inside trainer.fit
-
-
 def build_loaders(data: VerifiedDataset, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
     train_idx, val_idx = data.indices("train"), data.indices("val")
     generator = torch.Generator().manual_seed(config.seed)
@@ -237,12 +222,6 @@ def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger,
     return trainer, checkpoints
 
 
-def is_global_zero() -> bool:
-    """This process is rank zero. Valid before `fit` too: Lightning reads the rank its launchers
-    (its own DDP re-execution, torchrun, Kubeflow) put in RANK / LOCAL_RANK."""
-    return rank_zero_only.rank == 0
-
-
 def _devices(value: str):
     return int(value) if value.isdigit() else value
 
@@ -250,14 +229,9 @@ def _devices(value: str):
 def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, checkpoint_dir: Path, logger,
         resume_from: Path | None, sync: CheckpointSync | None = None) -> FitResult:
     """Train until early stopping or `config.epochs`; resumes epoch, optimizer and scheduler from `resume_from`.
-    With `sync`, the checkpoints go to object storage after every epoch and once more at the end."""
+    With `sync`, the checkpoints go to object storage after every epoch and once more at the end.
+    The result holds no network (`net` None): the caller loads the one it wants from the checkpoints."""
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    if config.preset == "radio-map":
-        from training.radio_map.train import fit_closed_form
-
-        path, fit_s = fit_closed_form(module, data, checkpoint_dir, logger)
-        return FitResult(best_checkpoint=path, last_checkpoint=path, epochs_run=1, best_epoch=0, best_val_loss=None,
-                         fit_s=fit_s)
     train, val = build_loaders(data, config)
     trainer, checkpoints = build_trainer(config, checkpoint_dir, logger, (sync,) if sync else ())
     started = time.monotonic()
@@ -265,28 +239,23 @@ def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, 
         trainer.fit(module, train, val, ckpt_path=str(resume_from) if resume_from else None, weights_only=True)
     except SIGTERMException as exc:
         if not trainer.is_global_zero:  # rank zero reports it (exit 3); an extra rank exiting non-zero
-            return _extra_rank_result(trainer, started)  # would make Lightning SIGKILL rank zero
+            # would make Lightning SIGKILL rank zero
+            return FitResult.extra_rank(trainer.current_epoch, time.monotonic() - started)
         if sync:
             sync.finish(trainer.current_epoch)  # the SIGTERM checkpoint, for whichever replica resumes
         raise JobInterrupted(f"stopped by SIGTERM at epoch {trainer.current_epoch}; resume from "
                              f"{checkpoint_dir / 'last.ckpt'}") from exc
     if not trainer.is_global_zero:
-        return _extra_rank_result(trainer, started)
+        return FitResult.extra_rank(trainer.current_epoch, time.monotonic() - started)
     if sync:
         sync.finish(trainer.current_epoch)
     best = Path(checkpoints.best_model_path) if checkpoints.best_model_path else None
     last = Path(checkpoints.last_model_path) if checkpoints.last_model_path else None
     best_score = checkpoints.best_model_score
-    return FitResult(best_checkpoint=best or last, last_checkpoint=last, epochs_run=trainer.current_epoch,
+    return FitResult(net=None, best_checkpoint=best or last, last_checkpoint=last, epochs_run=trainer.current_epoch,
                      best_epoch=_epoch_of(best), best_val_loss=None if best_score is None or
                      not math.isfinite(float(best_score)) else float(best_score),
                      is_global_zero=trainer.is_global_zero, fit_s=time.monotonic() - started)
-
-
-def _extra_rank_result(trainer: pl.Trainer, started: float) -> FitResult:
-    """A DDP rank other than zero: it only helped fit; the checkpoint files are rank zero's, maybe on another node."""
-    return FitResult(best_checkpoint=None, last_checkpoint=None, epochs_run=trainer.current_epoch, best_epoch=None,
-                     best_val_loss=None, is_global_zero=False, fit_s=time.monotonic() - started)
 
 
 def _epoch_of(checkpoint: Path | None) -> int | None:

@@ -1,9 +1,11 @@
 """The training job as a recipe: data, model, fit, export, evaluate, register.
 
-`run_job` is what `heimdall-training train` runs, in its own process. Each step is a plain
-function that can be called alone; the settings object and the training configuration are
-built once by the caller and passed down. The baselines, which need the data alone, are scored in
-a thread beside the model's calibration and export.
+`run_job` is what the training child runs, in its own process. Each step is a plain function that
+can be called alone; the settings object and the job's specification are built once by the caller
+and passed down. The model is the chosen family's (`training.families`, by preset): the recipe asks
+it for a fit, or for the network a checkpoint holds, and then calibrates, exports, evaluates and
+registers that network whatever its family. The baselines, which need the data alone, are scored
+in a thread beside the model's calibration and export.
 
 Raises: DatasetError (data), ConfigError, TrainingError (train), ExportError (export),
 RegistryError / StorageUnavailable (register).
@@ -16,39 +18,49 @@ import shlex
 import sys
 import tempfile
 import time
-import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from foundation import checkpoint_store
+from foundation.child_protocol import JobSpec, Started, channel
 from foundation.train_config import TrainConfig, job_key
 from training.datasets.reader import DatasetReader, VerifiedDataset
 from foundation.errors import ConfigError, TrainingError
 from foundation.logs import log_event
-from foundation.registration_permit import ask_for_permit
 from foundation.object_store import open_store
 from foundation.settings import Settings
+from training.family import Family, FitResult, FitRun, is_global_zero
+from training.tracking import TrackingRun
 
 log = logging.getLogger(__name__)
 PARITY_SESSIONS = 16
 
 
-@dataclass
-class JobOptions:
-    data_uri: str
-    job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    checkpoint_dir: Path | None = None
-    experiment_name: str = "heimdall-localization"
-    run_name_prefix: str = "train"
-    export_only: bool = False
-    checkpoint: Path | None = None
-    resume_training: bool = False
-    idempotency_key: str | None = None  # the service's key for the job; else derived from data and config
-    registration_permit: bool = False  # ask the service (stdin) before registering: see registration_permit.py
+@dataclass(frozen=True)
+class Job:
+    """One job as it runs: the settings, what it was told and its verified data (what every step reads)."""
+
+    settings: Settings
+    spec: JobSpec
+    data: VerifiedDataset
+
+    @property
+    def key(self) -> str:
+        """The identity of its outcome: the service's key, else the dataset version, configuration and checkpoint."""
+        spec, manifest = self.spec, self.data.manifest
+        return spec.idempotency_key or job_key(
+            manifest.dataset_id, manifest.version, spec.config.config_hash(), export_only=spec.export_only,
+            checkpoint=str(spec.checkpoint) if spec.export_only else None)
+
+
+@dataclass(frozen=True)
+class Exported:
+    onnx_path: Path
+    onnx: dict  # export_onnx's description: sha256, bytes, opset, inputs, outputs
+    parity: dict  # check_parity's report
 
 
 def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedDataset:
@@ -58,138 +70,114 @@ def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedD
                        min_labelled_sessions=config.min_labelled_sessions)
 
 
-def build_module(data: VerifiedDataset, config: TrainConfig, checkpoint: Path | None):
-    from training.fit import LocalizationModule
-    from training.neural.model import frame_scale_for
+def check_spec(spec: JobSpec) -> None:
+    """Flag combinations that cannot work, refused before any download or MLflow run."""
+    if spec.export_only and spec.checkpoint is None:
+        raise ConfigError("--export_only needs --checkpoint", stage="train")
+    if spec.export_only and spec.resume_training:
+        raise ConfigError("--export_only and --resume_training exclude each other", stage="train")
 
-    if checkpoint is None:
-        frame_scale_m = frame_scale_for(data.rx_position[:, :2].astype(np.float64))
-        return LocalizationModule(samples=data.manifest.samples_per_capture, preset=config.preset,
-                                  sample_rate_hz=data.manifest.sample_rate_hz, learning_rate=config.learning_rate,
-                                  weight_decay=config.weight_decay, beta=config.beta,
-                                  receiver_dropout=config.receiver_dropout, frame_scale_m=frame_scale_m)
+
+def run_job(settings: Settings, spec: JobSpec) -> dict | None:
+    """The whole job. Returns the summary that `train --json` prints (None on DDP ranks other than zero)."""
+    from training.evaluation import baseline_scores
+    from training.families import FAMILIES
+    from training.registry import ModelRegistry
+
+    check_spec(spec)
+    started = time.monotonic()
+    job = Job(settings, spec, open_dataset(settings, spec.config, spec.data_uri))
+    log_event(log, "dataset verified", stage="data", dataset=job.data.uri, sessions=sessions_of(job.data))
+    registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
+                             open_store(settings.models_uri, settings.s3.credentials()))
+    existing = registry.find(job.key)
+    if existing is not None:
+        log_event(log, "already registered", stage="register", idempotency_key=job.key,
+                  model_version=existing[0].model_version)
+        return existing_summary(job, *existing)
+    family = FAMILIES[spec.config.preset]
+    given = load_checkpoint(job, family) if spec.export_only else None  # refused before any MLflow run
+    tracking = start_tracking(job)
+    try:
+        fitted = given or fit_model(job, family, tracking)
+        if not fitted.is_global_zero:
+            return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
+        net = fitted.net
+        tracking.log_params(net.describe())  # after fit: a radio map's shapes are the fit's
+        with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1, thread_name_prefix="baselines") as beside:
+            # the baselines need the data alone: they are scored while the model is calibrated and exported
+            baselines = beside.submit(baseline_scores, job.data, settings.cache_dir)
+            calibrate_covariance(net, job.data)
+            exported = export_model(job, net, Path(tmp))
+            evaluation = evaluate_model(net, job.data, baselines.result(), tracking, Path(tmp))
+            registration = register(job, registry, tracking.run_id, fitted, exported, evaluation)
+    except BaseException:
+        tracking.finish("FAILED")
+        raise
+    tracking.finish("FINISHED")
+    log_event(log, "registered", stage="register", model_version=registration.model_version,
+              aliases=registration.aliases, elapsed_s=round(time.monotonic() - started, 2))
+    return summary(job, tracking.run_id, evaluation, registration, fitted)
+
+
+def load_checkpoint(job: Job, family: Family) -> FitResult:
+    """`--export_only`: the network `--checkpoint` holds, if it fits the job's preset and captures."""
+    checkpoint, config = job.spec.checkpoint, job.spec.config
+    if not is_global_zero():
+        return FitResult.extra_rank(epochs_run=None, fit_s=0.0)  # one export per job, not one per DDP rank
     if not checkpoint.is_file():
         raise ConfigError(f"--checkpoint {checkpoint}: no such file", stage="train")
-    module = LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True)
-    if module.hparams.samples != data.manifest.samples_per_capture:
-        raise ConfigError(f"--checkpoint {checkpoint} expects {module.hparams.samples} samples per capture, "
-                          f"the dataset has {data.manifest.samples_per_capture}", stage="train")
-    return module
+    net = family.load(checkpoint)
+    shape, samples = net.describe(), job.data.manifest.samples_per_capture
+    if shape["preset"] != config.preset:
+        raise ConfigError(f"--checkpoint {checkpoint} holds a {shape['preset']!r} network, the job's preset is "
+                          f"{config.preset!r}", stage="train")
+    if shape["samples"] != samples:
+        raise ConfigError(f"--checkpoint {checkpoint} expects {shape['samples']} samples per capture, "
+                          f"the dataset has {samples}", stage="train")
+    return FitResult.loaded(net, checkpoint)
 
 
-def build_logger(settings: Settings, options: JobOptions, data: VerifiedDataset):
-    from pytorch_lightning.loggers import MLFlowLogger
+def start_tracking(job: Job) -> TrackingRun:
+    """The job's MLflow run with its configuration, and the service told that the job started.
+    Rank zero's alone: one run and one "started" per job, not one per DDP rank."""
+    settings, spec, manifest, config = job.settings, job.spec, job.data.manifest, job.spec.config
+    if not is_global_zero():
+        return TrackingRun(settings.mlflow_tracking_uri, run_id=None)
+    tracking = TrackingRun.start(
+        settings.mlflow_tracking_uri, spec.experiment_name, settings.mlflow_artifacts_uri,
+        run_name=f"{spec.run_name_prefix}-{manifest.dataset_id}-v{manifest.version}-{spec.job_id[:8]}",
+        tags={"job_id": spec.job_id, "dataset_id": manifest.dataset_id, "dataset_version": str(manifest.version)})
+    tracking.log_params({**config.model_dump(), "config_hash": config.config_hash()})
+    log_event(log, "started", stage="train", mlflow_run_id=tracking.run_id)
+    channel().send(Started(mlflow_run_id=tracking.run_id))
+    return tracking
 
-    from training.registry import ensure_experiment
 
-    ensure_experiment(settings.mlflow_tracking_uri, options.experiment_name, settings.mlflow_artifacts_uri)
-    manifest = data.manifest
-    run_name = f"{options.run_name_prefix}-{manifest.dataset_id}-v{manifest.version}-{options.job_id[:8]}"
-    return MLFlowLogger(experiment_name=options.experiment_name, run_name=run_name,
-                        tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri,
-                        tags={"job_id": options.job_id, "dataset_id": manifest.dataset_id,
-                              "dataset_version": str(manifest.version)})
-
-
-def resume_checkpoint(options: JobOptions, checkpoint_dir: Path) -> Path | None:
-    if not options.resume_training:
+def resume_checkpoint(spec: JobSpec, checkpoint_dir: Path) -> Path | None:
+    if not spec.resume_training:
         return None
-    checkpoint = options.checkpoint or checkpoint_dir / "last.ckpt"
+    checkpoint = spec.checkpoint or checkpoint_dir / "last.ckpt"
     if not checkpoint.is_file():
         raise ConfigError(f"--resume_training: checkpoint {checkpoint} does not exist", stage="train")
     return checkpoint
 
 
-def train_model(settings: Settings, module, data: VerifiedDataset, config: TrainConfig, options: JobOptions,
-                checkpoint_dir: Path, logger):
-    from training.checkpoint_sync import CheckpointSync
-    from training.fit import FitResult, fit
-
-    if options.export_only:
-        return FitResult(best_checkpoint=options.checkpoint, last_checkpoint=None, epochs_run=None,
-                         best_epoch=None, best_val_loss=None)
-    sync = CheckpointSync(checkpoint_store.job_store(settings.checkpoints_uri, options.job_id,
-                                                     settings.s3.credentials()), checkpoint_dir) \
+def fit_model(job: Job, family: Family, tracking: TrackingRun) -> FitResult:
+    """The family's fit; its checkpoints in the job's folder, and in object storage when the settings name one."""
+    settings, spec = job.settings, job.spec
+    checkpoint_dir = spec.checkpoint_dir or settings.job_checkpoint_dir(spec.job_id)
+    uploads = checkpoint_store.job_store(settings.checkpoints_uri, spec.job_id, settings.s3.credentials()) \
         if settings.checkpoints_uri else None
+    run = FitRun(checkpoint_dir, resume_checkpoint(spec, checkpoint_dir), tracking, uploads)
     try:
-        result = fit(module, data, config, checkpoint_dir, logger, resume_checkpoint(options, checkpoint_dir), sync)
+        fitted = family.fit(job.data, spec.config, run)
     except (RuntimeError, ValueError) as exc:
-        raise TrainingError(f"trainer.fit failed: {exc}") from exc
-    if result.is_global_zero:
-        log_event(log, "fitted", stage="train", fit_s=round(result.fit_s, 2), epochs_run=result.epochs_run,
-                  best_epoch=result.best_epoch, best_checkpoint=str(result.best_checkpoint))
-    return result
-
-
-def held_out_inputs(data: VerifiedDataset) -> dict[str, np.ndarray]:
-    iq, online, rx = data.model_inputs(data.indices("test")[:PARITY_SESSIONS])
-    return {"iq": iq, "rx_position": rx, "rx_online": online}
-
-
-def check_options(options: JobOptions) -> None:
-    """Flag combinations that cannot work, refused before any download or MLflow run."""
-    if options.export_only and options.checkpoint is None:
-        raise ConfigError("--export_only needs --checkpoint", stage="train")
-    if options.export_only and options.resume_training:
-        raise ConfigError("--export_only and --resume_training exclude each other", stage="train")
-
-
-def run_job(settings: Settings, config: TrainConfig, options: JobOptions) -> dict | None:
-    """The whole job. Returns the summary that `train --json` prints (None on DDP ranks other than zero)."""
-    from training.evaluation import baseline_scores
-    from training.fit import is_global_zero
-    from training.registry import ModelRegistry, mlflow_errors
-
-    check_options(options)
-    started = time.monotonic()
-    data = open_dataset(settings, config, options.data_uri)
-    log_event(log, "dataset verified", stage="data", dataset=data.uri,
-              sessions={s: int(len(data.indices(s))) for s in ("train", "val", "test")})
-    key = options.idempotency_key or job_key(
-        data.manifest.dataset_id, data.manifest.version, config.config_hash(), export_only=options.export_only,
-        checkpoint=str(options.checkpoint) if options.export_only else None)
-    registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
-                             open_store(settings.models_uri, settings.s3.credentials()))
-    existing = registry.find(key)
-    if existing is not None:
-        log_event(log, "already registered", stage="register", idempotency_key=key,
-                  model_version=existing[0].model_version)
-        return existing_summary(settings, options, data, *existing)
-    module = build_module(data, config, options.checkpoint if options.export_only else None)
-    with mlflow_errors("start run"):
-        logger = build_logger(settings, options, data)
-        logger.log_hyperparams({**config.model_dump(), "config_hash": config.config_hash()})
-        if is_global_zero():  # the service reads one "started" per job
-            log_event(log, "started", stage="train", mlflow_run_id=logger.run_id)
-    try:
-        checkpoint_dir = options.checkpoint_dir or settings.job_checkpoint_dir(options.job_id)
-        fitted = train_model(settings, module, data, config, options, checkpoint_dir, logger)
-        if not fitted.is_global_zero:
-            return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
-        best = load_net(fitted.best_checkpoint)
-        with mlflow_errors("log the model's shape"):
-            logger.log_hyperparams(best.describe())  # after fit: a radio map's shapes are the fit's
-        with ThreadPoolExecutor(1, thread_name_prefix="baselines") as beside:
-            # the baselines need the data alone: they are scored while the model is calibrated and exported
-            baselines = beside.submit(baseline_scores, data, settings.cache_dir)
-            calibrate_covariance(best, data)
-            evaluation, registration = export_and_register(settings, config, options, data, best, baselines, fitted,
-                                                           logger, registry, key)
-    except BaseException:
-        with mlflow_errors("end run"):
-            logger.experiment.set_terminated(logger.run_id, "FAILED")
-        raise
-    with mlflow_errors("end run"):
-        logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    log_event(log, "registered", stage="register", model_version=registration.model_version,
-              aliases=registration.aliases, elapsed_s=round(time.monotonic() - started, 2))
-    return summary(settings, options, data, logger.run_id, evaluation, registration, fitted)
-
-
-def load_net(checkpoint: Path):
-    from training.fit import LocalizationModule
-
-    return LocalizationModule.load_from_checkpoint(str(checkpoint), map_location="cpu", weights_only=True).net.eval()
+        raise TrainingError(f"fit failed: {exc}") from exc
+    if fitted.is_global_zero:
+        log_event(log, "fitted", stage="train", fit_s=round(fitted.fit_s, 2), epochs_run=fitted.epochs_run,
+                  best_epoch=fitted.best_epoch, best_checkpoint=str(fitted.best_checkpoint))
+    return fitted
 
 
 def calibrate_covariance(net, data: VerifiedDataset) -> float:
@@ -206,54 +194,62 @@ def calibrate_covariance(net, data: VerifiedDataset) -> float:
     return scale
 
 
-def export_and_register(settings: Settings, config: TrainConfig, options: JobOptions, data: VerifiedDataset, net,
-                        baselines: Future, fitted, logger, registry, key: str):
-    """model.onnx + parity, the test split's scores (the model's, and the `baselines` when they are
-    ready), the run's metrics and plot, then the card and the registry version: (evaluation, registration)."""
-    from training.card import build_card
-    from training.evaluation import evaluate
+def held_out_inputs(data: VerifiedDataset) -> dict[str, np.ndarray]:
+    iq, online, rx = data.model_inputs(data.indices("test")[:PARITY_SESSIONS])
+    return {"iq": iq, "rx_position": rx, "rx_online": online}
+
+
+def export_model(job: Job, net, workdir: Path) -> Exported:
+    """`workdir`/model.onnx, checked against the network on held-out sessions."""
     from training.export import export_and_check
-    from training.registry import mlflow_errors
 
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        onnx_info, parity = export_and_check(net, onnx_path, held_out_inputs(data),
-                                             samples=data.manifest.samples_per_capture,
-                                             example_receivers=len(data.receivers), graphs_dir=settings.cache_dir)
-        log_event(log, "exported", stage="export", onnx_bytes=onnx_info["bytes"], parity=parity["max_abs_diff"])
-        evaluation = evaluate(net, data, baselines.result())
-        log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
-        with mlflow_errors("log results"):
-            record_run(logger, evaluation, data, Path(tmp))
-        card = build_card(model_name=settings.model_name, onnx=onnx_info, data=data, config=config,
-                          job_id=options.job_id, metrics=evaluation.metrics, parity=parity,
-                          mlflow_run_id=logger.run_id, epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch,
-                          net_covariance_scale=float(net.covariance_scale))
-        return evaluation, registry.publish(
-            run_id=logger.run_id, onnx_path=onnx_path, card=card, data=data, test_idx=evaluation.indices,
-            median_error_m=evaluation.metrics["median_error_m"], parity_passed=parity["passed"],
-            tags={"job_id": options.job_id, "idempotency_key": key, "dataset_id": data.manifest.dataset_id,
-                  "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()},
-            permit=partial(ask_for_permit, log_event, log) if options.registration_permit else None)
+    data, onnx_path = job.data, workdir / "model.onnx"
+    onnx, parity = export_and_check(net, onnx_path, held_out_inputs(data), samples=data.manifest.samples_per_capture,
+                                    example_receivers=len(data.receivers), graphs_dir=job.settings.cache_dir)
+    log_event(log, "exported", stage="export", onnx_bytes=onnx["bytes"], parity=parity["max_abs_diff"])
+    return Exported(onnx_path, onnx, parity)
 
 
-def record_run(logger, evaluation, data: VerifiedDataset, workdir: Path) -> None:
+def evaluate_model(net, data: VerifiedDataset, baselines: tuple[dict, dict], tracking: TrackingRun,
+                   workdir: Path):
+    """The test split's scores, the model's beside the `baselines`' (`baseline_scores`), on the MLflow run too."""
+    from training.evaluation import evaluate
+
+    evaluation = evaluate(net, data, baselines)
+    log_event(log, "evaluated", stage="train", metrics=evaluation.metrics, baselines=evaluation.baselines)
+    record_run(tracking, evaluation, data, workdir)
+    return evaluation
+
+
+def register(job: Job, registry, run_id: str, fitted: FitResult, exported: Exported, evaluation):
+    """The card, then the registry version (`ModelRegistry.publish`, behind the service's permit when asked)."""
+    from training.card import build_card
+
+    spec, data, config = job.spec, job.data, job.spec.config
+    card = build_card(model_name=job.settings.model_name, onnx=exported.onnx, data=data, config=config,
+                      job_id=spec.job_id, metrics=evaluation.metrics, parity=exported.parity, mlflow_run_id=run_id,
+                      epochs_run=fitted.epochs_run, best_epoch=fitted.best_epoch,
+                      net_covariance_scale=float(fitted.net.covariance_scale))
+    return registry.publish(
+        run_id=run_id, onnx_path=exported.onnx_path, card=card, data=data, test_idx=evaluation.indices,
+        median_error_m=evaluation.metrics["median_error_m"], parity_passed=exported.parity["passed"],
+        tags={"job_id": spec.job_id, "idempotency_key": job.key, "dataset_id": data.manifest.dataset_id,
+              "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()},
+        permit=channel().ask_permit if spec.registration_permit else None)
+
+
+def record_run(tracking: TrackingRun, evaluation, data: VerifiedDataset, workdir: Path) -> None:
     """Test metrics, baseline metrics and the results plot, on the MLflow run."""
-    from mlflow.entities import Metric
-
     from training.plots import plot_results
 
-    client, run_id, now_ms = logger.experiment, logger.run_id, int(time.time() * 1000)
-    values = {**{f"test_{key}": value for key, value in evaluation.metrics.items()},
-              **{f"baseline_{method}_{key}": value for method, metrics in evaluation.baselines.items()
-                 for key, value in metrics.items()}}
-    # one round trip for all of them, not one per metric (16 for the tiny job)
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now_ms, 0) for key, value in values.items()])
+    tracking.log_metrics({**{f"test_{key}": value for key, value in evaluation.metrics.items()},
+                          **{f"baseline_{method}_{key}": value for method, metrics in evaluation.baselines.items()
+                             for key, value in metrics.items()}})
     plot = plot_results(workdir / "test_results.png", receivers_latlon=data.rx_position[:, :2],
                         true_latlon=evaluation.true_latlon, pred_latlon=evaluation.pred_latlon,
                         cov_m2=evaluation.cov_m2, errors_by_method=evaluation.errors_by_method,
                         title=f"{data.manifest.dataset_id} v{data.manifest.version}: test split")
-    client.log_artifact(run_id, str(plot), "plots")
+    tracking.log_artifact(plot, "plots")
 
 
 def mlflow_ref(settings: Settings, run_id: str) -> dict:
@@ -264,29 +260,36 @@ def mlflow_ref(settings: Settings, run_id: str) -> dict:
     return {"tracking_uri": uri, "run_id": run_id, "ui": ui}
 
 
-def summary(settings: Settings, options: JobOptions, data: VerifiedDataset, run_id: str, evaluation, registration,
-            fitted) -> dict:
+def sessions_of(data: VerifiedDataset) -> dict[str, int]:
+    return {split: int(len(data.indices(split))) for split in ("train", "val", "test")}
+
+
+def dataset_ref(data: VerifiedDataset) -> dict:
+    return {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri}
+
+
+def summary(job: Job, run_id: str, evaluation, registration, fitted: FitResult) -> dict:
     return {
-        "job_id": options.job_id,
-        "dataset": {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri},
+        "job_id": job.spec.job_id,
+        "dataset": dataset_ref(job.data),
         "model": registration.to_dict(),
-        "mlflow": mlflow_ref(settings, run_id),
+        "mlflow": mlflow_ref(job.settings, run_id),
         "training": {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
                      "best_checkpoint": str(fitted.best_checkpoint), "fit_s": round(fitted.fit_s, 3)},
         "metrics": evaluation.metrics,
         "baselines": evaluation.baselines,
-        "sessions": {s: int(len(data.indices(s))) for s in ("train", "val", "test")},
+        "sessions": sessions_of(job.data),
     }
 
 
-def existing_summary(settings: Settings, options: JobOptions, data: VerifiedDataset, registration, card: dict) -> dict:
+def existing_summary(job: Job, registration, card: dict) -> dict:
     """What a replayed job reports: the version an earlier job registered, nothing trained again."""
     return {
-        "job_id": options.job_id,
+        "job_id": job.spec.job_id,
         "already_registered_by": card["training"]["job_id"],
-        "dataset": {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri},
+        "dataset": dataset_ref(job.data),
         "model": registration.to_dict(),
-        "mlflow": mlflow_ref(settings, card["mlflow_run_id"]),
+        "mlflow": mlflow_ref(job.settings, card["mlflow_run_id"]),
         "training": {"epochs_run": card["training"]["epochs_run"], "best_epoch": card["training"]["best_epoch"]},
         "metrics": card["metrics"],
         "baselines": {},

@@ -9,11 +9,12 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from service.jobs.tables import JobStoreUnavailable
+from service.jobs.tables import JobStoreUnavailable, utcnow
 
 MIGRATIONS_DIR = Path(__file__).parents[1] / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -53,6 +54,13 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def clock(self, conn: sa.Connection) -> datetime:
+        """The database's own time: the one clock that every replica sharing the store agrees on.
+        An embedded SQLite store runs on this machine, so its clock is this machine's."""
+        if not self.postgres:
+            return utcnow()
+        return conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one().astimezone(timezone.utc)
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[sa.Connection]:

@@ -3,10 +3,9 @@ the worker and the job store alike."""
 
 from __future__ import annotations
 
+from foundation.child_protocol import Failure
 from messages import (ModelRegistered, TrainingAccepted, TrainingCancelled, TrainingFailed, make_event)
 from service.jobs.tables import Job, OutboxMessage
-
-STAGES = ("data", "train", "export", "register")  # the contract's stages; anything else is reported as train
 
 
 def outbox(event) -> OutboxMessage:
@@ -23,13 +22,11 @@ def cancelled_message(job: Job, reason: str) -> OutboxMessage:
     return outbox(make_event(TrainingCancelled(job_id=job.id, reason=reason), subject=f"job/{job.id}"))
 
 
-def failed_message(job: Job, failure: dict, *, retryable: bool) -> OutboxMessage:
-    """`failure` is the child's "failed" line (stage, error_type, message) or the worker's own."""
-    stage = failure.get("stage") if failure.get("stage") in STAGES else "train"
+def failed_message(job: Job, failure: Failure, *, retryable: bool) -> OutboxMessage:
+    """`failure` is the child's (`Failed`) or the worker's own; `retryable`: whether it will be retried."""
     return outbox(make_event(TrainingFailed(
-        job_id=job.id, stage=stage, error_type=str(failure.get("error_type") or "Error"),
-        message=str(failure.get("message") or "")[:2000], retryable=retryable, attempt=max(job.attempt, 1)),
-        subject=f"job/{job.id}"))
+        job_id=job.id, stage=failure.stage, error_type=failure.error_type or "Error", message=failure.message[:2000],
+        retryable=retryable, attempt=max(job.attempt, 1)), subject=f"job/{job.id}"))
 
 
 def registered_message(job: Job, result: dict) -> OutboxMessage:

@@ -28,6 +28,12 @@ class JobQueries:
             rows = conn.execute(query.order_by(outbox.c.created_at, outbox.c.id).limit(limit)).all()
         return [OutboxMessage(**row._asdict()) for row in rows]
 
+    def unpublished(self, ids: Iterable[str]) -> set[str]:
+        """Which of `ids` are still waiting in the outbox."""
+        with self.transaction(write=False) as conn:
+            return set(conn.execute(sa.select(outbox.c.id).where(
+                outbox.c.id.in_(list(ids)), outbox.c.published_at.is_(None))).scalars())
+
     def pending_count(self) -> int:
         with self.transaction(write=False) as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(outbox)

@@ -12,6 +12,8 @@ Decisions the callers rely on:
 - `attempt` counts claims: a reclaim after an expired lease is a new attempt, so a job that
   kills its worker every time still reaches the worker's maximum number of attempts.
 - `worker_id` must be unique per process (e.g. host/pid/uuid): the claim is checked by it.
+- Time is the database's clock, not a replica's: leases always (a replica whose clock is ahead by
+  more than `lease_s` must not steal a running job), other times unless a caller passes `now`.
 """
 
 from __future__ import annotations
@@ -80,7 +82,6 @@ class JobStore:
         Raises JobStoreUnavailable, ValueError (unknown trigger_kind)."""
         if trigger_kind not in ("auto", "manual"):
             raise ValueError(f"trigger_kind must be 'auto' or 'manual', not {trigger_kind!r}")
-        now = now or utcnow()
         key = idempotency_key(dataset_id, dataset_version, config_hash, export_only, checkpoint_uri)
         values = dict(
             idempotency_key=key, dataset_id=dataset_id, dataset_version=dataset_version, dataset_uri=dataset_uri,
@@ -90,7 +91,8 @@ class JobStore:
         for _ in range(ACCEPT_TRIES):
             try:
                 with self.transaction(write=True) as conn:
-                    return self._accept(conn, values, min_interval_s, accepted_message, cancelled_message, now)
+                    return self._accept(conn, values, min_interval_s, accepted_message, cancelled_message,
+                                        now or self.db.clock(conn))
             except sa.exc.IntegrityError:
                 continue  # another replica recorded this event or key first; read what it wrote
         raise JobStoreUnavailable(f"event {event_id}: lost {ACCEPT_TRIES} races for key {key}")
@@ -160,14 +162,16 @@ class JobStore:
                    abandoned_message: Callable[[Job], OutboxMessage] | None = None) -> Job | None:
         """Claim the oldest due QUEUED job, or a RUNNING one whose lease expired, for exactly one
         worker across all replicas. A job whose lease expired on its last attempt (max_attempts)
-        is not claimed but failed, with `abandoned_message`, in the same transaction.
+        is not claimed but failed, with `abandoned_message`, in the same transaction. `now` (this
+        replica's clock) decides what is due and stamps the run; the lease is the database's.
         Raises JobStoreUnavailable."""
-        now = now or utcnow()
         with self.transaction(write=True) as conn:
+            clock = self.db.clock(conn)
+            now = now or clock
             while True:
                 row = conn.execute(sa.select(jobs).where(sa.or_(
                     sa.and_(jobs.c.status == JobStatus.QUEUED.value, jobs.c.not_before <= now),
-                    sa.and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at <= now),
+                    sa.and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at <= clock),
                 )).order_by(jobs.c.created_at, jobs.c.id).limit(1).with_for_update(skip_locked=True)).first()
                 if row is None:
                     return None
@@ -177,7 +181,7 @@ class JobStore:
                     continue
                 return self._transition(
                     conn, job, JobStatus.RUNNING, now, claimed_by=worker_id, attempt=job.attempt + 1,
-                    lease_expires_at=now + timedelta(seconds=lease_s), started_at=job.started_at or now,
+                    lease_expires_at=clock + timedelta(seconds=lease_s), started_at=job.started_at or now,
                 )
 
     def _abandon(self, conn, job: Job, message: Callable[[Job], OutboxMessage] | None, now: datetime) -> None:
@@ -187,12 +191,13 @@ class JobStore:
         self._add(conn, [message(failed)] if message else [], job.id, now)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_s: float, now: datetime | None = None) -> bool:
-        """False when the job is no longer RUNNING for worker_id: the worker must stop."""
-        now = now or utcnow()
+        """False when the job is no longer RUNNING for worker_id: the worker must stop. The lease
+        runs lease_s on the database's clock, whatever `now` says."""
         with self.transaction(write=True) as conn:
+            clock = self.db.clock(conn)
             result = conn.execute(sa.update(jobs).where(
                 jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value, jobs.c.claimed_by == worker_id,
-            ).values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now))
+            ).values(lease_expires_at=clock + timedelta(seconds=lease_s), updated_at=now or clock))
             return result.rowcount == 1
 
     def request_cancel(
@@ -201,8 +206,8 @@ class JobStore:
     ) -> Job | None:
         """QUEUED: cancelled now. RUNNING: flagged; its worker stops and calls finish_cancelled.
         Terminal: unchanged. None if there is no such job. Raises JobStoreUnavailable."""
-        now = now or utcnow()
         with self.transaction(write=True) as conn:
+            now = now or self.db.clock(conn)
             job = get_job(conn, job_id, lock=True)
             if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
                 return job
@@ -239,8 +244,8 @@ class JobStore:
                              not_before=not_before, error=error, claimed_by=None)
 
     def _release(self, job_id, worker_id, to: JobStatus, messages, now, **values) -> Job:
-        now = now or utcnow()
         with self.transaction(write=True) as conn:
+            now = now or self.db.clock(conn)
             job = get_job(conn, job_id, lock=True)
             if job is None:
                 raise UnknownJob(job_id)
@@ -275,14 +280,14 @@ class JobStore:
                      now: datetime | None = None) -> None:
         """Events outside a transition (started, progress). Raises JobStoreUnavailable."""
         with self.transaction(write=True) as conn:
-            self._add(conn, messages, job_id, now or utcnow())
+            self._add(conn, messages, job_id, now or self.db.clock(conn))
 
     def mark_published(self, ids: Iterable[str], now: datetime | None = None) -> None:
         ids = list(ids)
         if ids:
             with self.transaction(write=True) as conn:
                 conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids), outbox.c.published_at.is_(None))
-                             .values(published_at=now or utcnow()))
+                             .values(published_at=now or self.db.clock(conn)))
 
     def _add(self, conn, messages: Iterable[OutboxMessage], job_id: str | None, now: datetime) -> None:
         rows = [outbox_values(message, job_id, now) for message in messages]

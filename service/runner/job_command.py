@@ -1,4 +1,4 @@
-"""What a job's child is told to do, and the checkpoints it needs, brought to this replica first.
+"""What a job's child is told to do (its `JobSpec`), and the checkpoints it needs, brought to this replica first.
 
 A job that another replica started resumes from what that one uploaded (`HEIMDALL_CHECKPOINTS_URI`);
 an export or resume job names its checkpoint, downloaded here once when it lives in S3.
@@ -15,13 +15,13 @@ from service.jobs.store import Job
 from foundation.logs import log_event
 from foundation.object_store import open_store
 from foundation.settings import Settings
-from service.runner.child_process import train_arguments
+from foundation.child_protocol import JobSpec
 
 log = logging.getLogger(__name__)
 
 
-def job_arguments(settings: Settings, job: Job) -> list[str]:
-    """The job's `train` arguments; first brings here the checkpoints it resumes from."""
+def job_spec(settings: Settings, job: Job) -> JobSpec:
+    """What the job's child is told to do; first brings here the checkpoints it resumes from."""
     checkpoint_dir = settings.job_checkpoint_dir(job.id)
     if settings.checkpoints_uri and not (checkpoint_dir / "last.ckpt").is_file() and not job.export_only:
         # claimed after another replica ran it: resume from what that one uploaded
@@ -32,9 +32,9 @@ def job_arguments(settings: Settings, job: Job) -> list[str]:
     resume = checkpoint is not None and not job.export_only
     if (checkpoint_dir / "last.ckpt").is_file() and not job.export_only:
         checkpoint, resume = checkpoint_dir / "last.ckpt", True  # this job's own progress comes first
-    return train_arguments(job_id=job.id, data_uri=job.dataset_uri, config=job.config,
-                           checkpoint_dir=checkpoint_dir, export_only=job.export_only, checkpoint=checkpoint,
-                           resume=resume, idempotency_key=job.idempotency_key)
+    return JobSpec(job_id=job.id, data_uri=job.dataset_uri, config=job.config, checkpoint_dir=checkpoint_dir,
+                   export_only=job.export_only, checkpoint=checkpoint, resume_training=resume,
+                   idempotency_key=job.idempotency_key, registration_permit=True)
 
 
 def local_checkpoint(settings: Settings, job: Job) -> Path | None:

@@ -20,27 +20,29 @@ from datetime import timedelta
 
 from pydantic import ValidationError
 
-from messages import TrainingProgress, TrainingStarted, make_event
+from foundation.child_protocol import (ChildMessage, Failure, JobSpec, PermitRequest, Progress, Started, StopReason,
+                                       write_spec)
 from foundation.errors import HeimdallError
-from service.runner.job_command import job_arguments
 from foundation.exit_codes import EXIT_INTERRUPTED
+from foundation.logs import log_event
+from foundation.settings import Settings
+from messages import TrainingProgress, TrainingStarted, make_event
 from service.jobs.events import cancelled_message, failed_message, outbox, registered_message
 from service.jobs.store import Job, JobStore, LostClaim, utcnow
-from foundation.logs import log_event
 from service.metrics import ServiceMetrics
-from foundation.settings import Settings
-from foundation.registration_permit import PERMIT_REQUEST
-from service.runner.child_process import Outcome, TrainingProcess, WarmSpare
+from service.runner.child_process import Outcome, TrainingProcess
+from service.runner.job_command import job_spec
+from service.runner.warm_spare import WarmSpare
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 2.0
 
 
-def abandoned_failure(job: Job) -> dict:
+def abandoned_failure(job: Job) -> Failure:
     """Why a job whose lease expired on its last attempt is over (its worker died every time)."""
-    return {"stage": "train", "error_type": "WorkerLost", "retryable": False,
-            "message": f"the worker running attempt {job.attempt} stopped renewing its lease (killed or frozen); "
-                       f"{job.attempt} attempts used"}
+    return Failure(stage="train", error_type="WorkerLost", retryable=False,
+                   message=f"the worker running attempt {job.attempt} stopped renewing its lease (killed or frozen); "
+                           f"{job.attempt} attempts used")
 
 
 class JobRunner:
@@ -51,9 +53,9 @@ class JobRunner:
         self.wake = asyncio.Event()
         self.stopping = False
         self.current: tuple[Job, TrainingProcess] | None = None
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.spare = WarmSpare(settings, command=spare_command, on_ready=metrics.warm_spare_ready.set) \
-            if settings.warm_spare else None  # spare_command: `python -m training.warm_spare` unless a test's stand-in
+            if settings.warm_spare else None  # spare_command: `python -m training` unless a test's stand-in
 
     @property
     def heartbeat_s(self) -> float:
@@ -104,8 +106,8 @@ class JobRunner:
             await self.run_job(job, started)
         except Exception as exc:
             log.exception("the worker failed around the job", extra={"fields": {"job_id": job.id}})
-            failure = {"stage": getattr(exc, "stage", "train"), "error_type": type(exc).__name__,
-                       "retryable": getattr(exc, "retryable", True), "message": f"worker: {exc}"}
+            failure = Failure.of(exc, prefix="worker: ").model_copy(
+                update={"retryable": getattr(exc, "retryable", True)})
             try:
                 outcome_name = await asyncio.to_thread(self.record_failure, job, failure)
             except Exception:  # the store is away too: the lease expires and the claim cap ends the job
@@ -117,17 +119,17 @@ class JobRunner:
     def cancel(self, job_id: str) -> None:
         """A cancel arrived: stop the job now if it runs here (other replicas see the flag)."""
         if self.current and self.current[0].id == job_id:
-            self._stop("cancel")
+            self._stop(StopReason.CANCEL)
 
     async def shutdown(self) -> None:
         """Stop picking work; let the running child checkpoint, then return."""
         self.stopping = True
         self.wake.set()
-        self._stop("shutdown")  # a job whose child is still starting sees it as soon as the child is up
+        self._stop(StopReason.SHUTDOWN)  # a job whose child is still starting sees it as soon as the child is up
         if self.current:
             await self.current[1].stop(self.settings.shutdown_grace_s)
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
             if self.current:
@@ -137,17 +139,17 @@ class JobRunner:
         self.stop_reason = None
         log_event(log, "claimed", job_id=job.id, attempt=job.attempt, dataset=f"{job.dataset_id}/v{job.dataset_version}")
         if job.cancel_requested:
-            return await self.finish(job, Outcome(returncode=-1), "cancel", started)
+            return await self.finish(job, Outcome(returncode=-1), StopReason.CANCEL, started)
         heartbeat = asyncio.create_task(self.heartbeat(job, started))  # before any slow step: the claim stays ours
         process = None
         try:
-            process = await self.start_child(await asyncio.to_thread(job_arguments, self.settings, job))
+            process = await self.start_child(await asyncio.to_thread(job_spec, self.settings, job))
             self.current = (job, process)
             if self.stop_reason:  # a cancel or a lost claim arrived while the child was starting
                 asyncio.get_running_loop().create_task(process.stop(self.settings.shutdown_grace_s))
             last_progress = 0.0
-            async for line in process.lines():
-                last_progress = await self.on_line(job, process, line, last_progress)
+            async for message in process.messages():
+                last_progress = await self.on_message(job, process, message, last_progress)
             outcome = await process.wait()
         finally:
             heartbeat.cancel()
@@ -156,24 +158,24 @@ class JobRunner:
                 process.signal(signal.SIGKILL)  # never leave a child running behind a failed worker
         await self.finish(job, outcome, self.stop_reason, started)
 
-    async def start_child(self, arguments: list[str]) -> TrainingProcess:
+    async def start_child(self, spec: JobSpec) -> TrainingProcess:
         if self.spare is None:
-            return await TrainingProcess.start(arguments, self.settings)
-        return await self.spare.take(arguments)  # the next spare starts when this job has ended (`run`)
+            spec_file = await asyncio.to_thread(write_spec, spec, spec.checkpoint_dir / "job-spec.json")
+            return await TrainingProcess.cold(spec_file, self.settings)
+        return await self.spare.take(spec)  # the next spare starts when this job has ended (`run`)
 
-    async def on_line(self, job: Job, process: TrainingProcess, line: dict, last_progress: float) -> float:
-        event = line.get("event")
-        if event == PERMIT_REQUEST:  # the child is about to register: only while the claim is still ours
-            await process.answer_permit(await self.may_register(job))
-        elif event == "started":
+    async def on_message(self, job: Job, process: TrainingProcess, message: ChildMessage,
+                         last_progress: float) -> float:
+        if isinstance(message, PermitRequest):  # the child is about to register: only while the claim is ours
+            await process.answer_permit(message.request_id, await self.may_register(job))
+        elif isinstance(message, Started):
             await self.publish(make_event(TrainingStarted(job_id=job.id, attempt=job.attempt,
-                                                          mlflow_run_id=line.get("mlflow_run_id")),
+                                                          mlflow_run_id=message.mlflow_run_id),
                                           subject=f"job/{job.id}"))
-        elif event == "progress" and time.monotonic() - last_progress >= self.settings.progress_interval_s:
-            metrics = line.get("metrics", {})
+        elif isinstance(message, Progress) and time.monotonic() - last_progress >= self.settings.progress_interval_s:
             await self.publish(make_event(TrainingProgress(
-                job_id=job.id, epoch=line["epoch"], max_epochs=line["max_epochs"], eta_s=line.get("eta_s"),
-                metrics={k: metrics.get(k) for k in ("train_loss", "val_loss", "val_median_error_m")}),
+                job_id=job.id, epoch=message.epoch, max_epochs=message.max_epochs, eta_s=message.eta_s,
+                metrics={k: message.metrics.get(k) for k in ("train_loss", "val_loss", "val_median_error_m")}),
                 subject=f"job/{job.id}"))
             return time.monotonic()
         return last_progress
@@ -212,15 +214,15 @@ class JobRunner:
                     log.warning("lease not renewed: %s", exc, extra={"fields": {"job_id": job.id}})
                     continue
             if not held:
-                self._stop("lost-claim")
+                self._stop(StopReason.LOST_CLAIM)
                 return
             renewed = time.monotonic()
             if fresh is not None and fresh.cancel_requested:
-                self._stop("cancel")
+                self._stop(StopReason.CANCEL)
             elif time.monotonic() - started > self.settings.job_timeout_s:
-                self._stop("timeout")
+                self._stop(StopReason.TIMEOUT)
 
-    async def finish(self, job: Job, outcome: Outcome, stop_reason: str | None, started: float) -> None:
+    async def finish(self, job: Job, outcome: Outcome, stop_reason: StopReason | None, started: float) -> None:
         try:
             outcome_name = await asyncio.to_thread(self.record_outcome, job, outcome, stop_reason)
         except LostClaim:
@@ -235,49 +237,49 @@ class JobRunner:
         self.on_messages()
         self.wake.set()
 
-    def record_outcome(self, job: Job, outcome: Outcome, stop_reason: str | None) -> str:
+    def record_outcome(self, job: Job, outcome: Outcome, stop_reason: StopReason | None) -> str:
         me = self.settings.replica_id
-        if stop_reason == "lost-claim":
+        if stop_reason is StopReason.LOST_CLAIM:
             return "lost-claim"
         if outcome.returncode == 0 and outcome.result is not None:  # it finished: a late cancel changes nothing
             try:
                 message = registered_message(job, outcome.result)
             except (ValidationError, KeyError, TypeError) as exc:
-                return self.record_failure(job, {"stage": "register", "error_type": "InvalidResult", "retryable": False,
-                                                 "message": f"the job's result is not a valid model.registered: {exc}"})
+                return self.record_failure(job, Failure(
+                    stage="register", error_type="InvalidResult", retryable=False,
+                    message=f"the job's result is not a valid model.registered: {exc}"))
             self.store.finish_succeeded(job.id, me, outcome.result, [message])
             return "succeeded"
-        if stop_reason == "shutdown":
+        if stop_reason is StopReason.SHUTDOWN:
             self.store.requeue(job.id, me, not_before=utcnow())
             return "requeued"
-        if stop_reason == "cancel":
+        if stop_reason is StopReason.CANCEL:
             fresh = self.store.read.get(job.id)
             reason = (fresh and fresh.cancel_reason) or "cancelled"
             self.store.finish_cancelled(job.id, me, reason, [cancelled_message(job, reason)])
             return "cancelled"
         return self.record_failure(job, self.failure_of(outcome, stop_reason))
 
-    def failure_of(self, outcome: Outcome, stop_reason: str | None) -> dict:
-        if stop_reason == "timeout":
-            return {"stage": "train", "error_type": "TimeLimitExceeded", "retryable": False,
-                    "message": f"stopped after the {self.settings.job_timeout_s:.0f} s time limit"}
+    def failure_of(self, outcome: Outcome, stop_reason: StopReason | None) -> Failure:
+        if stop_reason is StopReason.TIMEOUT:
+            return Failure(stage="train", error_type="TimeLimitExceeded", retryable=False,
+                           message=f"stopped after the {self.settings.job_timeout_s:.0f} s time limit")
         if outcome.returncode == EXIT_INTERRUPTED:  # interrupted, but not by us: retried like a crash
-            return {"stage": "train", "error_type": "Interrupted", "retryable": True,
-                    "message": "the training process was stopped by SIGTERM that the service did not send"}
-        return outcome.failure or {
-            "stage": "train", "error_type": f"ExitCode{outcome.returncode}", "retryable": outcome.returncode < 0,
-            "message": " | ".join(outcome.stderr_tail[-3:])[-1000:] or "the training process died"}
+            return Failure(stage="train", error_type="Interrupted", retryable=True,
+                           message="the training process was stopped by SIGTERM that the service did not send")
+        return outcome.failure or Failure(
+            stage="train", error_type=f"ExitCode{outcome.returncode}", retryable=outcome.returncode < 0,
+            message=" | ".join(outcome.log_tail[-3:])[-1000:] or "the training process died")
 
-    def record_failure(self, job: Job, failure: dict) -> str:
+    def record_failure(self, job: Job, failure: Failure) -> str:
         me = self.settings.replica_id
-        retry = bool(failure.get("retryable")) and job.attempt < self.settings.max_attempts
-        log_event(log, "job failure", job_id=job.id, attempt=job.attempt, will_retry=retry,
-                  **{k: failure.get(k) for k in ("stage", "error_type", "message", "retryable")})
+        retry = failure.retryable and job.attempt < self.settings.max_attempts
+        log_event(log, "job failure", job_id=job.id, attempt=job.attempt, will_retry=retry, **failure.model_dump())
         message = failed_message(job, failure, retryable=retry)
         if retry:
             delay = self.settings.retry_backoff_s * 2 ** (job.attempt - 1) * random.uniform(0.8, 1.2)
-            self.store.requeue(job.id, me, not_before=utcnow() + timedelta(seconds=delay), error=failure,
+            self.store.requeue(job.id, me, not_before=utcnow() + timedelta(seconds=delay), error=failure.model_dump(),
                                messages=[message])
             return "retrying"
-        self.store.finish_failed(job.id, me, failure, [message])
+        self.store.finish_failed(job.id, me, failure.model_dump(), [message])
         return "failed"

@@ -21,10 +21,8 @@ from pathlib import Path
 from service.jobs.store import JobStore
 from foundation.object_store import S3Credentials
 from training.datasets.synth import SynthConfig, synthesize_dataset
-from tests.support.servers import Postgres, mlflow_server, seaweedfs
-from tests.e2e.test_service import DATASETS_ROOT, Stack, dataset_ready
-
-BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]
+from tests.support.servers import BUCKETS, Postgres, mlflow_server, seaweedfs
+from tests.support.service_stack import DATASETS_ROOT, Stack, dataset_ready
 
 
 def when(event: dict) -> float:

@@ -36,7 +36,7 @@ from tests.bench.service_latency import run_jobs, servers, tiny_datasets
 from tests.bench.speed_data import clean_env, dataset, peak_rss_rows, rate_rows
 from tests.bench.speed_inference import inference_rows
 from tests.bench.speed_report import write_report
-from tests.e2e.test_service import TINY_TRAINING
+from tests.support.service_stack import TINY_TRAINING
 
 # The job's stage lines, in order; each step is the time from the previous line to this one.
 STAGE_LINES = ("dataset verified", "started", "fitted", "calibrated", "exported", "evaluated", "registered")

@@ -1,7 +1,7 @@
 """The faults of the chaos report (issue 8's table): each sets up a stack, injects, and checks its own rule.
 
 A fault function gets the lab, a seeded `random.Random`, the trial record and the trial index;
-it returns the stack, which `tests.chaos` then settles and audits (ended once, versions per key,
+it returns the stack, which `python -m tests.chaos` then settles and audits (ended once, versions per key,
 events lost, stuck jobs). Faults that touch the shared RabbitMQ node restore it in `finally`.
 """
 
@@ -17,81 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 from messages import constants as wire
-from tests.chaos import Lab, Trial, query
+from tests.chaos.lab import Lab, Trial, query
 from tests.chaos.messages import fuzz, fuzz_count, storm, unroutable
+from tests.chaos.steps import (PHASES, announce, logged, reach_phase, ready_again, recovery, revive, wait_end,
+                               wait_until)
 from tests.support.broker import dead_letters, publishing_blocked, rabbitmqctl
-from tests.e2e.test_service import TINY_TRAINING, ServiceProcess, Stack, dataset_ready
-
-PHASES = ("claim", "fit", "export", "register", "publish")
-FINAL = (wire.MODEL_REGISTERED, wire.TRAINING_CANCELLED)
+from tests.support.service_stack import TINY_TRAINING, ServiceProcess, Stack, dataset_ready
 
 
 def long_training(epochs: int) -> str:
     return json.dumps({**TINY_TRAINING, "epochs": epochs, "patience": epochs})
-
-
-def announce(lab: Lab, stack: Stack, name: str = "chaos-a") -> str:
-    """Publish dataset.ready; returns the id of the job it was accepted as."""
-    event = dataset_ready(name, 1, lab.datasets[name])
-    stack.publish(event, wire.DATASET_READY)
-    return stack.tap.wait_for(wire.TRAINING_ACCEPTED, trigger_id=event["id"], timeout_s=60)[0]["data"]["job_id"]
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(poll_s)
-    return False
-
-
-def logged(service: ServiceProcess, event: str, **fields) -> bool:
-    return any(line.get("event") == event and all(line.get(k) == v for k, v in fields.items())
-               for line in service.log_lines())
-
-
-def ended(stack: Stack, job_id: str) -> bool:
-    return any(stack.tap.events(key, job_id=job_id) for key in FINAL) or any(
-        not f["data"]["retryable"] for f in stack.tap.events(wire.TRAINING_FAILED, job_id=job_id))
-
-
-def wait_end(stack: Stack, job_id: str, timeout_s: float = 300) -> bool:
-    return wait_until(lambda: ended(stack, job_id), timeout_s, poll_s=0.5)
-
-
-def reach_phase(lab: Lab, stack: Stack, service: ServiceProcess, phase: str, job_id: str) -> bool:
-    """Wait until the job is in `phase` (seen from outside: logs, the bus, the child's files, S3)."""
-    bucket, _, prefix = stack.env["HEIMDALL_MODELS_URI"].removeprefix("s3://").partition("/")
-    client = lab.s3.client()
-    checks = {
-        "claim": lambda: logged(service, "claimed", job_id=job_id),
-        "fit": lambda: bool(stack.tap.events(wire.TRAINING_PROGRESS, job_id=job_id)),
-        "export": lambda: any((stack.tmp / "tmp").glob("*/model.onnx")),
-        "register": lambda: client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount", 0) > 0,
-        "publish": lambda: logged(service, "succeeded", job_id=job_id),
-    }
-    deadline, polls = time.monotonic() + 180, 0
-    while time.monotonic() < deadline:  # the phase check is cheap and frequent; asking the bus is not
-        if checks[phase]():
-            return not ended(stack, job_id)
-        polls += 1
-        if polls % 40 == 0 and ended(stack, job_id):
-            return False
-        time.sleep(0.05)
-    return False
-
-
-def revive(stack: Stack, service: ServiceProcess, trial: Trial, name: str = "a") -> ServiceProcess:
-    """A serve that died under the fault is a finding; start it again so the job can still end."""
-    if service.proc.poll() is None:
-        return service
-    trial.problems.append(f"serve exited {service.proc.returncode} under the fault (log {service.log})")
-    return stack.start(name)
-
-
-def ready_again(service: ServiceProcess, timeout_s: float = 60) -> bool:
-    return wait_until(lambda: service.get("/readyz").startswith("ready"), timeout_s, poll_s=0.5)
 
 
 def kill_9(lab: Lab, rng, trial: Trial, index: int) -> Stack:
@@ -126,11 +61,6 @@ def kill_mid_publish(lab: Lab, stack: Stack, service: ServiceProcess, job: str, 
                                "and published_at is null", job=job, key=wire.MODEL_REGISTERED)[0][0]
         trial.check(pending == 1, f"{pending} unpublished model.registered rows at the kill, not 1")
         service.stop(signal.SIGKILL)
-
-
-def recovery(stack: Stack, job_id: str, since: float) -> float | None:
-    arrived = stack.tap.first_after(since, job_id)
-    return None if arrived is None else arrived - since
 
 
 def sigterm_resume(lab: Lab, rng, trial: Trial, index: int) -> Stack:

@@ -1,4 +1,4 @@
-"""The bus side of the chaos report: the event log, and the message faults (fuzz, storm, unroutable).
+"""The message faults of the chaos report: fuzz, storm, unroutable.
 
 Fuzz: generated bad messages, published raw, must all be dead-lettered.
 
@@ -27,11 +27,12 @@ from hypothesis import HealthCheck, Phase, strategies as st
 
 from messages import InvalidMessage, constants as wire, parse_event
 from service.topology import event_message
-from tests.support.broker import _drain, dead_letters, rabbitmqctl
-from tests.e2e.test_service import dataset_ready, training_requested
+from tests.chaos.event_log import OUTPUT_KEYS
+from tests.chaos.lab import query
+from tests.chaos.steps import announce, logged, recovery, wait_end, wait_until
+from tests.support.broker import dead_letters, rabbitmqctl
+from tests.support.service_stack import dataset_ready, training_requested
 
-OUTPUT_KEYS = (wire.TRAINING_ACCEPTED, wire.TRAINING_STARTED, wire.TRAINING_PROGRESS, wire.TRAINING_FAILED,
-               wire.TRAINING_CANCELLED, wire.MODEL_REGISTERED)
 FUZZ_MESSAGES = 10_000
 # A user of our own outside the ops allow-list: the suite's shared intruder is re-created by every test session.
 INTRUDER, INTRUDER_PASSWORD = "heimdall-chaos-intruder", "chaos-intruder-pw"
@@ -43,51 +44,6 @@ NOT_A_STRING = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), s
 NOT_AN_INT = st.one_of(st.none(), st.from_regex(r"[a-z ]{1,12}", fullmatch=True), st.lists(st.integers(), max_size=3),
                        st.floats().filter(lambda f: not f.is_integer()), st.dictionaries(st.text(max_size=4),
                                                                                         st.integers(), max_size=2))
-
-
-class EventLog:
-    """What the service publishes to heimdall.events in one vhost, stamped on arrival (every copy)."""
-
-    def __init__(self, url: str, keys: tuple[str, ...] = OUTPUT_KEYS):
-        self.url, self.queue = url, f"chaos-tap-{uuid.uuid4().hex[:8]}"
-        self.copies: list[tuple[float, object]] = []
-        for key in keys:
-            self.bind(key)
-
-    def bind(self, key: str) -> None:
-        self.copies += [(time.monotonic(), d) for d in asyncio.run(_drain(self.url, self.queue, key))]
-
-    def poll(self) -> None:
-        try:  # the broker may be away during a fault: what it holds arrives on a later poll
-            found = asyncio.run(asyncio.wait_for(_drain(self.url, self.queue, None), 30))
-        except Exception:
-            return
-        now = time.monotonic()
-        self.copies += [(now, d) for d in found]
-
-    def events(self, routing_key: str | None = None, **data) -> list[dict]:
-        """Distinct events (by CloudEvent id), in order of first arrival."""
-        self.poll()
-        unique: dict[str, dict] = {}
-        for _, delivery in self.copies:
-            if routing_key is None or delivery.routing_key == routing_key:
-                body = delivery.json()
-                unique.setdefault(body["id"], {**body, "routing_key": delivery.routing_key})
-        return [b for b in unique.values() if all(b["data"].get(k) == v for k, v in data.items())]
-
-    def wait_for(self, routing_key: str, count: int = 1, timeout_s: float = 180, **data) -> list[dict]:
-        deadline = time.monotonic() + timeout_s
-        while len(found := self.events(routing_key, **data)) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {count} × {routing_key} {data} within {timeout_s:.0f}s")
-            time.sleep(0.3)
-        return found
-
-    def first_after(self, t: float, job_id: str | None = None) -> float | None:
-        """Arrival time of the first copy after `t` (of an event about `job_id`, when given)."""
-        self.poll()
-        times = [at for at, d in self.copies if at > t and (job_id is None or d.json()["data"].get("job_id") == job_id)]
-        return min(times, default=None)
 
 
 def fuzz_count(scale: float) -> int:
@@ -222,8 +178,6 @@ def collect_dead_letters(url: str, wanted: int, timeout_s: float) -> dict[str, s
 
 
 def fuzz(lab, rng, trial, index: int):
-    from tests.chaos import query
-
     stack = lab.stack()
     service = stack.start("a")
     subprocess.run(["rabbitmqctl", "-q", "add_user", INTRUDER, INTRUDER_PASSWORD], capture_output=True, timeout=60)
@@ -255,8 +209,6 @@ def fuzz(lab, rng, trial, index: int):
 
 
 def storm(lab, rng, trial, index: int):
-    from tests.chaos.faults import recovery, wait_end, wait_until
-
     stack = lab.stack()
     replicas = [stack.start("r1"), stack.start("r2")]
     event = dataset_ready("chaos-a", 1, lab.datasets["chaos-a"])
@@ -277,8 +229,6 @@ def logged_count(service, events: tuple[str, ...]) -> int:
 
 
 def unroutable(lab, rng, trial, index: int):
-    from tests.chaos.faults import announce, logged, recovery, wait_until
-
     stack = lab.stack(keys=tuple(k for k in OUTPUT_KEYS if k != wire.MODEL_REGISTERED))
     service = stack.start("a")
     job = announce(lab, stack)

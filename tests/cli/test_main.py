@@ -4,31 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "cli"]
-TINY_FLAGS = ["--preset", "tiny", "--epochs", "3", "--batch_size", "32"]
-
-
-def run_cli(args: list[str], state: Path, timeout_s: float = 300, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout_s,
-                          env={**clean, "HEIMDALL_STATE_DIR": str(state), **env})
-
-
-@pytest.fixture(scope="module")
-def synth_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("datasets")
-    done = run_cli(["synth", "--out", str(root), "--sessions", "240", "--samples_per_capture", "256",
-                    "--dataset_id", "cli-tiny", "--seed", "3"], root)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"file://{root}/cli-tiny/v1"
-    return root / "cli-tiny" / "v1"
+from tests.support.cli import TINY_FLAGS, run_cli
 
 
 def test_train_json_prints_one_object_with_everything_a_script_needs(synth_dataset, tmp_path):

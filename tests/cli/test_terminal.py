@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import threading
 import urllib.request
 import warnings
@@ -24,10 +23,9 @@ from pathlib import Path
 import pytest
 
 from foundation.logs import NOISY_LOG_LINES, HumanHandler, configure_logging, progress_text
+from tests.support.cli import CLI, run_cli
 from tests.support.servers import free_port, running, wait_until
-from tests.cli.test_main import run_cli
 
-CLI = [sys.executable, "-m", "cli"]
 TINY_FLAGS = ["--preset", "tiny", "--epochs", "2", "--batch_size", "32"]
 
 

@@ -27,12 +27,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tests.support.broker import Tap, publish, rabbitmqctl
-from tests.support.servers import Postgres, free_port, mlflow_server, seaweedfs
+from tests.support.servers import BUCKETS, Postgres, free_port, mlflow_server, seaweedfs
+from tests.support.service_stack import TINY_TRAINING
 
 DOCKER = "/usr/bin/docker"
-BUCKETS = ["heimdall-datasets", "heimdall-models", "mlflow"]
 DATASET_ID, SESSIONS = "image-check", 240
-TINY_TRAINING = {"preset": "tiny", "epochs": 3, "batch_size": 32, "min_labelled_sessions": 20, "patience": 3}
 LONG_JOB = {"epochs": 400, "patience": 400}  # still running when `docker stop` comes
 STOP_GRACE_S = 90  # as deploy/docker-compose.yml's stop_grace_period: longer than HEIMDALL_SHUTDOWN_GRACE_S
 IMAGE_USER = "10001:10001"

@@ -7,8 +7,8 @@ import signal
 import time
 import uuid
 
-from tests.e2e.test_service import (dataset_ready, first_epoch_after_restart, progress_until, settled,  # noqa: F401
-                                stack_factory, training_requested)
+from tests.support.service_stack import (dataset_ready, first_epoch_after_restart, progress_until, settled,
+                                         training_requested)
 
 
 def uploaded(s3_server, prefix: str) -> list[str]:

@@ -19,11 +19,11 @@ from service.jobs.store import JobStore
 from service.outbox import OutboxRelay
 from service.metrics import ServiceMetrics
 from service.topology import declare_exchange
-from tests.support.broker import Vhost, dead_letters
-from tests.support.servers import PG_SOCKET_DIR, free_port
 from service.jobs.tables import OutboxMessage
-from tests.e2e.test_service import (DATASETS_ROOT, ServiceProcess, dataset_ready, stack_factory,  # noqa: F401 (fixture)
-                                training_requested)
+from tests.support.broker import Vhost, dead_letters
+from tests.support.jobs import VALID_RESULT
+from tests.support.servers import PG_SOCKET_DIR, free_port
+from tests.support.service_stack import DATASETS_ROOT, ServiceProcess, dataset_ready, training_requested
 
 
 def reasons_of(stack, queue: str, count: int, timeout_s: float = 60) -> dict[str, str]:
@@ -135,8 +135,6 @@ def test_an_unroutable_event_stays_in_the_outbox_until_a_queue_is_bound(tmp_path
     store = JobStore(f"sqlite:///{tmp_path}/jobs.db")
     store.migrate()
     metrics = ServiceMetrics()
-    from tests.service.runner.test_worker import VALID_RESULT
-
     store.add_messages([outbox_row("model.registered", VALID_RESULT), outbox_row("training.started", {})])
 
     async def main():

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from service.jobs.events import accepted_message, cancelled_message, registered_message
+from service.jobs.events import cancelled_message, registered_message
 from service.jobs.store import JobStatus, JobStore, utcnow
 from service.jobs.tables import processed_events
 from service.retention import purge
 from foundation.settings import Settings
-from tests.service.runner.test_worker import VALID_RESULT, store  # noqa: F401 (fixture, on this module's settings)
+from tests.support.jobs import VALID_RESULT, accept
 
 DAY = 86400.0
 
@@ -26,19 +25,14 @@ def settings(tmp_path) -> Settings:
     return Settings(state_dir=tmp_path / "state", retention_s=2 * DAY, cache_retention_s=DAY)
 
 
-def accept(store: JobStore, version: int, now):
-    return store.accept(event_id=str(uuid.uuid4()), trigger_kind="manual", dataset_id="d", dataset_version=version,
-                        dataset_uri=f"s3://b/d/v{version}", config={}, config_hash="c", now=now,
-                        accepted_message=accepted_message, cancelled_message=cancelled_message).job
-
-
 def test_finished_jobs_go_after_the_retention_with_their_events_and_checkpoints(settings, store):
     long_ago = utcnow() - timedelta(days=5)
-    old = accept(store, 1, long_ago)
+    old = accept(store, trigger_kind="manual", dataset_version=1, now=long_ago)
     claimed = store.claim_next("w", 30, now=long_ago)
     store.finish_succeeded(old.id, "w", VALID_RESULT, [registered_message(claimed, VALID_RESULT)], now=long_ago)
-    live = accept(store, 2, long_ago)  # queued for days (a long min_retrain_interval): never purged
-    recent = accept(store, 3, utcnow())
+    # queued for days (a long min_retrain_interval): never purged
+    live = accept(store, trigger_kind="manual", dataset_version=2, now=long_ago)
+    recent = accept(store, trigger_kind="manual", dataset_version=3, now=utcnow())
     store.mark_published([m.id for m in store.read.pending_messages(100)])
     checkpoints = settings.job_checkpoint_dir(old.id)
     checkpoints.mkdir(parents=True)
@@ -57,7 +51,7 @@ def test_finished_jobs_go_after_the_retention_with_their_events_and_checkpoints(
 
 def test_a_job_whose_events_are_not_yet_published_is_kept(settings, store):
     long_ago = utcnow() - timedelta(days=5)
-    job = accept(store, 1, long_ago)
+    job = accept(store, trigger_kind="manual", now=long_ago)
     store.claim_next("w", 30, now=long_ago)
     store.finish_cancelled(job.id, "w", "test", [cancelled_message(job, "test")], now=long_ago)
     assert purge(store, settings).jobs == 0
@@ -107,7 +101,6 @@ def test_a_cache_entry_in_use_stays_by_its_marker_and_goes_with_it(settings):
 def test_the_retention_cannot_be_shorter_than_a_day():
     with pytest.raises(ValidationError, match="retention_s"):
         Settings(retention_s=3600)
-
 
 
 def test_what_a_killed_write_left_in_the_scores_and_graphs_folders_goes_after_a_day(settings):

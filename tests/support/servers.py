@@ -19,6 +19,7 @@ from pathlib import Path
 ACCESS_KEY, SECRET_KEY = "heimdall-test", "heimdall-test-secret"
 PG_SOCKET_DIR = "/var/run/postgresql"
 BIN = Path(sys.executable).parent
+BUCKETS = ["mlflow", "heimdall-datasets", "heimdall-models"]  # what the service and MLflow write to
 
 
 def _free(port: int) -> bool:

@@ -19,7 +19,7 @@ from training import export_cache
 from training.export import INPUT_NAMES, OPSET, OUTPUT_NAMES, check_parity, export_and_check, export_onnx
 from training.export_cache import GRAPHS_DIR
 from training.neural.model import LocalizationNet
-from tests.training.neural.test_model import SAMPLES, make_inputs
+from tests.support.model_inputs import SAMPLES, make_inputs
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 from foundation.errors import RegistryError
 from foundation.object_store import open_store
 from training.registry import ModelRegistry
+from tests.support.cli import CLI, TINY_FLAGS
 from tests.support.servers import free_port
-from tests.cli.test_main import CLI, TINY_FLAGS, synth_dataset  # noqa: F401 (fixture)
 
 
 def test_two_children_racing_on_one_key_register_one_version(synth_dataset, tmp_path, s3_server, mlflow_url):

@@ -1,28 +1,24 @@
-"""The `radio-map` preset's training step: a closed-form fit in place of `trainer.fit`.
+"""The radio map's training step: the noise floor of the captures, then the closed-form fit.
 
-`fit.fit` hands a `radio-map` module here. The map is fitted on the training split and its
-choices tuned on the validation split (`radio_map_fit`); the result is written as a Lightning
-checkpoint (state and hyperparameters, the map's shapes included), so `load_from_checkpoint`,
-calibration, evaluation and export treat it like any other model. Resuming refits: the fit is
-deterministic and takes about as long as one epoch of the `small` net.
+The map is fitted on the training split and its choices tuned on the validation split
+(`training.radio_map.fit`); the fit reports as one epoch would (a progress line, its metrics on
+the MLflow run). `training.radio_map.builder` keeps the fitted network in a file of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
-import torch
 
 from training.datasets.reader import VerifiedDataset
+from foundation.child_protocol import Progress, channel
 from foundation.logs import log_event
-from training.baselines.power import DETECTION_MARGIN_DB
 from training.evaluation import noise_floor_dbm, session_powers
 from training.radio_map.fit import Sessions, fit_radio_map
+from training.radio_map.model import RadioMapNet
+from training.tracking import TrackingRun
 
 log = logging.getLogger(__name__)
 RADIO_MAP = "radio-map"  # the preset's name (TrainConfig.preset)
@@ -72,20 +68,9 @@ def split_sessions(data: VerifiedDataset, split: str) -> Sessions:
     return Sessions(power, online, data.emitter[indices, :2].astype(np.float64))
 
 
-def write_checkpoint(module: pl.LightningModule, path: Path) -> Path:
-    """A checkpoint `LightningModule.load_from_checkpoint` reads: state, hyperparameters, epoch 0."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": 0, "global_step": 0, "pytorch-lightning_version": pl.__version__,
-                "state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}, path)
-    return path
-
-
-def fit_closed_form(module: pl.LightningModule, data: VerifiedDataset, checkpoint_dir: Path,
-                    logger) -> tuple[Path, float]:
-    """Fit the map into `module.net` and checkpoint it: (the checkpoint, seconds). Raises ValueError
-    when the training split has fewer than two sessions with a heard receiver."""
-    started = time.monotonic()
+def fit_closed_form(data: VerifiedDataset, tracking: TrackingRun) -> RadioMapNet:
+    """The fitted map, its choices logged on `tracking`. Raises ValueError when the training split
+    has fewer than two sessions with a heard receiver."""
     train = split_sessions(data, "train")
     manifest = data.manifest
     floor, offsets, margin = noise_floor_of(train.power_dbm, train.online, manifest.sample_rate_hz,
@@ -93,14 +78,10 @@ def fit_closed_form(module: pl.LightningModule, data: VerifiedDataset, checkpoin
     net, chosen = fit_radio_map(train, split_sessions(data, "val"), data.rx_position, floor, margin,
                                 samples=manifest.samples_per_capture, sample_rate_hz=manifest.sample_rate_hz,
                                 floor_offset_db=offsets)
-    module.net = net
-    module.hparams["radio_map"] = net.shape_args()
-    path = write_checkpoint(module, checkpoint_dir / "last.ckpt")
-    fit_s = time.monotonic() - started
     metrics = {"val_median_error_m": round(chosen["val_median_error_m"], 1)}
-    if logger is not None:
-        logger.log_metrics({**metrics, **{f"radio_map_{k}": float(v) for k, v in chosen.items()}}, step=0)
+    tracking.log_metrics({**metrics, **{f"radio_map_{k}": float(v) for k, v in chosen.items()}}, step=0)
     log_event(log, "progress", stage="train", epoch=1, max_epochs=1, metrics=metrics, eta_s=0.0)
+    channel().send(Progress(epoch=1, max_epochs=1, metrics=metrics, eta_s=0.0))
     log_event(log, "radio map fitted", stage="train", noise_floor_dbm=floor, detection_margin_db=margin,
               **{k: round(float(v), 3) for k, v in chosen.items()})
-    return path, fit_s
+    return net

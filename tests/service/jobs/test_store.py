@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
+from service.jobs.events import cancelled_message
 from service.jobs.store import (
     IllegalTransition,
     JobStatus,
@@ -27,6 +28,7 @@ from service.jobs.store import (
 )
 from foundation.train_config import job_key
 from service.jobs.tables import ALEMBIC_VERSION_TABLE, jobs, metadata
+from tests.support.jobs import accept, trigger
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
 LEASE_S = 60.0
@@ -36,82 +38,8 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-# --- servers and stores ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def postgres_url(postgres) -> str:
-    """One database per session, migrated once; `store` empties it before each test."""
-    url = postgres.create_database()
-    store = JobStore(url)
-    store.migrate()
-    store.close()
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def store_url(backend, request, tmp_path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
-@pytest.fixture
-def open_store(store_url):
-    """Opens stores on this test's database (one per simulated replica) and closes them all."""
-    opened: list[JobStore] = []
-
-    def _open() -> JobStore:
-        store = JobStore(store_url)
-        opened.append(store)
-        return store
-
-    yield _open
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_store, backend) -> JobStore:
-    store = open_store()
-    store.migrate()
-    if backend == "postgresql":
-        with store.engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE jobs, processed_events, outbox"))
-    return store
-
-
-# --- building triggers and messages -------------------------------------------------------------
-
-
-def accepted_message(job) -> OutboxMessage:
-    return OutboxMessage(id=str(uuid.uuid4()), routing_key="training.accepted",
-                         body=json.dumps({"job_id": job.id, "trigger_id": job.trigger_id}))
-
-
-def cancelled_message(job, reason: str) -> OutboxMessage:
-    return OutboxMessage(id=str(uuid.uuid4()), routing_key="training.cancelled",
-                         body=json.dumps({"job_id": job.id, "reason": reason}).encode())
-
-
-def accept(store: JobStore, *, version: int = 1, kind: str = "auto", event_id: str | None = None,
-           now: datetime = T0, **overrides):
-    arguments = dict(
-        event_id=event_id or str(uuid.uuid4()), trigger_kind=kind, dataset_id="nw-italy-2m",
-        dataset_version=version, dataset_uri=f"s3://heimdall-datasets/nw-italy-2m/v{version}",
-        config={"epochs": 4}, config_hash="c0ffee", accepted_message=accepted_message,
-        cancelled_message=cancelled_message, now=now,
-    )
-    return store.accept(**arguments | overrides)
-
-
 def outbox_keys(store: JobStore) -> list[tuple[str, str]]:
-    return [(m.routing_key, json.loads(m.body)["job_id"]) for m in store.read.pending_messages()]
+    return [(m.routing_key, json.loads(m.body)["data"]["job_id"]) for m in store.read.pending_messages()]
 
 
 def race(threads: int, work) -> list:
@@ -145,7 +73,7 @@ def test_migrate_twice_is_a_no_op(store):
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text(f"SELECT version_num FROM {ALEMBIC_VERSION_TABLE}")).scalars().all()
     assert versions == ["0001"]
-    assert accept(store).created
+    assert store.accept(**trigger(now=T0)).created
 
 
 def test_migrations_create_exactly_the_tables_the_store_uses(store):
@@ -165,7 +93,7 @@ def test_replicas_migrating_at_once_all_succeed(backend, tmp_path, request):
     stores = [JobStore(url) for _ in range(4)]
     try:
         race(4, lambda i: stores[i].migrate())
-        assert accept(stores[0]).created
+        assert stores[0].accept(**trigger(now=T0)).created
     finally:
         for s in stores:
             s.close()
@@ -175,7 +103,7 @@ def test_replicas_migrating_at_once_all_succeed(backend, tmp_path, request):
 
 
 def test_accept_creates_one_queued_job_and_one_accepted_message(store):
-    result = accept(store, event_id="ev-1")
+    result = store.accept(**trigger(event_id="ev-1", now=T0))
 
     assert result.created and not result.duplicate_event and result.superseded == []
     job = result.job
@@ -189,8 +117,8 @@ def test_accept_creates_one_queued_job_and_one_accepted_message(store):
 
 
 def test_the_same_event_again_is_a_duplicate_and_changes_nothing(store):
-    first = accept(store, event_id="ev-1")
-    again = accept(store, event_id="ev-1", now=at(5))
+    first = store.accept(**trigger(event_id="ev-1", now=T0))
+    again = store.accept(**trigger(event_id="ev-1", now=at(5)))
 
     assert again.duplicate_event and not again.created
     assert again.job == first.job
@@ -198,20 +126,20 @@ def test_the_same_event_again_is_a_duplicate_and_changes_nothing(store):
 
 
 def test_another_event_for_the_same_key_maps_to_the_same_job(store):
-    first = accept(store, event_id="ev-1")
-    second = accept(store, event_id="ev-2", kind="manual")
+    first = store.accept(**trigger(event_id="ev-1", now=T0))
+    second = store.accept(**trigger(event_id="ev-2", trigger_kind="manual", now=T0))
 
     assert not second.created and not second.duplicate_event
     assert second.job.id == first.job.id
-    assert accept(store, event_id="ev-2").duplicate_event  # and ev-2 is now remembered
+    assert store.accept(**trigger(event_id="ev-2", now=T0)).duplicate_event  # and ev-2 is now remembered
     assert len(store.read.pending_messages()) == 1
 
 
 def test_the_key_is_config_job_key_and_export_and_resume_make_distinct_keys(store):
-    plain = accept(store).job
-    export = accept(store, kind="manual", export_only=True, checkpoint_uri="s3://ckpt/a.ckpt").job
-    resume = accept(store, kind="manual", checkpoint_uri="s3://ckpt/a.ckpt").job
-    other = accept(store, kind="manual", checkpoint_uri="s3://ckpt/b.ckpt").job
+    plain = accept(store, now=T0)
+    export = accept(store, trigger_kind="manual", export_only=True, checkpoint_uri="s3://ckpt/a.ckpt", now=T0)
+    resume = accept(store, trigger_kind="manual", checkpoint_uri="s3://ckpt/a.ckpt", now=T0)
+    other = accept(store, trigger_kind="manual", checkpoint_uri="s3://ckpt/b.ckpt", now=T0)
 
     assert len({plain.id, export.id, resume.id, other.id}) == 4
     assert plain.idempotency_key == job_key("nw-italy-2m", 1, "c0ffee")
@@ -232,32 +160,32 @@ def _finish(store: JobStore, job, outcome: str):
 @pytest.mark.parametrize("outcome", ["failed", "cancelled"])
 @pytest.mark.parametrize("kind", ["auto", "manual"])
 def test_a_failed_or_cancelled_job_does_not_block_a_new_one_for_its_key(store, outcome, kind):
-    first = accept(store, event_id="ev-1", kind=kind).job
+    first = accept(store, event_id="ev-1", trigger_kind=kind, now=T0)
     assert _finish(store, first, outcome).status is JobStatus(outcome)
 
-    again = accept(store, event_id="ev-2", kind=kind, now=at(10))
+    again = store.accept(**trigger(event_id="ev-2", trigger_kind=kind, now=at(10)))
 
     assert again.created and again.job.id != first.id and again.job.status is JobStatus.QUEUED
     assert again.job.idempotency_key == first.idempotency_key
     assert store.read.get(first.id).status is JobStatus(outcome)  # the old one stays as it was
     # the replayed event id is still a duplicate, answered with its own (final) job
-    replay = accept(store, event_id="ev-1", kind=kind, now=at(11))
+    replay = store.accept(**trigger(event_id="ev-1", trigger_kind=kind, now=at(11)))
     assert replay.duplicate_event and not replay.created and replay.job.id == first.id
     # a third event maps to the new live job
-    third = accept(store, event_id="ev-3", kind=kind, now=at(12))
+    third = store.accept(**trigger(event_id="ev-3", trigger_kind=kind, now=at(12)))
     assert not third.created and third.job.id == again.job.id
     assert len(store.read.list_jobs()) == 2
 
 
 @pytest.mark.parametrize("state", ["running", "succeeded"])
 def test_a_running_or_succeeded_job_still_holds_its_key(store, state):
-    first = accept(store, event_id="ev-1").job
+    first = accept(store, event_id="ev-1", now=T0)
     if state == "succeeded":
         _finish(store, first, "succeeded")
     else:
         store.claim_next("w1", LEASE_S, now=at(1))
 
-    again = accept(store, event_id="ev-2", kind="manual", now=at(10))
+    again = store.accept(**trigger(event_id="ev-2", trigger_kind="manual", now=at(10)))
 
     assert not again.created and again.job.id == first.id and again.job.status is JobStatus(state)
     assert len(store.read.list_jobs()) == 1
@@ -265,7 +193,7 @@ def test_a_running_or_succeeded_job_still_holds_its_key(store, state):
 
 def test_the_database_allows_one_live_job_per_key(store):
     """The partial unique index itself, below the store's own checks."""
-    first = accept(store, event_id="ev-1").job
+    first = accept(store, event_id="ev-1", now=T0)
     row = {column.name: getattr(first, column.name) for column in jobs.c}
     row["status"] = first.status.value
 
@@ -284,11 +212,12 @@ def test_the_database_allows_one_live_job_per_key(store):
 
 
 def test_replicas_retriggering_a_failed_key_at_once_make_one_new_job(store, open_store):
-    first = accept(store, event_id="ev-0", kind="manual").job
+    first = accept(store, event_id="ev-0", trigger_kind="manual", now=T0)
     _finish(store, first, "failed")
     replicas = [open_store() for _ in range(4)]
+    retriggers = [trigger(event_id=f"ev-{i + 1}", trigger_kind="manual", now=at(10)) for i in range(4)]
 
-    results = race(4, lambda i: accept(replicas[i], event_id=f"ev-{i + 1}", kind="manual", now=at(10)))
+    results = race(4, lambda i: replicas[i].accept(**retriggers[i]))
 
     assert sum(result.created for result in results) == 1
     assert len({result.job.id for result in results}) == 1 and results[0].job.id != first.id
@@ -297,10 +226,10 @@ def test_replicas_retriggering_a_failed_key_at_once_make_one_new_job(store, open
 
 def test_known_dataset_answers_from_jobs_of_any_status(store):
     assert store.read.known_dataset("nw-italy-2m") is None
-    v1 = accept(store, version=1).job
-    accept(store, version=3, now=at(1))  # supersedes v1: cancelled, still known
-    accept(store, version=2, kind="manual", now=at(2))
-    accept(store, version=9, dataset_id="other", dataset_uri="s3://heimdall-datasets/other/v9", now=at(3))
+    v1 = accept(store, dataset_version=1, now=T0)
+    accept(store, dataset_version=3, now=at(1))  # supersedes v1: cancelled, still known
+    accept(store, dataset_version=2, trigger_kind="manual", now=at(2))
+    accept(store, dataset_version=9, dataset_id="other", dataset_uri="s3://heimdall-datasets/other/v9", now=at(3))
     assert store.read.get(v1.id).status is JobStatus.CANCELLED
 
     assert store.read.known_dataset("nw-italy-2m") == (3, "s3://heimdall-datasets/nw-italy-2m/v3")
@@ -312,8 +241,8 @@ def test_known_dataset_answers_from_jobs_of_any_status(store):
 
 
 def test_a_newer_auto_version_supersedes_queued_older_ones(store):
-    v1 = accept(store, version=1).job
-    result = accept(store, version=2, now=at(1))
+    v1 = accept(store, dataset_version=1, now=T0)
+    result = store.accept(**trigger(dataset_version=2, now=at(1)))
 
     assert result.created and result.job.status is JobStatus.QUEUED
     assert [job.id for job in result.superseded] == [v1.id]
@@ -325,17 +254,17 @@ def test_a_newer_auto_version_supersedes_queued_older_ones(store):
 
 
 def test_a_started_older_version_is_not_superseded(store):
-    v1 = accept(store, version=1).job
+    v1 = accept(store, dataset_version=1, now=T0)
     store.claim_next("w1", LEASE_S, now=at(1))
-    assert accept(store, version=2, now=at(2)).superseded == []
+    assert store.accept(**trigger(dataset_version=2, now=at(2))).superseded == []
     assert store.read.get(v1.id).status is JobStatus.RUNNING
 
 
 def test_manual_triggers_neither_supersede_nor_are_superseded(store):
-    auto_v2 = accept(store, version=2).job
-    manual_v1 = accept(store, version=1, kind="manual", now=at(1))
-    manual_v3 = accept(store, version=3, kind="manual", now=at(2))
-    auto_v4 = accept(store, version=4, now=at(3))
+    auto_v2 = accept(store, dataset_version=2, now=T0)
+    manual_v1 = store.accept(**trigger(dataset_version=1, trigger_kind="manual", now=at(1)))
+    manual_v3 = store.accept(**trigger(dataset_version=3, trigger_kind="manual", now=at(2)))
+    auto_v4 = store.accept(**trigger(dataset_version=4, now=at(3)))
 
     assert manual_v1.created and manual_v3.created and manual_v3.superseded == []
     assert [job.id for job in auto_v4.superseded] == [auto_v2.id]
@@ -344,26 +273,27 @@ def test_manual_triggers_neither_supersede_nor_are_superseded(store):
 
 
 def test_an_older_auto_version_arriving_late_maps_to_the_newer_queued_job(store):
-    v2 = accept(store, version=2).job
-    late = accept(store, version=1, now=at(1))
+    v2 = accept(store, dataset_version=2, now=T0)
+    late = store.accept(**trigger(dataset_version=1, now=at(1)))
 
     assert not late.created and late.job.id == v2.id
     assert len(store.read.list_jobs()) == 1
 
 
 def test_min_interval_defers_auto_jobs_and_manual_ones_bypass_it(store):
-    v1 = accept(store, version=1, min_interval_s=3600).job
+    v1 = accept(store, dataset_version=1, min_interval_s=3600, now=T0)
     assert v1.not_before == T0  # nothing before it
     assert store.claim_next("w1", LEASE_S, now=at(1)).id == v1.id
 
-    v2 = accept(store, version=2, min_interval_s=3600, now=at(10)).job
+    v2 = accept(store, dataset_version=2, min_interval_s=3600, now=at(10))
     assert v2.not_before == at(3600)
     assert store.claim_next("w2", LEASE_S, now=at(20)) is None
-    manual = accept(store, version=2, kind="manual", config_hash="other", min_interval_s=3600, now=at(30)).job
+    manual = accept(store, dataset_version=2, trigger_kind="manual", config_hash="other", min_interval_s=3600,
+                    now=at(30))
     assert manual.not_before == at(30)
 
     # a superseded job that never ran does not push the next one back
-    v3 = accept(store, version=3, min_interval_s=3600, now=at(40)).job
+    v3 = accept(store, dataset_version=3, min_interval_s=3600, now=at(40))
     assert v3.not_before == at(3600)
 
 
@@ -371,8 +301,8 @@ def test_min_interval_defers_auto_jobs_and_manual_ones_bypass_it(store):
 
 
 def test_claim_takes_the_oldest_due_job_and_starts_a_run(store):
-    first = accept(store, version=1, kind="manual").job
-    accept(store, version=2, kind="manual", now=at(1))
+    first = accept(store, dataset_version=1, trigger_kind="manual", now=T0)
+    accept(store, dataset_version=2, trigger_kind="manual", now=at(1))
 
     job = store.claim_next("w1", LEASE_S, now=at(5))
 
@@ -381,7 +311,7 @@ def test_claim_takes_the_oldest_due_job_and_starts_a_run(store):
 
 
 def test_concurrent_workers_claim_each_job_exactly_once(store, open_store):
-    created = {accept(store, version=v, kind="manual", now=at(v)).job.id for v in range(10)}
+    created = {accept(store, dataset_version=v, trigger_kind="manual", now=at(v)).id for v in range(1, 11)}
     replicas = [open_store() for _ in range(4)]
 
     def drain(i: int) -> list[str]:
@@ -395,7 +325,7 @@ def test_concurrent_workers_claim_each_job_exactly_once(store, open_store):
 
 
 def test_an_expired_lease_is_reclaimed_and_the_old_worker_has_lost_it(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     store.claim_next("w1", LEASE_S, now=at(0))
     assert store.claim_next("w2", LEASE_S, now=at(59)) is None
 
@@ -411,7 +341,7 @@ def test_an_expired_lease_is_reclaimed_and_the_old_worker_has_lost_it(store):
 
 
 def test_renewing_a_lease_keeps_the_job(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     store.claim_next("w1", LEASE_S, now=at(0))
 
     assert store.renew_lease(job.id, "w1", LEASE_S, now=at(50)) is True
@@ -423,7 +353,7 @@ def test_renewing_a_lease_keeps_the_job(store):
 
 
 def test_illegal_transitions_raise(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     with pytest.raises(IllegalTransition) as raised:
         store.finish_succeeded(job.id, "w1", {}, now=at(1))
     assert (raised.value.from_status, raised.value.to_status) == (JobStatus.QUEUED, JobStatus.SUCCEEDED)
@@ -441,7 +371,7 @@ def test_illegal_transitions_raise(store):
 
 
 def test_finishing_writes_its_messages_in_the_same_transaction(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     store.mark_published([m.id for m in store.read.pending_messages()])
     store.claim_next("w1", LEASE_S, now=at(1))
     registered = OutboxMessage(id="ev-registered", routing_key="model.registered", body='{"job_id": "%s"}' % job.id)
@@ -454,7 +384,7 @@ def test_finishing_writes_its_messages_in_the_same_transaction(store):
 
 
 def test_cancelling_a_queued_job_cancels_it_at_once(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     cancelled = store.request_cancel(job.id, "ops said so", cancelled_message, now=at(1))
 
     assert (cancelled.status, cancelled.cancel_reason, cancelled.finished_at) == (JobStatus.CANCELLED, "ops said so", at(1))
@@ -464,7 +394,7 @@ def test_cancelling_a_queued_job_cancels_it_at_once(store):
 
 
 def test_cancelling_a_running_job_asks_its_worker_to_stop(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     store.claim_next("w1", LEASE_S, now=at(1))
 
     flagged = store.request_cancel(job.id, "ops said so", cancelled_message, now=at(2))
@@ -477,7 +407,7 @@ def test_cancelling_a_running_job_asks_its_worker_to_stop(store):
 
 
 def test_a_cancel_request_survives_the_worker_dying(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     store.claim_next("w1", LEASE_S, now=at(0))
     store.request_cancel(job.id, "stop", cancelled_message, now=at(1))
 
@@ -486,7 +416,7 @@ def test_a_cancel_request_survives_the_worker_dying(store):
 
 
 def test_requeue_releases_the_claim_until_not_before(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     store.claim_next("w1", LEASE_S, now=at(0))
 
     queued = store.requeue(job.id, "w1", not_before=at(300), error={"retryable": True}, now=at(10))
@@ -502,7 +432,7 @@ def test_requeue_releases_the_claim_until_not_before(store):
 
 
 def test_outbox_hands_out_unpublished_messages_oldest_first(store):
-    job = accept(store).job
+    job = accept(store, now=T0)
     started = OutboxMessage(id="ev-started", routing_key="training.started", body=b'{"job_id": "x"}',
                             created_at=at(5))
     store.add_messages([started], job_id=job.id)
@@ -520,8 +450,8 @@ def test_outbox_hands_out_unpublished_messages_oldest_first(store):
 
 def test_gauges_and_listing(store):
     assert store.read.oldest_queued_age_s(T0) is None and store.read.last_success_at() is None
-    a = accept(store, version=1, kind="manual").job
-    b = accept(store, version=2, kind="manual", now=at(10)).job
+    a = accept(store, dataset_version=1, trigger_kind="manual", now=T0)
+    b = accept(store, dataset_version=2, trigger_kind="manual", now=at(10))
     store.claim_next("w1", LEASE_S, now=at(20))
 
     assert store.read.counts_by_status() == {"queued": 1, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0}
@@ -537,7 +467,7 @@ def test_gauges_and_listing(store):
 @pytest.mark.parametrize("same_event", [False, True], ids=["distinct-events", "same-event"])
 def test_replicas_accepting_the_same_key_at_once_make_one_job(store, open_store, same_event):
     replicas = [open_store() for _ in range(4)]
-    results = race(4, lambda i: accept(replicas[i], event_id="ev-0" if same_event else f"ev-{i}"))
+    results = race(4, lambda i: replicas[i].accept(**trigger(event_id="ev-0" if same_event else f"ev-{i}", now=T0)))
 
     assert sum(result.created for result in results) == 1
     assert len({result.job.id for result in results}) == 1
@@ -546,7 +476,7 @@ def test_replicas_accepting_the_same_key_at_once_make_one_job(store, open_store,
 
 def test_replicas_accepting_newer_versions_at_once_leave_one_queued_auto_job(store, open_store):
     replicas = [open_store() for _ in range(4)]
-    race(4, lambda i: accept(replicas[i], version=i + 1, now=at(i)))
+    race(4, lambda i: replicas[i].accept(**trigger(dataset_version=i + 1, now=at(i))))
     # arrival order decides which survive, but never two queued auto versions of one dataset
     assert len(store.read.list_jobs(JobStatus.QUEUED)) == 1
 

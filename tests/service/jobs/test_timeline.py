@@ -9,16 +9,16 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from messages import TrainingProgress, TrainingStarted, make_event
-from service.jobs.events import accepted_message, cancelled_message, failed_message, outbox, registered_message
+from foundation.child_protocol import Failure
+from service.jobs.events import cancelled_message, failed_message, outbox, registered_message
 from service.jobs.timeline import job_timeline, latest_progress
 from service.ops_commands import job_report, jobs_table
-from tests.service.jobs.test_store import backend, open_store, postgres_url, store, store_url  # noqa: F401 (fixtures)
+from tests.support.jobs import accept
 
 T0 = datetime(2026, 11, 28, 10, 0, tzinfo=timezone.utc)
 WORKER = "replica-a"
@@ -26,13 +26,6 @@ WORKER = "replica-a"
 
 def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
-
-
-def accept(store, version: int = 1, minutes: float = 0):
-    return store.accept(event_id=str(uuid.uuid4()), trigger_kind="auto", dataset_id="nw-italy-2m",
-                        dataset_version=version, dataset_uri=f"s3://heimdall-datasets/nw-italy-2m/v{version}/",
-                        config={"epochs": 40}, config_hash="c0ffee", accepted_message=accepted_message,
-                        cancelled_message=cancelled_message, now=at(minutes)).job
 
 
 def start(store, minutes: float, run_id: str):
@@ -62,21 +55,22 @@ def registered_result(version: int) -> dict:
 @pytest.fixture
 def lifecycle(store):
     """One job that failed (retryable), was retried and registered; one running; one queued."""
-    done = accept(store, version=1, minutes=0)
+    done = accept(store, dataset_version=1, now=at(0))
     first = start(store, 1, "run-1")
     progress(store, first, 2, 1, 5000.0, 600)
     store.requeue(done.id, WORKER, not_before=at(4), messages=[failed_message(
-        first, {"stage": "data", "error_type": "StorageUnavailable", "message": "S3 timed out"}, retryable=True)],
+        first, Failure(stage="data", error_type="StorageUnavailable", message="S3 timed out", retryable=True),
+        retryable=True)],
         now=at(3))
     second = start(store, 5, "run-2")
     for epoch in (1, 2, 3):
         progress(store, second, 5 + epoch, epoch, 4000.0 - 1000 * epoch, 300)
     store.finish_succeeded(done.id, WORKER, registered_result(3), [registered_message(second, registered_result(3))],
                            now=at(10))
-    accept(store, version=2, minutes=20)
+    accept(store, dataset_version=2, now=at(20))
     running = start(store, 21, "run-3")
     progress(store, running, 30, 12, 1234.0, 65)
-    queued = accept(store, version=3, minutes=40)
+    queued = accept(store, dataset_version=3, now=at(40))
     return done, running, queued
 
 
@@ -112,11 +106,12 @@ def test_show_tells_the_timeline_with_retries_and_where_the_model_and_run_are(st
 
 
 def test_a_final_failure_and_a_cancel_end_their_timelines(store):
-    failed = accept(store, version=1)
+    failed = accept(store, dataset_version=1, now=at(0))
     job = start(store, 1, None)
     store.finish_failed(failed.id, WORKER, {"stage": "train", "message": "NaN loss"}, [failed_message(
-        job, {"stage": "train", "error_type": "TrainingError", "message": "NaN loss"}, retryable=False)], now=at(2))
-    cancelled = accept(store, version=2, minutes=3)
+        job, Failure(stage="train", error_type="TrainingError", message="NaN loss", retryable=False),
+        retryable=False)], now=at(2))
+    cancelled = accept(store, dataset_version=2, now=at(3))
     store.request_cancel(cancelled.id, "wrong dataset", cancelled_message, now=at(4))
     failed_report = job_report(store, failed.id, now=at(5))
     assert "(final)" in failed_report.splitlines()[-4] and "mlflow run none yet" in failed_report

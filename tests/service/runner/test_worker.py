@@ -1,9 +1,10 @@
 """The worker around a job, against a real job store (SQLite file) and real child processes.
 
-The child here is a small stand-in script instead of `heimdall-training train`, so each fault
+The child here is a small stand-in script instead of `python -m training`, so each fault
 (a huge log line, exit 3 forever, a result that is not a valid event, a missing checkpoint) is
-produced on purpose and quickly; the worker, the job store and the process handling are the
-real ones. Every job must end exactly once, with a final event that says why.
+produced on purpose and quickly; the worker, the job store, the process handling and the child
+protocol are the real ones. A stand-in speaks the protocol with `send(message)` (PRELUDE). Every
+job must end exactly once, with a final event that says why.
 """
 
 from __future__ import annotations
@@ -13,25 +14,35 @@ import json
 import signal
 import sys
 import textwrap
-import uuid
 from datetime import timedelta
 
 import pytest
 
-from service.jobs.events import accepted_message, cancelled_message, failed_message
+from service.jobs.events import failed_message
 from service.jobs.store import JobStatus, JobStore, utcnow
 from service.metrics import ServiceMetrics
 from foundation.settings import S3Settings, Settings
-from service.runner.child_process import Outcome, TrainingProcess, spawn
+from foundation.child_protocol import Failure, Started, StopReason
+from service.runner.child_process import Outcome, TrainingProcess
 from service.runner.worker import JobRunner, abandoned_failure
+from tests.support.jobs import VALID_RESULT, accept
 
-VALID_RESULT = {
-    "model": {"model_name": "m", "model_version": 1, "aliases": ["candidate"], "promoted": False,
-              "model_uri": "models:/m/1", "onnx": {"uri": "s3://b/m/1/model.onnx", "sha256": "0" * 64, "bytes": 10},
-              "card_uri": "s3://b/m/1/model.json"},
-    "metrics": {"median_error_m": 10.0, "p90_error_m": 20.0, "coverage_1sigma": 0.4, "coverage_2sigma": 0.86},
-    "mlflow": {"run_id": "r1"},
-}
+
+# What every stand-in child starts with: `send(message)` on the protocol pipe it was given.
+PRELUDE = """
+import json, os, sys
+_protocol = os.fdopen(int(sys.argv[sys.argv.index("--protocol-fd") + 1]), "w", buffering=1)
+def send(message):
+    _protocol.write(json.dumps(message) + "\\n")
+"""
+
+
+def stand_in(script: str) -> list[str]:
+    return [sys.executable, "-c", PRELUDE + textwrap.dedent(script)]
+
+
+def result_line(result: dict = VALID_RESULT) -> str:
+    return f"send({{'kind': 'result', 'result': {result!r}}})"
 
 
 class StandInRunner(JobRunner):
@@ -39,30 +50,15 @@ class StandInRunner(JobRunner):
 
     script = ""
 
-    async def start_child(self, arguments):
-        assert arguments[0] == "train" and "--registration_permit" in arguments  # what the real child gets
-        process = await spawn([sys.executable, "-c", textwrap.dedent(self.script)], self.settings)
-        return TrainingProcess(process)
+    async def start_child(self, spec):
+        assert spec.registration_permit and spec.job_id  # what the real child gets
+        return await TrainingProcess.start([], self.settings, stand_in(self.script))
 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(state_dir=tmp_path / "state", max_attempts=3, retry_backoff_s=0.05, lease_s=3.0,
                     shutdown_grace_s=5.0, progress_interval_s=0.0, warm_spare=False)
-
-
-@pytest.fixture
-def store(settings) -> JobStore:
-    store = JobStore(settings.job_store_url)
-    store.migrate()
-    yield store
-    store.close()
-
-
-def accept(store: JobStore, **extra):
-    return store.accept(event_id=str(uuid.uuid4()), trigger_kind="manual", dataset_id="d", dataset_version=1,
-                        dataset_uri="s3://heimdall-datasets/d/v1", config={}, config_hash="c", **extra,
-                        accepted_message=accepted_message, cancelled_message=cancelled_message).job
 
 
 def run_until_over(settings: Settings, store: JobStore, script: str, job_id: str, timeout_s: float = 60):
@@ -99,8 +95,8 @@ def test_a_child_that_keeps_exiting_3_ends_after_max_attempts(settings, store):
 
 def test_a_result_that_is_not_a_valid_event_is_a_final_failure_not_a_success(settings, store):
     job = accept(store)
-    result = json.dumps({**VALID_RESULT, "metrics": {**VALID_RESULT["metrics"], "median_error_m": float("nan")}})
-    over, events = run_until_over(settings, store, f"print({result!r})", job.id)
+    result = {**VALID_RESULT, "metrics": {**VALID_RESULT["metrics"], "median_error_m": None}}
+    over, events = run_until_over(settings, store, result_line(result), job.id)
     assert over.status is JobStatus.FAILED
     failed = final_failures(events)
     assert len(failed) == 1 and failed[0]["error_type"] == "InvalidResult" and not failed[0]["retryable"]
@@ -111,10 +107,9 @@ def test_a_result_that_is_not_a_valid_event_is_a_final_failure_not_a_success(set
 def test_a_log_line_over_one_mebibyte_is_skipped_and_the_job_still_succeeds(settings, store):
     job = accept(store)
     script = f"""
-        import json, sys
         sys.stderr.write("x" * (3 << 20) + "\\n")
-        sys.stderr.write(json.dumps({{"event": "started", "mlflow_run_id": "r1"}}) + "\\n")
-        print({json.dumps(VALID_RESULT)!r})
+        send({{"kind": "started", "mlflow_run_id": "r1"}})
+        {result_line()}
     """
     over, events = run_until_over(settings, store, script, job.id)
     assert over.status is JobStatus.SUCCEEDED
@@ -151,7 +146,7 @@ def test_a_child_that_lost_its_claim_is_denied_the_registration_permit(settings,
     job = accept(store)
     answer = tmp_path / "answer"
     script = f"""
-        import json, signal, sys, time
+        import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the heartbeat's stop must not beat the permit
         from service.jobs.store import JobStore, utcnow
         from datetime import timedelta
@@ -163,8 +158,7 @@ def test_a_child_that_lost_its_claim_is_denied_the_registration_permit(settings,
             from service.jobs.tables import jobs
             import sqlalchemy as sa
             conn.execute(sa.update(jobs).where(jobs.c.id == job.id).values(claimed_by="other-replica"))
-        sys.stderr.write(json.dumps({{"event": "registration-permit-requested"}}) + "\\n")
-        sys.stderr.flush()
+        send({{"kind": "permit-request", "request_id": "p1"}})
         open({str(answer)!r}, "w").write(sys.stdin.readline().strip())
         sys.exit(1)
     """
@@ -176,11 +170,11 @@ def test_a_child_that_lost_its_claim_is_denied_the_registration_permit(settings,
         await runner.run_guarded(claimed)
 
     asyncio.run(asyncio.wait_for(main(), 60))
-    assert answer.read_text() == "denied"
+    assert json.loads(answer.read_text()) == {"request_id": "p1", "granted": False}
     assert store.read.get(job.id).claimed_by == "other-replica"  # the stale worker recorded nothing
 
 
-@pytest.mark.parametrize("late", ["cancel", "timeout"])
+@pytest.mark.parametrize("late", [StopReason.CANCEL, StopReason.TIMEOUT])
 def test_a_cancel_or_timeout_after_the_child_finished_is_still_a_success(settings, store, late):
     accept(store)
     job = store.claim_next(settings.replica_id, 30.0)
@@ -210,7 +204,7 @@ def test_a_job_claimed_while_shutting_down_goes_back_to_the_queue_unstarted(sett
 def test_sigterm_reaches_the_child_alone_so_its_dataloader_workers_live_to_see_the_checkpoint(tmp_path, settings):
     marker = tmp_path / "grandchild-got-sigterm"
     script = f"""
-        import signal, subprocess, sys, time
+        import signal, subprocess, time
         worker = subprocess.Popen([sys.executable, "-c",
             "import signal, time, pathlib\\n"
             "signal.signal(signal.SIGTERM, lambda *a: pathlib.Path({str(marker)!r}).write_text('x'))\\n"
@@ -218,14 +212,14 @@ def test_sigterm_reaches_the_child_alone_so_its_dataloader_workers_live_to_see_t
             "time.sleep(60)"], stdout=subprocess.PIPE)
         worker.stdout.readline()
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))  # before "started": the parent signals on it
-        sys.stderr.write('{{"event": "started"}}\\n'); sys.stderr.flush()
+        send({{"kind": "started"}})
         time.sleep(60)
     """
 
     async def main():
-        process = TrainingProcess(await spawn([sys.executable, "-c", textwrap.dedent(script)], settings))
-        async for line in process.lines():
-            if line.get("event") == "started":
+        process = await TrainingProcess.start([], settings, stand_in(script))
+        async for message in process.messages():
+            if isinstance(message, Started):
                 await process.stop(10)
                 break
         outcome = await process.wait()
@@ -241,10 +235,9 @@ def test_progress_is_rate_limited_to_one_event_per_interval(settings, store):
     settings = settings.model_copy(update={"progress_interval_s": 30.0})
     job = accept(store)
     script = f"""
-        import json, sys
         for epoch in range(1, 21):
-            sys.stderr.write(json.dumps({{"event": "progress", "epoch": epoch, "max_epochs": 20}}) + "\\n")
-        print({json.dumps(VALID_RESULT)!r})
+            send({{"kind": "progress", "epoch": epoch, "max_epochs": 20}})
+        {result_line()}
     """
     over, events = run_until_over(settings, store, script, job.id)
     assert over.status is JobStatus.SUCCEEDED
@@ -255,7 +248,7 @@ def test_a_job_over_its_time_limit_is_stopped_and_fails_once_for_good(settings, 
     settings = settings.model_copy(update={"job_timeout_s": 1.0})
     job = accept(store)
     script = """
-        import signal, sys, time
+        import signal, time
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))  # checkpoints, as train does
         time.sleep(60)
     """
@@ -268,12 +261,10 @@ def test_a_job_over_its_time_limit_is_stopped_and_fails_once_for_good(settings, 
 def test_a_child_that_still_holds_the_claim_is_granted_the_permit_and_registers(settings, store):
     job = accept(store)
     script = f"""
-        import json, sys
-        sys.stderr.write(json.dumps({{"event": "registration-permit-requested"}}) + "\\n")
-        sys.stderr.flush()
-        if sys.stdin.readline().strip() != "granted":
+        send({{"kind": "permit-request", "request_id": "p1"}})
+        if json.loads(sys.stdin.readline()) != {{"request_id": "p1", "granted": True}}:
             sys.exit(1)
-        print({json.dumps(VALID_RESULT)!r})
+        {result_line()}
     """
     over, events = run_until_over(settings, store, script, job.id)
     assert over.status is JobStatus.SUCCEEDED
@@ -283,20 +274,20 @@ def test_a_child_that_still_holds_the_claim_is_granted_the_permit_and_registers(
 # ---------------------------------------------------------------- the warm spare
 
 STAND_IN_SPARE = """
-    import json, os, sys, time
+    import time
     folder, import_s = sys.argv[1], float(sys.argv[2])
+    assert "--warm" in sys.argv  # what the real spare gets
     with open(os.path.join(folder, f"spare-{os.getpid()}"), "w") as out:
         out.write(str(time.time()))
     time.sleep(import_s)  # the training stack's imports
-    sys.stderr.write(json.dumps({"event": "spare ready"}) + "\\n")
-    sys.stderr.flush()
-    arguments = json.loads(sys.stdin.readline())
+    send({"kind": "spare-ready"})
+    spec = json.loads(sys.stdin.readline())
     with open(os.path.join(folder, f"job-{os.getpid()}"), "w") as out:
-        out.write(json.dumps({"started": time.time(), "command": arguments[0]}))
+        out.write(json.dumps({"started": time.time(), "job_id": spec["job_id"]}))
     time.sleep(1.5)  # the job
     with open(os.path.join(folder, f"job-{os.getpid()}"), "a") as out:
         out.write("\\n" + str(time.time()))
-    print(json.dumps(RESULT))
+    send({"kind": "result", "result": RESULT})
 """
 
 
@@ -308,7 +299,7 @@ def run_with_stand_in_spares(settings: Settings, store: JobStore, folder, import
     script = textwrap.dedent(STAND_IN_SPARE).replace("RESULT", repr(VALID_RESULT))
     metrics = ServiceMetrics()
     runner = JobRunner(settings.model_copy(update={"warm_spare": True}), store, metrics, on_messages=lambda: None,
-                       spare_command=[sys.executable, "-c", script, str(folder), str(import_s)])
+                       spare_command=[*stand_in(script), str(folder), str(import_s)])
 
     async def main():
         task = asyncio.create_task(runner.run())
@@ -333,7 +324,7 @@ def test_the_next_spare_starts_when_the_job_has_ended_not_while_it_runs(settings
     metrics = run_with_stand_in_spares(settings, store, tmp_path, 0.2, job.id, spares=2)
     (ran_in,) = [int(p.name.split("-")[1]) for p in tmp_path.glob("job-*")]  # one job, in one spare
     started, ended = tmp_path.joinpath(f"job-{ran_in}").read_text().splitlines()
-    assert json.loads(started)["command"] == "train"
+    assert json.loads(started)["job_id"] == job.id
     spares = spare_times(tmp_path)
     (next_spare,) = [t for pid, t in spares.items() if pid != ran_in]
     assert next_spare >= float(ended)  # not started during the job, where it competed for the cores
