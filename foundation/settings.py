@@ -75,10 +75,15 @@ class Settings(BaseSettings):
     checkpoints_uri: str | None = None
     # Job store: SQLite in <state_dir> when embedded, PostgreSQL in production.
     job_store_url: str | None = None
+    # Deadline of every job-store call (connecting, one statement, a lock wait): a database that
+    # accepts connections and never answers makes the service unready instead of stalling it.
+    job_store_timeout_s: float = Field(10.0, gt=0)
     # Training parameters for automatic (dataset.ready) jobs; ops overrides apply on top.
     default_training: dict[str, Any] = {}
     # Where datasets live (`<root>/<id>/v<k>/`), to resolve training.requested versions and "latest".
     dataset_root_uri: str | None = None
+    # A dataset.json larger than this is refused: `serve` reads it in memory, several at once.
+    max_manifest_bytes: int = Field(16 * 1024 * 1024, gt=0)
     # AMQP user ids whose training.requested / training.cancel are obeyed.
     ops_allowed_users: list[str] = []
     # Automatic retraining of one dataset: at most one job started per interval.
@@ -88,6 +93,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = 30.0  # first retry delay; doubles per attempt, with jitter
     lease_s: float = 30.0  # a claim not renewed this long is presumed dead (kill -9) and reclaimed
     progress_interval_s: float = 5.0  # at most one training.progress per job per interval
+    # A running child that sends nothing (it sends a heartbeat every 5 s) for this long is stopped,
+    # deadlocked or stuck in its imports: it is killed and the job retried.
+    child_silence_s: float = Field(120.0, gt=5.0)
     shutdown_grace_s: float = 60.0  # SIGTERM: time the running job gets to checkpoint
     prefetch_count: int = 8
     # Keep one training child started ahead, with torch, Lightning and MLflow imported: a job starts

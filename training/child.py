@@ -69,10 +69,10 @@ def pin_spec(settings: Settings, spec: JobSpec, *, leading: list[str]) -> Path:
 
 def report(settings: Settings, spec: JobSpec) -> int:
     """Run the job and tell the service how it ended: a Result, or a Failed with its stage."""
-    from training.pipeline import run_job
-
     try:
         with beating(), contextlib.redirect_stdout(sys.stderr):  # stdout is log text too (MLflow prints links)
+            from training.pipeline import run_job  # a cold child's heavy imports: beating already
+
             result = run_job(settings, spec)
     except JobInterrupted as exc:
         log_event(log, "interrupted", stage=exc.stage, message=exc.message)

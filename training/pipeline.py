@@ -14,8 +14,6 @@ RegistryError / StorageUnavailable (register).
 from __future__ import annotations
 
 import logging
-import shlex
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -83,23 +81,27 @@ def run_job(settings: Settings, spec: JobSpec) -> dict | None:
     from training.evaluation import baseline_scores
     from training.families import FAMILIES
     from training.registry import ModelRegistry
+    from training.summary import job_summary, mlflow_ref, replayed_summary
 
     check_spec(spec)
     started = time.monotonic()
     job = Job(settings, spec, open_dataset(settings, spec.config, spec.data_uri))
-    log_event(log, "dataset verified", stage="data", dataset=job.data.uri, sessions=sessions_of(job.data))
+    log_event(log, "dataset verified", stage="data", dataset=job.data.uri,
+              sessions={s: int(len(job.data.indices(s))) for s in ("train", "val", "test")})
     registry = ModelRegistry(settings.mlflow_tracking_uri, settings.model_name,
                              open_store(settings.models_uri, settings.s3.credentials()))
     existing = registry.find(job.key)
     if existing is not None:
         log_event(log, "already registered", stage="register", idempotency_key=job.key,
                   model_version=existing[0].model_version)
-        return existing_summary(job, *existing)
+        registration, card = existing
+        return replayed_summary(spec.job_id, job.data, mlflow_ref(settings.mlflow_tracking_uri, card["mlflow_run_id"]),
+                                registration, card)
     family = FAMILIES[spec.config.preset]
     given = load_checkpoint(job, family) if spec.export_only else None  # refused before any MLflow run
     tracking = start_tracking(job)
     try:
-        fitted = given or fit_model(job, family, tracking)
+        fitted = given if spec.export_only else fit_model(job, family, tracking)
         if not fitted.is_global_zero:
             return None  # DDP's extra ranks only help fit; rank zero evaluates, exports and registers
         net = fitted.net
@@ -117,7 +119,8 @@ def run_job(settings: Settings, spec: JobSpec) -> dict | None:
     tracking.finish("FINISHED")
     log_event(log, "registered", stage="register", model_version=registration.model_version,
               aliases=registration.aliases, elapsed_s=round(time.monotonic() - started, 2))
-    return summary(job, tracking.run_id, evaluation, registration, fitted)
+    return job_summary(spec.job_id, job.data, mlflow_ref(settings.mlflow_tracking_uri, tracking.run_id), registration,
+                       evaluation, fitted)
 
 
 def load_checkpoint(job: Job, family: Family) -> FitResult:
@@ -250,48 +253,3 @@ def record_run(tracking: TrackingRun, evaluation, data: VerifiedDataset, workdir
                         cov_m2=evaluation.cov_m2, errors_by_method=evaluation.errors_by_method,
                         title=f"{data.manifest.dataset_id} v{data.manifest.version}: test split")
     tracking.log_artifact(plot, "plots")
-
-
-def mlflow_ref(settings: Settings, run_id: str) -> dict:
-    """Where the run is, and how to look at it: the UI command when embedded, the server's URL otherwise."""
-    uri = settings.mlflow_tracking_uri
-    mlflow = shlex.quote(str(Path(sys.executable).with_name("mlflow")))  # the environment's own: not on PATH
-    ui = f"{mlflow} ui --backend-store-uri {uri}" if uri.startswith("sqlite") else uri
-    return {"tracking_uri": uri, "run_id": run_id, "ui": ui}
-
-
-def sessions_of(data: VerifiedDataset) -> dict[str, int]:
-    return {split: int(len(data.indices(split))) for split in ("train", "val", "test")}
-
-
-def dataset_ref(data: VerifiedDataset) -> dict:
-    return {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri}
-
-
-def summary(job: Job, run_id: str, evaluation, registration, fitted: FitResult) -> dict:
-    return {
-        "job_id": job.spec.job_id,
-        "dataset": dataset_ref(job.data),
-        "model": registration.to_dict(),
-        "mlflow": mlflow_ref(job.settings, run_id),
-        "training": {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
-                     "best_checkpoint": str(fitted.best_checkpoint), "fit_s": round(fitted.fit_s, 3)},
-        "metrics": evaluation.metrics,
-        "baselines": evaluation.baselines,
-        "sessions": sessions_of(job.data),
-    }
-
-
-def existing_summary(job: Job, registration, card: dict) -> dict:
-    """What a replayed job reports: the version an earlier job registered, nothing trained again."""
-    return {
-        "job_id": job.spec.job_id,
-        "already_registered_by": card["training"]["job_id"],
-        "dataset": dataset_ref(job.data),
-        "model": registration.to_dict(),
-        "mlflow": mlflow_ref(job.settings, card["mlflow_run_id"]),
-        "training": {"epochs_run": card["training"]["epochs_run"], "best_epoch": card["training"]["best_epoch"]},
-        "metrics": card["metrics"],
-        "baselines": {},
-        "sessions": card["training"]["sessions"],
-    }

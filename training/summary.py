@@ -1,8 +1,55 @@
-"""The readable end-of-job summary that `train` prints (and `--json` replaces)."""
+"""The end-of-job summary: the object `train --json` prints, and the readable form `train` prints."""
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
+
 from foundation.logs import format_km
+
+SPLITS = ("train", "val", "test")
+
+
+def mlflow_ref(tracking_uri: str, run_id: str) -> dict:
+    """Where the run is, and how to look at it: the UI command when embedded, the server's URL otherwise."""
+    mlflow = shlex.quote(str(Path(sys.executable).with_name("mlflow")))  # the environment's own: not on PATH
+    ui = f"{mlflow} ui --backend-store-uri {tracking_uri}" if tracking_uri.startswith("sqlite") else tracking_uri
+    return {"tracking_uri": tracking_uri, "run_id": run_id, "ui": ui}
+
+
+def dataset_ref(data) -> dict:
+    return {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri}
+
+
+def job_summary(job_id: str, data, mlflow: dict, registration, evaluation, fitted) -> dict:
+    """A job that registered a model: `data` its verified dataset, `fitted` its FitResult."""
+    return {
+        "job_id": job_id,
+        "dataset": dataset_ref(data),
+        "model": registration.to_dict(),
+        "mlflow": mlflow,
+        "training": {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
+                     "best_checkpoint": str(fitted.best_checkpoint), "fit_s": round(fitted.fit_s, 3)},
+        "metrics": evaluation.metrics,
+        "baselines": evaluation.baselines,
+        "sessions": {split: int(len(data.indices(split))) for split in SPLITS},
+    }
+
+
+def replayed_summary(job_id: str, data, mlflow: dict, registration, card: dict) -> dict:
+    """What a replayed job reports: the version an earlier job registered (its card), nothing trained again."""
+    return {
+        "job_id": job_id,
+        "already_registered_by": card["training"]["job_id"],
+        "dataset": dataset_ref(data),
+        "model": registration.to_dict(),
+        "mlflow": mlflow,
+        "training": {"epochs_run": card["training"]["epochs_run"], "best_epoch": card["training"]["best_epoch"]},
+        "metrics": card["metrics"],
+        "baselines": {},
+        "sessions": card["training"]["sessions"],
+    }
 
 
 def format_summary(result: dict) -> str:

@@ -26,34 +26,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service.jobs.database import Database
+from service.jobs.database import DEFAULT_TIMEOUT_S, Database
 from service.jobs.queries import JobQueries, get_job, live_job_by_key
 from service.jobs.tables import (
-    LEGAL_TRANSITIONS,
-    LIVE,
-    AcceptResult,
-    IllegalTransition,
-    Job,
-    JobStatus,
-    JobStoreError,
-    JobStoreUnavailable,
-    LostClaim,
-    OutboxMessage,
-    UnknownJob,
-    idempotency_key,
-    job_from_row,
-    jobs,
-    outbox,
-    outbox_values,
-    processed_events,
-    utcnow,
+    LEGAL_TRANSITIONS, LIVE, AcceptResult, IllegalTransition, Job, JobStatus, JobStoreError, JobStoreUnavailable,
+    LostClaim, NoJobStore, OutboxMessage, UnknownJob, idempotency_key, job_from_row, jobs, outbox, outbox_values,
+    processed_events, utcnow,
 )
 
 ACCEPT_TRIES = 3  # an IntegrityError means another replica won a race: re-read, at most this often
 
 __all__ = [
     "AcceptResult", "IllegalTransition", "Job", "JobStatus", "JobStore", "JobStoreError",
-    "JobStoreUnavailable", "LostClaim", "OutboxMessage", "UnknownJob", "idempotency_key", "utcnow",
+    "JobStoreUnavailable", "LostClaim", "NoJobStore", "OutboxMessage", "UnknownJob", "idempotency_key", "utcnow",
 ]
 
 
@@ -62,10 +47,11 @@ def _lock_key(text: str) -> int:
 
 
 class JobStore:
-    def __init__(self, url: str):
-        self.db = Database(url)
-        self.engine, self.transaction, self.migrate, self.close = (self.db.engine, self.db.transaction,
-                                                                   self.db.migrate, self.db.close)
+    def __init__(self, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, create: bool = True):
+        """timeout_s: the deadline of every call. create=False: an existing store only (for reading it)."""
+        self.db = db = Database(url, timeout_s=timeout_s, create=create)
+        self.engine, self.transaction, self.close = db.engine, db.transaction, db.close
+        self.migrate, self.check_schema = db.migrate, db.check_schema
         self.read = JobQueries(self.db)  # everything that only reads
 
     # --- accepting triggers -------------------------------------------------------------
@@ -237,11 +223,14 @@ class JobStore:
         return self._release(job_id, worker_id, JobStatus.CANCELLED, messages, now, cancel_reason=reason)
 
     def requeue(self, job_id: str, worker_id: str, *, not_before: datetime, error: dict[str, Any] | None = None,
-                messages: Iterable[OutboxMessage] = (), now: datetime | None = None) -> Job:
+                messages: Iterable[OutboxMessage] = (), now: datetime | None = None,
+                keep_attempt: bool = False) -> Job:
         """RUNNING -> QUEUED, claim released: a retry after backoff, or a job handed back at
-        shutdown (not_before=now). Raises IllegalTransition, LostClaim, UnknownJob, JobStoreUnavailable."""
+        shutdown (not_before=now, keep_attempt: a graceful stop is no failure, so rolling deploys
+        never use up a job's attempts). Raises IllegalTransition, LostClaim, UnknownJob, JobStoreUnavailable."""
+        given_back = {"attempt": jobs.c.attempt - 1} if keep_attempt else {}
         return self._release(job_id, worker_id, JobStatus.QUEUED, messages, now,
-                             not_before=not_before, error=error, claimed_by=None)
+                             not_before=not_before, error=error, claimed_by=None, **given_back)
 
     def _release(self, job_id, worker_id, to: JobStatus, messages, now, **values) -> Job:
         with self.transaction(write=True) as conn:

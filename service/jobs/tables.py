@@ -2,7 +2,9 @@
 the store hands out, and the tables behind them.
 
 Errors (HeimdallError <- JobStoreError):
- ├── JobStoreUnavailable   database unreachable or busy: try again          (retryable=True)
+ ├── JobStoreUnavailable   database unreachable, busy or not answering in time: try again (retryable=True)
+ ├── NoJobStore            the database answers but holds no job store at this schema version:
+ │                         never migrated, a mistyped URL, another version's schema (retryable=False)
  ├── UnknownJob            no job with that id
  └── IllegalTransition     the transition table forbids it (a bug or a lost race)
       └── LostClaim        the job is RUNNING for another worker: stop, publish nothing
@@ -100,6 +102,10 @@ class JobStoreError(HeimdallError):
 
 class JobStoreUnavailable(JobStoreError):
     retryable = True
+
+
+class NoJobStore(JobStoreError):
+    retryable = False
 
 
 class UnknownJob(JobStoreError):

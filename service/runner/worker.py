@@ -1,11 +1,13 @@
 """The worker: claims one job at a time and runs it in a child process until it ends.
 
 Each job ends in exactly one of model.registered, a final training.failed, or training.cancelled,
-written to the outbox in the same transaction as the job's last state change. A shutdown puts
-the job back in the queue after the child has checkpointed; a crash (kill -9) leaves a lease that
-expires, and whichever replica claims the job next resumes it from the checkpoint. Nothing that
-goes wrong around a job (a bug, the store away, a bad result) leaves it running forever: after
-`max_attempts` the job ends with a final training.failed that says why.
+written to the outbox in the same transaction as the job's last state change (`outcomes.py`),
+retried until the store answers. A shutdown puts the job back in the queue after the child has
+checkpointed, with its attempt given back; a crash (kill -9) leaves a lease that expires, and
+whichever replica claims the job next resumes it from the checkpoint. A child that says nothing
+for `child_silence_s` (stopped, deadlocked) is killed and the job retried. Nothing that goes wrong
+around a job (a bug, a bad result) leaves it running forever: after `max_attempts` the job ends
+with a final training.failed that says why.
 """
 
 from __future__ import annotations
@@ -13,36 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import time
-from datetime import timedelta
-
-from pydantic import ValidationError
 
 from foundation.child_protocol import (ChildMessage, Failure, JobSpec, PermitRequest, Progress, Started, StopReason,
                                        write_spec)
 from foundation.errors import HeimdallError
-from foundation.exit_codes import EXIT_INTERRUPTED
 from foundation.logs import log_event
 from foundation.settings import Settings
 from messages import TrainingProgress, TrainingStarted, make_event
-from service.jobs.events import cancelled_message, failed_message, outbox, registered_message
+from service.jobs.events import failed_message, outbox
 from service.jobs.store import Job, JobStore, LostClaim, utcnow
 from service.metrics import ServiceMetrics
 from service.runner.child_process import Outcome, TrainingProcess
 from service.runner.job_command import job_spec
+from service.runner.outcomes import OutcomeRecorder, abandoned_failure
 from service.runner.warm_spare import WarmSpare
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 2.0
-
-
-def abandoned_failure(job: Job) -> Failure:
-    """Why a job whose lease expired on its last attempt is over (its worker died every time)."""
-    return Failure(stage="train", error_type="WorkerLost", retryable=False,
-                   message=f"the worker running attempt {job.attempt} stopped renewing its lease (killed or frozen); "
-                           f"{job.attempt} attempts used")
+RECORD_RETRY_FIRST_S, RECORD_RETRY_MAX_S = 0.5, 30.0  # recording an outcome: backoff while the store is away
 
 
 class JobRunner:
@@ -54,6 +46,8 @@ class JobRunner:
         self.stopping = False
         self.current: tuple[Job, TrainingProcess] | None = None
         self.stop_reason: StopReason | None = None
+        self.last_heard = 0.0  # monotonic time of the running child's last protocol message
+        self.recorder = OutcomeRecorder(settings, store)
         self.spare = WarmSpare(settings, command=spare_command, on_ready=metrics.warm_spare_ready.set) \
             if settings.warm_spare else None  # spare_command: `python -m training` unless a test's stand-in
 
@@ -74,7 +68,8 @@ class JobRunner:
                     pass
             elif self.stopping:  # claimed while shutting down: hand it straight back (or its lease expires)
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow())
+                    await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow(),
+                                            keep_attempt=True)
             else:
                 await self.run_guarded(job)
                 await self.start_spare()
@@ -109,7 +104,7 @@ class JobRunner:
             failure = Failure.of(exc, prefix="worker: ").model_copy(
                 update={"retryable": getattr(exc, "retryable", True)})
             try:
-                outcome_name = await asyncio.to_thread(self.record_failure, job, failure)
+                outcome_name = await asyncio.to_thread(self.recorder.record_failure, job, failure)
             except Exception:  # the store is away too: the lease expires and the claim cap ends the job
                 log.exception("could not record the failure", extra={"fields": {"job_id": job.id}})
                 outcome_name = "worker-error"
@@ -132,7 +127,9 @@ class JobRunner:
     def _stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
-            if self.current:
+            if self.current and reason is StopReason.SILENT:
+                self.current[1].signal(signal.SIGKILL)  # stopped or stuck: it would never checkpoint
+            elif self.current:
                 asyncio.get_running_loop().create_task(self.current[1].stop(self.settings.shutdown_grace_s))
 
     async def run_job(self, job: Job, started: float) -> None:
@@ -144,11 +141,12 @@ class JobRunner:
         process = None
         try:
             process = await self.start_child(await asyncio.to_thread(job_spec, self.settings, job))
-            self.current = (job, process)
+            self.current, self.last_heard = (job, process), time.monotonic()
             if self.stop_reason:  # a cancel or a lost claim arrived while the child was starting
                 asyncio.get_running_loop().create_task(process.stop(self.settings.shutdown_grace_s))
             last_progress = 0.0
             async for message in process.messages():
+                self.last_heard = time.monotonic()
                 last_progress = await self.on_message(job, process, message, last_progress)
             outcome = await process.wait()
         finally:
@@ -221,12 +219,28 @@ class JobRunner:
                 self._stop(StopReason.CANCEL)
             elif time.monotonic() - started > self.settings.job_timeout_s:
                 self._stop(StopReason.TIMEOUT)
+            elif self.current and time.monotonic() - self.last_heard > self.settings.child_silence_s:
+                self._stop(StopReason.SILENT)
 
     async def finish(self, job: Job, outcome: Outcome, stop_reason: StopReason | None, started: float) -> None:
-        try:
-            outcome_name = await asyncio.to_thread(self.record_outcome, job, outcome, stop_reason)
-        except LostClaim:
-            outcome_name = "lost-claim"  # another replica owns the job now; it will report it
+        """Record how the job ended, retried until the store answers: a registered model always ends
+        in model.registered, never in a failure because the store was away at that moment."""
+        delay_s = RECORD_RETRY_FIRST_S
+        while True:
+            try:
+                outcome_name = await asyncio.to_thread(self.recorder.record_outcome, job, outcome, stop_reason)
+                break
+            except LostClaim:
+                outcome_name = "lost-claim"  # another replica owns the job now; it will report it
+                break
+            except Exception as exc:  # the store away: the outcome is kept here until it answers
+                if self.stopping:  # handed over: the lease lapses, and the next claim finds the registered model
+                    outcome_name = "unrecorded"
+                    break
+                log.warning("outcome not recorded, retrying in %.1f s: %s", delay_s, exc,
+                            extra={"fields": {"job_id": job.id, "event": "record retry"}})
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
         self.done(job, outcome_name, outcome, started)
 
     def done(self, job: Job, outcome_name: str, outcome: Outcome, started: float) -> None:
@@ -236,50 +250,3 @@ class JobRunner:
                   elapsed_s=round(elapsed, 2))
         self.on_messages()
         self.wake.set()
-
-    def record_outcome(self, job: Job, outcome: Outcome, stop_reason: StopReason | None) -> str:
-        me = self.settings.replica_id
-        if stop_reason is StopReason.LOST_CLAIM:
-            return "lost-claim"
-        if outcome.returncode == 0 and outcome.result is not None:  # it finished: a late cancel changes nothing
-            try:
-                message = registered_message(job, outcome.result)
-            except (ValidationError, KeyError, TypeError) as exc:
-                return self.record_failure(job, Failure(
-                    stage="register", error_type="InvalidResult", retryable=False,
-                    message=f"the job's result is not a valid model.registered: {exc}"))
-            self.store.finish_succeeded(job.id, me, outcome.result, [message])
-            return "succeeded"
-        if stop_reason is StopReason.SHUTDOWN:
-            self.store.requeue(job.id, me, not_before=utcnow())
-            return "requeued"
-        if stop_reason is StopReason.CANCEL:
-            fresh = self.store.read.get(job.id)
-            reason = (fresh and fresh.cancel_reason) or "cancelled"
-            self.store.finish_cancelled(job.id, me, reason, [cancelled_message(job, reason)])
-            return "cancelled"
-        return self.record_failure(job, self.failure_of(outcome, stop_reason))
-
-    def failure_of(self, outcome: Outcome, stop_reason: StopReason | None) -> Failure:
-        if stop_reason is StopReason.TIMEOUT:
-            return Failure(stage="train", error_type="TimeLimitExceeded", retryable=False,
-                           message=f"stopped after the {self.settings.job_timeout_s:.0f} s time limit")
-        if outcome.returncode == EXIT_INTERRUPTED:  # interrupted, but not by us: retried like a crash
-            return Failure(stage="train", error_type="Interrupted", retryable=True,
-                           message="the training process was stopped by SIGTERM that the service did not send")
-        return outcome.failure or Failure(
-            stage="train", error_type=f"ExitCode{outcome.returncode}", retryable=outcome.returncode < 0,
-            message=" | ".join(outcome.log_tail[-3:])[-1000:] or "the training process died")
-
-    def record_failure(self, job: Job, failure: Failure) -> str:
-        me = self.settings.replica_id
-        retry = failure.retryable and job.attempt < self.settings.max_attempts
-        log_event(log, "job failure", job_id=job.id, attempt=job.attempt, will_retry=retry, **failure.model_dump())
-        message = failed_message(job, failure, retryable=retry)
-        if retry:
-            delay = self.settings.retry_backoff_s * 2 ** (job.attempt - 1) * random.uniform(0.8, 1.2)
-            self.store.requeue(job.id, me, not_before=utcnow() + timedelta(seconds=delay), error=failure.model_dump(),
-                               messages=[message])
-            return "retrying"
-        self.store.finish_failed(job.id, me, failure.model_dump(), [message])
-        return "failed"

@@ -111,7 +111,8 @@ def rate_rows(root: Path, state_dir: Path) -> list[dict]:
     from foundation.train_config import TrainConfig
     from foundation.settings import Settings
     from training.fit import build_loaders
-    from training.pipeline import build_module, open_dataset
+    from training.neural.builder import new_module
+    from training.pipeline import open_dataset
 
     uri = dataset(root, "speed-rates-3k", RATE_SESSIONS, 1024)
     rows = []
@@ -121,7 +122,7 @@ def rate_rows(root: Path, state_dir: Path) -> list[dict]:
         data = open_dataset(Settings(state_dir=state_dir), config, uri)
         train, _ = build_loaders(data, config)
         loader = loader_rate(train)
-        model = model_rate(build_module(data, config, None), next(iter(train)), device)
+        model = model_rate(new_module(data, config), next(iter(train)), device)
         rows.append({"preset": preset, "device": device, "batch_size": config.batch_size,
                      "num_workers": config.num_workers, "loader_per_s": loader, "model_per_s": model})
     return rows

@@ -1,8 +1,7 @@
 """The training job end to end, against a real S3 server (SeaweedFS) and a real `mlflow server`.
 
 One tiny job trains on a synthetic dataset stored in S3; the tests then check every promise of
-`model.md` on what it published, register twice more to exercise the champion gate, and resume
-a fit from its checkpoint.
+`model.md` on what it published, and register twice more to exercise the champion gate.
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from foundation.child_protocol import JobSpec
 from foundation.train_config import TrainConfig
-from training.pipeline import JobOptions, open_dataset, run_job
+from training.pipeline import open_dataset, run_job
 from foundation.settings import S3Settings, Settings
 from training.datasets.synth import SynthConfig, synthesize_dataset
 
@@ -43,8 +43,8 @@ def s3_dataset_uri(server_settings) -> str:
 
 @pytest.fixture(scope="module")
 def first_job(server_settings, s3_dataset_uri, tmp_path_factory) -> dict:
-    options = JobOptions(data_uri=s3_dataset_uri, checkpoint_dir=tmp_path_factory.mktemp("ckpt"))
-    return run_job(server_settings, TINY, options)
+    spec = JobSpec(data_uri=s3_dataset_uri, config=TINY, checkpoint_dir=tmp_path_factory.mktemp("ckpt"))
+    return run_job(server_settings, spec)
 
 
 def s3_read(settings: Settings, uri: str) -> bytes:
@@ -104,7 +104,7 @@ def test_onnx_runs_on_dataset_sessions_with_the_contract_inputs(server_settings,
 
 
 def test_a_replayed_job_returns_the_registered_version_without_training(server_settings, s3_dataset_uri, first_job):
-    replay = run_job(server_settings, TINY, JobOptions(data_uri=s3_dataset_uri))
+    replay = run_job(server_settings, JobSpec(data_uri=s3_dataset_uri, config=TINY))
     assert replay["already_registered_by"] == first_job["job_id"]
     assert replay["model"]["model_version"] == 1
     assert replay["model"]["onnx"] == first_job["model"]["onnx"]
@@ -125,7 +125,7 @@ def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_d
 
     # Registering the same checkpoint again: as good as the champion, so it is promoted.
     best = Path(first_job["training"]["best_checkpoint"])
-    again = run_job(server_settings, TINY, JobOptions(data_uri=s3_dataset_uri, export_only=True, checkpoint=best))
+    again = run_job(server_settings, JobSpec(data_uri=s3_dataset_uri, config=TINY, export_only=True, checkpoint=best))
     assert again["model"]["model_version"] == 2 and again["model"]["promoted"]
     assert again["model"]["champion_median_error_m"] == pytest.approx(again["metrics"]["median_error_m"], rel=1e-6)
 
@@ -146,30 +146,20 @@ def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_d
     assert client.get_model_version_by_alias(server_settings.model_name, "candidate").version == "3"
 
 
-def test_resume_training_restores_epoch_optimizer_and_scheduler(tmp_path, example_dataset):
-    from pytorch_lightning.loggers import MLFlowLogger
+def test_export_only_refuses_a_checkpoint_of_another_preset_before_any_run(server_settings, s3_dataset_uri,
+                                                                           first_job):
+    from mlflow import MlflowClient
 
-    from training.fit import fit
-    from training.pipeline import build_module
+    from foundation.errors import ConfigError
 
-    settings = Settings(state_dir=tmp_path)
-    config = TINY.model_copy(update={"epochs": 2, "min_labelled_sessions": 10, "batch_size": 8})
-    data = open_dataset(settings, config, str(example_dataset))
-    logger = MLFlowLogger(experiment_name="resume", tracking_uri=settings.mlflow_tracking_uri,
-                          artifact_location=settings.mlflow_artifacts_uri)
-    first = fit(build_module(data, config, None), data, config, tmp_path / "ckpt", logger, None)
-    state = torch.load(first.last_checkpoint, weights_only=False)
-    assert state["epoch"] == 1 and first.epochs_run == 2
-    steps_per_epoch = state["global_step"] // 2
-
-    longer = config.model_copy(update={"epochs": 4})
-    resumed = fit(build_module(data, longer, None), data, longer, tmp_path / "ckpt", logger, first.last_checkpoint)
-    after = torch.load(resumed.last_checkpoint, weights_only=False)
-    assert after["epoch"] == 3 and resumed.epochs_run == 4
-    assert after["global_step"] == 4 * steps_per_epoch, "resumed from scratch instead of from epoch 2"
-    optimizer_steps = {s["step"].item() for s in after["optimizer_states"][0]["state"].values()}
-    assert optimizer_steps == {4 * steps_per_epoch}, "AdamW moments were not restored"
-    assert after["lr_schedulers"][0]["last_epoch"] == 4 * steps_per_epoch
+    client = MlflowClient(server_settings.mlflow_tracking_uri)
+    runs = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    best = Path(first_job["training"]["best_checkpoint"])
+    for config, named in ((TrainConfig(preset="radio-map"), "is not a radio map"),
+                          (TINY.model_copy(update={"preset": "small"}), "holds a 'tiny' network")):
+        with pytest.raises(ConfigError, match=named):
+            run_job(server_settings, JobSpec(data_uri=s3_dataset_uri, config=config, export_only=True, checkpoint=best))
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == runs
 
 
 class StoreFailingOn:

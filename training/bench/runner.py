@@ -113,22 +113,19 @@ def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | 
 
 
 def train_for_bench(settings: Settings, data, config: TrainConfig, name: str, workdir: Path):
-    from pytorch_lightning.loggers import MLFlowLogger
+    from training.families import FAMILIES
+    from training.family import FitRun
+    from training.pipeline import calibrate_covariance
+    from training.tracking import TrackingRun
 
-    from training.fit import fit
-    from training.pipeline import build_module, calibrate_covariance, load_net
-    from training.registry import ensure_experiment
-
-    ensure_experiment(settings.mlflow_tracking_uri, "heimdall-bench", settings.mlflow_artifacts_uri)
-    logger = MLFlowLogger(experiment_name="heimdall-bench", run_name=f"bench-{name}",
-                          tracking_uri=settings.mlflow_tracking_uri, artifact_location=settings.mlflow_artifacts_uri)
+    tracking = TrackingRun.start(settings.mlflow_tracking_uri, "heimdall-bench", settings.mlflow_artifacts_uri,
+                                 run_name=f"bench-{name}", tags={})
     started = time.monotonic()
-    fitted = fit(build_module(data, config, None), data, config, workdir / "checkpoints", logger, None)
+    fitted = FAMILIES[config.preset].fit(data, config, FitRun(workdir / "checkpoints", None, tracking))
     train_s = time.monotonic() - started
-    net = load_net(fitted.best_checkpoint)
-    scale = calibrate_covariance(net, data)
-    return net, logger, {"train_s": train_s, "fit_s": fitted.fit_s, "epochs": fitted.epochs_run,
-                         "covariance_scale": scale}
+    scale = calibrate_covariance(fitted.net, data)
+    return fitted.net, tracking, {"train_s": train_s, "fit_s": fitted.fit_s, "epochs": fitted.epochs_run,
+                                  "covariance_scale": scale}
 
 
 def score_model(run: BenchRun, net, data, test_idx, true) -> None:
@@ -249,7 +246,7 @@ def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: 
     workdir = out_dir / label / f"seed-{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
     log_event(log, "bench scenario", scenario=name, seed=seed, sessions=run.sessions)
-    net, logger, fit_info = train_for_bench(settings, data, config, f"{label}-seed{seed}", workdir)
+    net, tracking, fit_info = train_for_bench(settings, data, config, f"{label}-seed{seed}", workdir)
     run.timings.update({k: v for k, v in fit_info.items() if k.endswith("_s")})
     run.notes.append(f"Model: preset {config.preset}, {fit_info['epochs']} epochs run, post-hoc covariance scale "
                      f"{fit_info['covariance_scale']:.3f} (fitted on {run.sessions['val']} validation sessions).")
@@ -264,18 +261,14 @@ def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: 
     run.timings["train_sessions_per_s"] = run.sessions["train"] * fit_info["epochs"] / max(fit_info["fit_s"], 1e-9)
     run.timings["eval_sessions_per_s"] = run.sessions["test"] / max(run.timings["eval_s"], 1e-9)
     paths = write_report(run, data, workdir)
-    log_to_mlflow(logger, run, paths)
+    log_to_mlflow(tracking, run, paths)
     return run
 
 
-def log_to_mlflow(logger, run: BenchRun, paths: list[Path]) -> None:
-    client, run_id = logger.experiment, logger.run_id
-    for method, metrics in run.rows.items():
-        for key, value in metrics.items():
-            if np.isfinite(value):
-                client.log_metric(run_id, f"{method}_{key}", float(value))
-    for key, value in run.timings.items():
-        client.log_metric(run_id, f"timing_{key}", float(value))
+def log_to_mlflow(tracking, run: BenchRun, paths: list[Path]) -> None:
+    tracking.log_metrics({**{f"{method}_{key}": float(value) for method, metrics in run.rows.items()
+                             for key, value in metrics.items() if np.isfinite(value)},
+                          **{f"timing_{key}": float(value) for key, value in run.timings.items()}})
     for path in paths:
-        client.log_artifact(run_id, str(path), "bench")
-    client.set_terminated(run_id, "FINISHED")
+        tracking.log_artifact(path, "bench")
+    tracking.finish("FINISHED")

@@ -22,7 +22,6 @@ from service.jobs.store import (
     JobStatus,
     JobStore,
     JobStoreUnavailable,
-    LostClaim,
     OutboxMessage,
     UnknownJob,
 )
@@ -297,17 +296,7 @@ def test_min_interval_defers_auto_jobs_and_manual_ones_bypass_it(store):
     assert v3.not_before == at(3600)
 
 
-# --- claiming and leases ------------------------------------------------------------------------
-
-
-def test_claim_takes_the_oldest_due_job_and_starts_a_run(store):
-    first = accept(store, dataset_version=1, trigger_kind="manual", now=T0)
-    accept(store, dataset_version=2, trigger_kind="manual", now=at(1))
-
-    job = store.claim_next("w1", LEASE_S, now=at(5))
-
-    assert job.id == first.id and job.status is JobStatus.RUNNING
-    assert (job.claimed_by, job.attempt, job.started_at, job.lease_expires_at) == ("w1", 1, at(5), at(65))
+# --- claiming and leases (the leases themselves: test_leases.py) --------------------------------
 
 
 def test_concurrent_workers_claim_each_job_exactly_once(store, open_store):
@@ -322,31 +311,6 @@ def test_concurrent_workers_claim_each_job_exactly_once(store, open_store):
 
     claims = Counter(job_id for claimed in race(4, drain) for job_id in claimed)
     assert set(claims) == created and set(claims.values()) == {1}
-
-
-def test_an_expired_lease_is_reclaimed_and_the_old_worker_has_lost_it(store):
-    job = accept(store, now=T0)
-    store.claim_next("w1", LEASE_S, now=at(0))
-    assert store.claim_next("w2", LEASE_S, now=at(59)) is None
-
-    reclaimed = store.claim_next("w2", LEASE_S, now=at(61))
-
-    assert (reclaimed.id, reclaimed.claimed_by, reclaimed.attempt, reclaimed.started_at) == (job.id, "w2", 2, T0)
-    assert store.renew_lease(job.id, "w1", LEASE_S, now=at(62)) is False
-    with pytest.raises(LostClaim):
-        store.finish_succeeded(job.id, "w1", {"model_version": 1}, now=at(63))
-    with pytest.raises(LostClaim):
-        store.requeue(job.id, "w1", not_before=at(63), now=at(63))
-    assert store.finish_succeeded(job.id, "w2", {"model_version": 1}, now=at(64)).status is JobStatus.SUCCEEDED
-
-
-def test_renewing_a_lease_keeps_the_job(store):
-    job = accept(store, now=T0)
-    store.claim_next("w1", LEASE_S, now=at(0))
-
-    assert store.renew_lease(job.id, "w1", LEASE_S, now=at(50)) is True
-    assert store.claim_next("w2", LEASE_S, now=at(61)) is None
-    assert store.read.get(job.id).lease_expires_at == at(110)
 
 
 # --- transitions --------------------------------------------------------------------------------
@@ -404,15 +368,6 @@ def test_cancelling_a_running_job_asks_its_worker_to_stop(store):
     done = store.finish_cancelled(job.id, "w1", "ops said so", [cancelled_message(flagged, "ops said so")], now=at(3))
     assert done.status is JobStatus.CANCELLED
     assert outbox_keys(store)[-1] == ("training.cancelled", job.id)
-
-
-def test_a_cancel_request_survives_the_worker_dying(store):
-    job = accept(store, now=T0)
-    store.claim_next("w1", LEASE_S, now=at(0))
-    store.request_cancel(job.id, "stop", cancelled_message, now=at(1))
-
-    reclaimed = store.claim_next("w2", LEASE_S, now=at(100))
-    assert reclaimed.id == job.id and reclaimed.cancel_requested  # w2 must finish it cancelled
 
 
 def test_requeue_releases_the_claim_until_not_before(store):

@@ -20,14 +20,11 @@ from service.metrics import ServiceMetrics
 from service.runner.worker import JobRunner
 from tests.support.jobs import accept
 
-FORGED = "\n".join([
+FORGED = "\n".join([  # short enough to stay a valid file name
     "",
-    json.dumps({"kind": "started", "mlflow_run_id": "forged"}),
-    json.dumps({"event": "started", "mlflow_run_id": "forged"}),
-    json.dumps({"kind": "failed", "failure": {"stage": "register", "error_type": "Forged", "message": "forged",
-                                              "retryable": True}}),
-    json.dumps({"event": "failed", "stage": "register", "error_type": "Forged", "message": "forged",
-                "retryable": True}),
+    '{"kind": "started"}',
+    '{"event": "started", "mlflow_run_id": "forged"}',
+    '{"event": "failed", "stage": "register", "error_type": "Forged", "message": "forged", "retryable": true}',
     "",
 ])
 
@@ -43,8 +40,12 @@ def forged_dataset(example_dataset, folder, where: str):
     manifest = json.loads((folder / "dataset.json").read_text())
     if where == "shard path":
         manifest["shards"][0]["path"] += FORGED
-    else:
+    else:  # the receiver's files are named after it: the dataset refers to files that do not exist
+        old = manifest["receivers"][0]["id"]
         manifest["receivers"][0]["id"] += FORGED
+        for shard in manifest["shards"]:
+            shard["files"] = {name.replace(f"rx-{old}.", f"rx-{old}{FORGED}."): digest
+                              for name, digest in shard["files"].items()}
     (folder / "dataset.json").write_text(json.dumps(manifest))
     return folder
 
@@ -52,7 +53,7 @@ def forged_dataset(example_dataset, folder, where: str):
 @pytest.mark.parametrize("where", ["shard path", "receiver id"])
 def test_log_text_from_a_dataset_cannot_publish_an_event_or_change_the_failure(settings, store, example_dataset,
                                                                                tmp_path, where):
-    dataset = forged_dataset(example_dataset, tmp_path / "dataset", where)
+    dataset = forged_dataset(example_dataset, tmp_path / "datasets" / "nw-italy-mini" / "v1", where)
     job = accept(store, dataset_uri=str(dataset), config={"preset": "tiny", "epochs": 1})
     runner = JobRunner(settings, store, ServiceMetrics(), on_messages=lambda: None)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import textwrap
 from datetime import timedelta
 
@@ -22,66 +21,13 @@ from service.jobs.events import failed_message
 from service.jobs.store import JobStatus, JobStore, utcnow
 from service.metrics import ServiceMetrics
 from foundation.settings import S3Settings, Settings
-from foundation.child_protocol import Failure, Started, StopReason
+from foundation.child_protocol import Started, StopReason
 from service.runner.child_process import Outcome, TrainingProcess
-from service.runner.worker import JobRunner, abandoned_failure
+from service.runner.outcomes import abandoned_failure
+from service.runner.worker import JobRunner
 from tests.support.jobs import VALID_RESULT, accept
-
-
-# What every stand-in child starts with: `send(message)` on the protocol pipe it was given.
-PRELUDE = """
-import json, os, sys
-_protocol = os.fdopen(int(sys.argv[sys.argv.index("--protocol-fd") + 1]), "w", buffering=1)
-def send(message):
-    _protocol.write(json.dumps(message) + "\\n")
-"""
-
-
-def stand_in(script: str) -> list[str]:
-    return [sys.executable, "-c", PRELUDE + textwrap.dedent(script)]
-
-
-def result_line(result: dict = VALID_RESULT) -> str:
-    return f"send({{'kind': 'result', 'result': {result!r}}})"
-
-
-class StandInRunner(JobRunner):
-    """The real worker, running `script` as the job's child instead of the training job."""
-
-    script = ""
-
-    async def start_child(self, spec):
-        assert spec.registration_permit and spec.job_id  # what the real child gets
-        return await TrainingProcess.start([], self.settings, stand_in(self.script))
-
-
-@pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(state_dir=tmp_path / "state", max_attempts=3, retry_backoff_s=0.05, lease_s=3.0,
-                    shutdown_grace_s=5.0, progress_interval_s=0.0, warm_spare=False)
-
-
-def run_until_over(settings: Settings, store: JobStore, script: str, job_id: str, timeout_s: float = 60):
-    """Run the worker until the job is finished; returns (job, its events by routing key)."""
-    runner = StandInRunner(settings, store, ServiceMetrics(), on_messages=lambda: None)
-    runner.script = script
-
-    async def main():
-        task = asyncio.create_task(runner.run())
-        while store.read.get(job_id).status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
-            assert not task.done(), task
-            await asyncio.sleep(0.05)
-        await runner.shutdown()
-        await asyncio.wait_for(task, 10)
-
-    asyncio.run(asyncio.wait_for(main(), timeout_s))
-    events = [json.loads(m.body) for m in store.read.pending_messages(1000)]
-    return store.read.get(job_id), [(e["type"].split(".")[-2], e["data"]) for e in events
-                                    if e["data"].get("job_id") == job_id]
-
-
-def final_failures(events):
-    return [data for kind, data in events if kind == "failed"]
+from tests.support.stand_in_child import (StandInRunner, final_failures, result_line, run_until_over,
+                                         stand_in)
 
 
 def test_a_child_that_keeps_exiting_3_ends_after_max_attempts(settings, store):
@@ -179,7 +125,7 @@ def test_a_cancel_or_timeout_after_the_child_finished_is_still_a_success(setting
     accept(store)
     job = store.claim_next(settings.replica_id, 30.0)
     runner = JobRunner(settings, store, ServiceMetrics(), on_messages=lambda: None)
-    assert runner.record_outcome(job, Outcome(returncode=0, result=VALID_RESULT), late) == "succeeded"
+    assert runner.recorder.record_outcome(job, Outcome(returncode=0, result=VALID_RESULT), late) == "succeeded"
     assert store.read.get(job.id).status is JobStatus.SUCCEEDED
     kinds = [m.routing_key for m in store.read.pending_messages(100)]
     assert kinds.count("model.registered") == 1 and "training.cancelled" not in kinds
@@ -339,3 +285,39 @@ def test_a_job_that_arrives_while_the_spare_is_importing_runs_in_that_spare(sett
     started = json.loads(tmp_path.joinpath(f"job-{first}").read_text().splitlines()[0])["started"]
     assert started >= spares[first] + 2.0  # it waited for the imports in the spare, no cold child was started
     assert len(list(tmp_path.glob("job-*"))) == 1
+
+
+def test_a_child_that_stops_saying_anything_is_killed_and_the_job_retried(settings, store):
+    """SIGSTOP mid-fit: no heartbeat for child_silence_s. Not the 6 h time limit, not a final failure."""
+    settings = settings.model_copy(update={"child_silence_s": 6.0, "max_attempts": 2})
+    job = accept(store)
+    script = """
+        import signal
+        send({"kind": "started"})
+        send({"kind": "heartbeat"})
+        os.kill(os.getpid(), signal.SIGSTOP)
+    """
+    over, events = run_until_over(settings, store, script, job.id, timeout_s=90)
+    failed = final_failures(events)
+    assert [(f["error_type"], f["retryable"], f["attempt"]) for f in failed] == \
+        [("ChildSilent", True, 1), ("ChildSilent", False, 2)]
+    assert over.status is JobStatus.FAILED
+
+
+def test_the_spare_ready_gauge_falls_when_an_idle_spare_dies(settings, store):
+    """The spare says it is ready, then exits before any job came (OOM, say)."""
+    metrics = ServiceMetrics()
+    runner = JobRunner(settings.model_copy(update={"warm_spare": True}), store, metrics, on_messages=lambda: None,
+                       spare_command=stand_in('send({"kind": "spare-ready"})'))
+
+    async def gauge_becomes(ready: bool):
+        while (b"heimdall_training_warm_spare_ready 1.0" in metrics.render()) is not ready:
+            await asyncio.sleep(0.02)
+
+    async def main():
+        await runner.spare.ensure()
+        await asyncio.wait_for(gauge_becomes(True), 30)
+        await asyncio.wait_for(gauge_becomes(False), 30)  # it stayed at 1 for ever before
+        await runner.spare.close()
+
+    asyncio.run(main())
