@@ -6,6 +6,7 @@
   serve   the event-driven service: consume triggers, run jobs, publish events
   ops     publish a manual training.requested or training.cancel
   jobs    list the jobs, or show one job's timeline
+  dead-letters  list the dead letters with their reasons, or re-drive them to their work queue
 
 On a terminal, synth, train and bench show their stages and a progress bar; elsewhere (or
 with --log-format json) they write JSON log lines on stderr. Results go to stdout.
@@ -109,6 +110,25 @@ def add_service(sub) -> None:
     listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
     listing.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     jobs.add_parser("show", help="one job's timeline, its model and its MLflow run").add_argument("job_id")
+
+
+def add_dead_letters(sub) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    actions = sub.add_parser("dead-letters", help="list or re-drive the dead-letter queues").add_subparsers(
+        dest="action", required=True)
+    listing = "per dead-letter queue: message id, original routing key, reason, age, detail"
+    actions.add_parser("list", formatter_class=raw, help=listing, description=listing.capitalize() + ".",
+                       epilog="example:\n  heimdall-training dead-letters list")
+    redrive = actions.add_parser(
+        "redrive", formatter_class=raw, help="back to the work queue they came from, each once",
+        description="Re-drive the dead letters that match every filter given (all of them with none) to the\n"
+                    "work queue they came from, each once; the others stay where they are. Run it as the ops\n"
+                    "user to keep an ops message's user_id (RabbitMQ accepts no other).",
+        epilog="examples:\n  heimdall-training dead-letters redrive --reason dataset-not-allowed\n"
+               "  heimdall-training dead-letters redrive --id 5f0c7c1e-7d8c-4a7e-9d55-2b8d2f6f3c11")
+    redrive.add_argument("--reason", help="x-heimdall-reason (e.g. unknown-dataset) or RabbitMQ's x-death reason "
+                         "(delivery_limit, expired, rejected, maxlen)")
+    redrive.add_argument("--id", dest="message_id", help="the message id (the event id)")
 
 
 def add_config_flags(parser) -> None:
@@ -228,8 +248,29 @@ def run_jobs(args, settings) -> int:
     return 0
 
 
+def run_dead_letters(args, settings) -> int:
+    import asyncio
+
+    from foundation.logs import configure_logging
+    from service import dead_letters
+    from service.jobs.tables import utcnow
+
+    configure_logging(None)
+    if args.action == "list":
+        print(dead_letters.dead_letters_table(asyncio.run(dead_letters.list_dead_letters(settings)), utcnow()))
+        return 0
+
+    def say(letter) -> None:
+        print(f"redriven {printable(letter.message_id or '-')} ({letter.reason}) to {letter.queue.name} "
+              f"as {letter.routing_key}")
+
+    counts = asyncio.run(dead_letters.redrive(settings, args.reason, args.message_id, on_redriven=say))
+    print(f"redriven {counts.redriven}, not matched {counts.kept}, not confirmed {counts.failed} (left in place)")
+    return EXIT_FAILED if counts.failed else 0
+
+
 COMMANDS = {"synth": run_synth, "train": run_train, "bench": run_bench, "serve": run_serve, "ops": run_ops,
-            "jobs": run_jobs}
+            "jobs": run_jobs, "dead-letters": run_dead_letters}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train(sub)
     add_bench(sub)
     add_service(sub)
+    add_dead_letters(sub)
     args = parser.parse_args(argv)
     from pydantic import ValidationError
 

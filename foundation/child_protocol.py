@@ -26,9 +26,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from foundation.errors import HeimdallError
+from foundation.logs import redact
 from foundation.train_config import TrainConfig
 
 STAGES = ("data", "train", "export", "register")  # the contract's stages; any other is reported as train
@@ -71,6 +72,11 @@ class Failure(Frozen):
     error_type: str
     message: str
     retryable: bool
+
+    @field_validator("message")
+    @classmethod
+    def _no_secrets(cls, message: str) -> str:  # an error's text may quote a URL with its credentials
+        return redact(message)
 
     @classmethod
     def of(cls, exc: BaseException, *, prefix: str = "") -> "Failure":

@@ -52,7 +52,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return redact(json.dumps(line, default=str))
 
 
 class _DropMessage(logging.Filter):
@@ -103,6 +103,31 @@ def counted(items: Iterable[T], *, total: int, unit: str, logger: logging.Logger
 
 
 # --- for people --------------------------------------------------------------------------
+
+
+_secrets: list[str] = []
+REDACTED = "***"
+MIN_SECRET_CHARS = 6
+
+
+def register_secrets(values) -> None:
+    """Secret strings (passwords, keys, credentials in URLs) that no log line, event or stored
+    failure may carry: `redact` replaces them. The settings register theirs when loaded. Values
+    under MIN_SECRET_CHARS are not: they would match ordinary words (a development `guest`)."""
+    _secrets[:] = sorted({v for v in [*_secrets, *values] if v and len(v) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def public_uri(uri: str) -> str:
+    """`uri` without the credentials in its user-info part (`https://user:pw@host` -> `https://host`)."""
+    scheme, sep, rest = uri.partition("://")
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{authority.rpartition('@')[2]}{slash}{path}" if sep else uri
 
 
 def printable(text: str) -> str:
@@ -198,11 +223,12 @@ class HumanHandler(logging.Handler):
         return record.getMessage() if record.name.startswith(OUR_LOGGERS) and not fields else None
 
     def _bar(self, text: str) -> None:
+        text = redact(text)
         self.stream.write(("\r\x1b[K" + text) if self.tty else text + "\n")
         self._bar_open = self.tty
         self.stream.flush()
 
     def _line(self, text: str) -> None:
-        self.stream.write(("\n" if self._bar_open else "") + text + "\n")
+        self.stream.write(("\n" if self._bar_open else "") + redact(text) + "\n")
         self._bar_open = False
         self.stream.flush()

@@ -24,6 +24,14 @@ PUBLISHED_MODE = 0o644
 PUBLISHED_DIR_MODE = 0o755
 
 
+class ObjectTooLarge(ValueError):
+    """An object larger than its reader allows, found so before it is read whole."""
+
+    def __init__(self, uri: str, max_bytes: int):
+        super().__init__(f"{uri} is larger than {max_bytes} bytes")
+        self.uri, self.max_bytes = uri, max_bytes
+
+
 @dataclass(frozen=True)
 class S3Credentials:
     endpoint_url: str | None = None
@@ -67,8 +75,10 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def read_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Raises FileNotFoundError, ObjectTooLarge (over max_bytes: at most max_bytes + 1 are read)."""
+        with open(self._path(key), "rb") as handle:
+            return _within(self.uri_of(key), handle.read(-1 if max_bytes is None else max_bytes + 1), max_bytes)
 
     def download(self, key: str, dest: Path) -> None:
         shutil.copyfile(self._path(key), dest)
@@ -160,9 +170,15 @@ class S3Store:
         except FileNotFoundError:
             return False
 
-    def read_bytes(self, key: str) -> bytes:
-        body = self._call(f"get {key}", self._client.get_object, Bucket=self.bucket, Key=self._key(key))
-        return body["Body"].read()
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """Raises FileNotFoundError, StorageUnavailable, ObjectTooLarge (over max_bytes: at most
+        max_bytes + 1 are read, and the rest of the stream is dropped with its connection)."""
+        body = self._call(f"get {key}", self._client.get_object, Bucket=self.bucket, Key=self._key(key))["Body"]
+        try:
+            data = self._call(f"read {key}", body.read, None if max_bytes is None else max_bytes + 1)
+            return _within(self.uri_of(key), data, max_bytes)
+        finally:
+            body.close()
 
     def download(self, key: str, dest: Path) -> None:
         self._call(f"download {key}", self._client.download_file, self.bucket, self._key(key), str(dest))
@@ -196,6 +212,12 @@ class S3Store:
 
 
 ObjectStore = LocalStore | S3Store
+
+
+def _within(uri: str, data: bytes, max_bytes: int | None) -> bytes:
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ObjectTooLarge(uri, max_bytes)
+    return data
 
 
 def open_store(uri: str, credentials: S3Credentials | None = None) -> ObjectStore:

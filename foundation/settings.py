@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializationInfo, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from foundation.logs import register_secrets
 from foundation.train_config import TrainConfig
 from foundation.object_store import S3Credentials
 
@@ -27,6 +28,15 @@ def reveal_for_child(value: SecretStr | None, info: SerializationInfo) -> str | 
     if value is None:
         return None
     return value.get_secret_value() if (info.context or {}).get("reveal_secrets") else str(value)
+
+
+def url_credentials(url: str) -> list[str]:
+    """The user-info of a URL (`user:password`) and its password alone; none when it has none."""
+    authority = url.partition("://")[2].partition("/")[0]
+    if "@" not in authority:
+        return []
+    userinfo = authority.rpartition("@")[0]
+    return [userinfo, userinfo.partition(":")[2]]
 
 
 class S3Settings(BaseModel):
@@ -127,6 +137,12 @@ class Settings(BaseSettings):
 
     _reveal = field_serializer("amqp_url")(reveal_for_child)
 
+    def secret_values(self) -> list[str]:
+        """What must never be shown: keys, and the credentials inside the broker, MLflow and job-store URLs."""
+        urls = [self.amqp_url.get_secret_value(), self.mlflow_tracking_uri or "", self.job_store_url or ""]
+        keys = [s.get_secret_value() for s in (self.s3.access_key_id, self.s3.secret_access_key) if s]
+        return keys + [credentials for url in urls for credentials in url_credentials(url)]
+
     def serialised(self) -> str:
         """Every setting as JSON, secrets included: for the child's environment (`SETTINGS_ENV`) only."""
         return self.model_dump_json(context={"reveal_secrets": True})
@@ -155,5 +171,8 @@ def load_settings(**overrides) -> Settings:
     child gets the service's own settings whole, in `SETTINGS_ENV`."""
     _refuse_unknown_env(dict(os.environ))
     if SETTINGS_ENV in os.environ:
-        return Settings.model_validate_json(os.environ[SETTINGS_ENV]).model_copy(update=overrides)
-    return Settings(**overrides)
+        settings = Settings.model_validate_json(os.environ[SETTINGS_ENV]).model_copy(update=overrides)
+    else:
+        settings = Settings(**overrides)
+    register_secrets(settings.secret_values())
+    return settings

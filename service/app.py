@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import aio_pika
 
 from service.consumer import Consumer
+from service.intake import Intake
 from service.jobs.store import JobStore
 from foundation.logs import log_event
 from service.outbox import OutboxRelay
-from service.probes import ProbeServer
+from service.probes import ProbeServer, StoreCheck
 from service.retention import purge
 from service.metrics import ServiceMetrics
 from foundation.settings import Settings
@@ -30,6 +32,7 @@ from service.runner.worker import JobRunner
 
 log = logging.getLogger(__name__)
 METRICS_REFRESH_S = 5.0
+EXECUTOR_SPARE_THREADS = 12  # worker, heartbeat, child pipes, relay, metrics, purge, intake, probes
 
 
 async def connect(settings: Settings, role: str) -> aio_pika.abc.AbstractRobustConnection:
@@ -41,11 +44,16 @@ async def connect(settings: Settings, role: str) -> aio_pika.abc.AbstractRobustC
 class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = JobStore(settings.job_store_url)
+        self.store = JobStore(settings.job_store_url, timeout_s=settings.job_store_timeout_s)
+        self.store_check = StoreCheck(self.store.read.ping)
         self.metrics = ServiceMetrics()
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
+        # Room for every message in flight, each waiting up to the store's deadline, plus the loops
+        # and probes: the default (cores + 4) would queue the lease heartbeat behind a stalled store.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(
+            self.settings.prefetch_count * len(WORK_QUEUES) + EXECUTOR_SPARE_THREADS, thread_name_prefix="service"))
         await asyncio.to_thread(self.store.migrate)
         self.consume_conn = await connect(self.settings, "consume")
         self.publish_conn = await connect(self.settings, "publish")
@@ -56,18 +64,16 @@ class Service:
         queues = await declare_topology(consume_channel)
         self.relay = OutboxRelay(self.store, await declare_exchange(publish_channel), self.metrics)
         self.runner = JobRunner(self.settings, self.store, self.metrics, self.relay.notify)
+        self.intake = Intake(self.store)  # consumes only while the job store answers
         consumer = Consumer(self.settings, self.store, publish_channel, on_accepted=self.on_accepted,
-                            on_cancel=self.runner.cancel)
+                            on_cancel=self.runner.cancel, on_store_away=self.intake.store_away)
         self.worker = asyncio.create_task(self.runner.run(), name="worker")
         self.tasks = [asyncio.create_task(self.relay.run(), name="outbox"),
                       asyncio.create_task(self.every(METRICS_REFRESH_S, self.metrics.refresh, self.store),
                                           name="metrics"),
-                      asyncio.create_task(self.every(self.settings.purge_interval_s, self.purge), name="purge")]
-        self.consumer_tags = []
-        for work in WORK_QUEUES:
-            queue = queues[work.name]
-            tag = await queue.consume(partial(self.on_message, consumer, work))
-            self.consumer_tags.append((queue, tag))
+                      asyncio.create_task(self.every(self.settings.purge_interval_s, self.purge), name="purge"),
+                      asyncio.create_task(self.intake.watch(), name="intake")]
+        await self.intake.start({queues[work.name]: partial(self.on_message, consumer, work) for work in WORK_QUEUES})
         self.probes = ProbeServer({"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.render_metrics})
         if self.settings.http_port:
             await self.probes.start(self.settings.http_port)
@@ -97,11 +103,7 @@ class Service:
 
     async def stop(self) -> None:
         log_event(log, "stopping", replica_id=self.settings.replica_id)
-        for queue, tag in self.consumer_tags:  # stop taking work first
-            try:
-                await asyncio.wait_for(queue.cancel(tag), 5)
-            except Exception as exc:  # the broker is away: unacked messages return to the queue anyway
-                log.warning("could not cancel consumer %s: %s", tag, exc)
+        await self.intake.stop()  # stop taking work first (the broker away: unacked messages return anyway)
         await self.runner.shutdown()
         try:  # the worker records the interrupted job (back to the queue) before it returns
             await asyncio.wait_for(self.worker, self.settings.shutdown_grace_s)
@@ -147,9 +149,7 @@ class Service:
         if not self.relay.healthy:
             problems.append("outbox")
         problems += [f"{name}-died" for name in self.died()]
-        try:
-            await asyncio.wait_for(asyncio.to_thread(self.store.read.counts_by_status), 5)
-        except Exception:
+        if not await self.store_check.answers():
             problems.append("job-store")
         body = ("not ready: " + ", ".join(problems) if problems else "ready") + "\n"
         return (503 if problems else 200), body.encode(), "text/plain"

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -22,9 +22,10 @@ from messages import DatasetReady, InvalidMessage, TrainingCancel, TrainingReque
 from foundation.train_config import TrainConfig
 from foundation.errors import HeimdallError
 from service.jobs.events import accepted_message, cancelled_message
-from service.jobs.store import JobStore
+from service.jobs.store import JobStore, JobStoreUnavailable
+from service.jobs.tables import EVENT_ID_MAX_CHARS
 from foundation.logs import log_event
-from foundation.object_store import is_within, join_uri, open_store
+from foundation.object_store import ObjectTooLarge, is_within, join_uri, open_store
 from foundation.settings import Settings
 from service.topology import WorkQueue, dead_letter
 
@@ -34,6 +35,10 @@ REQUEUE_DELAY_S = 2.0  # a transient failure waits this long before its message 
 # long before the message goes back to the queue: each requeue counts towards RabbitMQ's delivery
 # limit, and a short database outage must not turn valid triggers into dead letters.
 TRANSIENT_RETRY_S, TRANSIENT_BACKOFF_S = 60.0, 1.0
+# The job store away: the intake has stopped consuming (`service.intake`), and the message in hand
+# is held and retried this long, below RabbitMQ's consumer_timeout (30 min, checked once a minute),
+# before it goes back to wait, unconsumed, until the store answers again.
+STORE_AWAY_HOLD_S = 20 * 60.0
 
 
 class Refused(Exception):
@@ -68,6 +73,7 @@ class Consumer:
     channel: AbstractChannel  # the publishing channel, for dead-letters
     on_accepted: Callable[[], None]  # wakes the worker
     on_cancel: Callable[[str], None]  # tells the local worker to stop a job it runs
+    on_store_away: Callable[[], None] = lambda: None  # the job store is away: stop consuming (Intake)
 
     async def handle(self, message: AbstractIncomingMessage, queue: WorkQueue) -> Action:
         action, reason, detail = decide(await self.attempt(message))
@@ -91,14 +97,19 @@ class Consumer:
         return action
 
     async def attempt(self, message: AbstractIncomingMessage) -> Exception | None:
-        """Parse and dispatch; a transient failure is retried here for up to TRANSIENT_RETRY_S."""
-        deadline, delay = time.monotonic() + TRANSIENT_RETRY_S, TRANSIENT_BACKOFF_S
+        """Parse and dispatch; a transient failure is retried here for up to TRANSIENT_RETRY_S, the job
+        store away for up to STORE_AWAY_HOLD_S."""
+        started, delay = time.monotonic(), TRANSIENT_BACKOFF_S
         while True:
             try:
                 await self.dispatch(parse_event(message.body, routing_key=message.routing_key), message.user_id)
                 return None
             except HeimdallError as exc:
-                if not exc.retryable or time.monotonic() + delay > deadline:
+                store_away = isinstance(exc, JobStoreUnavailable)
+                if store_away:
+                    self.on_store_away()
+                window = STORE_AWAY_HOLD_S if store_away else TRANSIENT_RETRY_S
+                if not exc.retryable or time.monotonic() + delay > started + window:
                     return exc
                 log.warning("transient failure; retrying", extra={"fields": {
                     "event": "retrying", "event_id": message.message_id, "detail": exc.message, "in_s": delay}})
@@ -108,6 +119,7 @@ class Consumer:
                 return exc
 
     async def dispatch(self, event, user_id: str | None) -> None:
+        refuse_unstorable(event)
         data = event.data
         if isinstance(data, (TrainingRequested, TrainingCancel)) and user_id not in self.settings.ops_allowed_users:
             raise Refused("unauthorised", f"user_id {user_id!r} is not in the ops allow-list")
@@ -157,8 +169,11 @@ class Consumer:
         if not any(is_within(uri, root) for root in self.settings.dataset_locations):
             raise Refused("dataset-not-allowed", f"{uri} is not under HEIMDALL_DATASET_ROOT_URI or "
                                                  f"HEIMDALL_ALLOWED_DATASET_LOCATIONS")
-        try:
-            manifest = json.loads(open_store(uri, self.settings.s3.credentials()).read_bytes("dataset.json"))
+        limit = self.settings.max_manifest_bytes
+        try:  # bounded: serve reads up to prefetch_count manifests at once, next to a running job
+            manifest = json.loads(open_store(uri, self.settings.s3.credentials()).read_bytes("dataset.json", limit))
+        except ObjectTooLarge as exc:
+            raise Refused("dataset-too-large", f"{exc} (HEIMDALL_MAX_MANIFEST_BYTES)") from exc
         except (FileNotFoundError, ValueError) as exc:
             raise Refused("dataset-mismatch", f"{uri}: no readable dataset.json: {exc}") from exc
         found = (manifest.get("dataset_id"), manifest.get("version")) if isinstance(manifest, dict) else None
@@ -193,6 +208,33 @@ class Consumer:
         if known is None:
             raise Refused("unknown-dataset", f"dataset {dataset_id} version {version} was never announced")
         return known
+
+
+def refuse_unstorable(event) -> None:
+    """A valid event the job store cannot keep is refused here, naming the field, rather than failing
+    in the store (PostgreSQL) and being requeued until RabbitMQ drops it with no reason: an id longer
+    than the store keeps, or a NUL character in any text. Raises Refused."""
+    if len(event.id) > EVENT_ID_MAX_CHARS:
+        raise Refused("invalid-envelope", f"id: {len(event.id)} characters, the job store keeps at most "
+                                          f"{EVENT_ID_MAX_CHARS}")
+    for field, text in _texts(event.model_dump(mode="json")):
+        if "\x00" in text:
+            where = field.replace("\x00", "\\0")  # a NUL in a key: the detail header must not carry one
+            raise Refused("invalid-data" if field.startswith("data.") else "invalid-envelope",
+                          f"{where}: contains a NUL character, which the job store cannot keep")
+
+
+def _texts(value, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in a JSON value (keys too), with its dotted path."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(key, f"{path}.{key}".lstrip("."))
+            yield from _texts(item, f"{path}.{key}".lstrip("."))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _texts(item, f"{path}[{i}]")
 
 
 def _versions_in(keys: list[str]) -> set[int]:

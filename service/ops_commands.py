@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import urlparse
 
@@ -49,20 +51,28 @@ def cancel_job(settings: Settings, *, job_id: str, reason: str) -> str:
     return event.id
 
 
-def open_job_store(settings: Settings) -> JobStore:
-    """The job store, its tables created if this is a new one (an empty store lists no jobs)."""
-    store = JobStore(settings.job_store_url)
-    store.migrate()
-    return store
+@contextmanager
+def existing_job_store(settings: Settings) -> Iterator[JobStore]:
+    """The job store as it is, never created nor migrated: a command line of another version must not
+    upgrade a production schema, and a mistyped URL must not leave an empty store behind.
+    Raises NoJobStore (no store there, or another schema version), JobStoreUnavailable."""
+    store = JobStore(settings.job_store_url, timeout_s=settings.job_store_timeout_s, create=False)
+    try:
+        store.check_schema()
+        yield store
+    finally:
+        store.close()
 
 
 def list_jobs(settings: Settings, status: str | None, limit: int) -> str:
-    return jobs_table(open_job_store(settings), JobStatus(status) if status else None, limit, utcnow())
+    with existing_job_store(settings) as store:
+        return jobs_table(store, JobStatus(status) if status else None, limit, utcnow())
 
 
 def show_job(settings: Settings, job_id: str) -> str | None:
     """The job's report, or None when there is no such job."""
-    return job_report(open_job_store(settings), job_id, utcnow())
+    with existing_job_store(settings) as store:
+        return job_report(store, job_id, utcnow())
 
 
 def jobs_table(store: JobStore, status: JobStatus | None, limit: int, now: datetime) -> str:

@@ -2,6 +2,8 @@
 
 Health: the event loop answers. Readiness: both RabbitMQ connections are open, the job store
 answers and the outbox relay is not stuck. No web framework: three GET routes do not need one.
+Probes answer within STORE_WAIT_S (a kubelet gives up after 1 s by default): while the job store
+does not answer they say so, and never pile threads up behind it (`StoreCheck`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,26 @@ from typing import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 Route = Callable[[], Awaitable[tuple[int, bytes, str]]]
+STORE_WAIT_S = 0.5  # a job store that answers does so in milliseconds
+
+
+class StoreCheck:
+    """Whether the job store answers, with at most one question in flight: a probe that comes while
+    the last one still waits (for the store's own deadline) waits on that one, never starts another."""
+
+    def __init__(self, ping: Callable[[], object]):
+        self.ping = ping
+        self.asking: asyncio.Future | None = None
+
+    async def answers(self) -> bool:
+        if self.asking is None or self.asking.done():
+            self.asking = asyncio.ensure_future(asyncio.to_thread(self.ping))
+            self.asking.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, not logged
+        try:
+            await asyncio.wait_for(asyncio.shield(self.asking), STORE_WAIT_S)
+            return True
+        except Exception:  # no answer in time, or the store's error
+            return False
 
 
 class ProbeServer:

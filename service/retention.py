@@ -1,8 +1,10 @@
 """Retention: what the service keeps, and for how long; the purge runs inside `serve`.
 
 - Finished jobs (succeeded, failed, cancelled) older than `retention_s`, with their outbox rows
-  and their checkpoint folders; never a job whose last events are still waiting to be published. A replayed trigger for a purged job is still answered without
-  training: the registry finds the version by its idempotency key.
+  and their checkpoint folders; never a job whose last events are still waiting to be published,
+  nor one whose checkpoints a queued or running job resumes or exports from. A replayed trigger
+  for a purged job is still answered without training: the registry finds the version by its
+  idempotency key.
 - Processed event ids older than `retention_s` (at least a day, far longer than any redelivery).
 - Published outbox rows that belong to no job, older than `retention_s`.
 - Cached shards not read for `cache_retention_s` and baseline scores as old, and staging
@@ -45,8 +47,11 @@ def purge(store: JobStore, settings: Settings, now: datetime | None = None) -> P
     purged = Purged()
     with store.transaction(write=True) as conn:
         unpublished = sa.exists().where(outbox.c.job_id == jobs.c.id, outbox.c.published_at.is_(None))
+        needed = [r.checkpoint_uri for r in conn.execute(sa.select(jobs.c.checkpoint_uri).where(
+            jobs.c.status.not_in(FINISHED), jobs.c.checkpoint_uri.is_not(None)))]
         old = [r.id for r in conn.execute(sa.select(jobs.c.id).where(
-            jobs.c.status.in_(FINISHED), jobs.c.finished_at < cutoff, ~unpublished))]
+            jobs.c.status.in_(FINISHED), jobs.c.finished_at < cutoff, ~unpublished))
+            if not any(f"/{r.id}/" in uri for uri in needed)]  # a queued resume or export still reads it
         if old:
             purged.outbox_rows += conn.execute(sa.delete(outbox).where(
                 outbox.c.job_id.in_(old), outbox.c.published_at.is_not(None))).rowcount

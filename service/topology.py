@@ -3,7 +3,9 @@
 Each work queue is a durable quorum queue with a delivery limit (a poison message that keeps
 crashing the handler is dead-lettered by RabbitMQ itself, reason `delivery_limit`) and its own
 dead-letter queue, declared together by one helper. Messages the service refuses on purpose are
-re-published to the dead-letter queue with the reason in their headers, then acknowledged.
+re-published to the dead-letter queue with the reason in their headers, then acknowledged. A
+direct exchange binds each work queue under its own routing keys, so a re-driven dead letter
+(`service.dead_letters`) reaches the queue it came from, under its original key, and no other.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from messages import constants as wire
 
 DEAD_LETTER_EXCHANGE = "heimdall.training.dead-letter"
+REDRIVE_EXCHANGE = "heimdall.training.redrive"
 DELIVERY_LIMIT = 5  # redeliveries of one message before RabbitMQ dead-letters it
 REASON_HEADER, DETAIL_HEADER = "x-heimdall-reason", "x-heimdall-detail"
+DEAD_LETTERED_AT_HEADER = "x-heimdall-dead-lettered-at"  # ISO 8601, UTC
+ORIGINAL_ROUTING_KEY_HEADER, ORIGINAL_USER_HEADER = "x-original-routing-key", "x-original-user-id"
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ async def declare_topology(channel: AbstractChannel) -> dict[str, aio_pika.abc.A
     """Declare (or confirm) everything; returns the work queues by name."""
     exchange = await declare_exchange(channel)
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    redrive = await channel.declare_exchange(REDRIVE_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     queues = {}
     for work in WORK_QUEUES:
         dead = await channel.declare_queue(work.dead_letter, durable=True, arguments={"x-queue-type": "quorum"})
@@ -67,6 +73,7 @@ async def declare_topology(channel: AbstractChannel) -> dict[str, aio_pika.abc.A
         })
         for key in work.routing_keys:
             await queue.bind(exchange, routing_key=key)
+            await queue.bind(redrive, routing_key=key)
         queues[work.name] = queue
     return queues
 
@@ -75,7 +82,8 @@ async def dead_letter(channel: AbstractChannel, message: AbstractIncomingMessage
                       reason: str, detail: str) -> None:
     """Re-publish `message` to `queue`'s dead-letter queue with the reason (confirmed), then ack it."""
     headers = {**(message.headers or {}), REASON_HEADER: reason, DETAIL_HEADER: detail[:1000],
-               "x-original-routing-key": message.routing_key or "", "x-original-user-id": message.user_id or ""}
+               DEAD_LETTERED_AT_HEADER: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               ORIGINAL_ROUTING_KEY_HEADER: message.routing_key or "", ORIGINAL_USER_HEADER: message.user_id or ""}
     copy = event_message(message.body, message_id=message.message_id, event_type=message.type,
                          timestamp=message.timestamp, headers=headers)
     dlx = await channel.get_exchange(DEAD_LETTER_EXCHANGE)

@@ -123,7 +123,7 @@ def preload() -> None:
     import torch  # noqa: F401
 
     from training import (  # noqa: F401
-        calibration, card, checkpoint_sync, evaluation, export, export_cache, fit, pipeline, plots, registry,
+        calibration, card, checkpoint_sync, evaluation, export, export_cache, families, fit, pipeline, plots, registry,
     )
     from training.datasets.checks import sigmf_validator
 

@@ -52,8 +52,9 @@ class FitResult:
     last_checkpoint: Path | None
     epochs_run: int | None  # None when nothing was fitted (export-only)
     best_epoch: int | None
+    # False in the extra processes of a distributed (DDP) run; no default, so that no fit can forget to say
+    is_global_zero: bool
     best_val_loss: float | None = None
-    is_global_zero: bool = True  # False in the extra processes of a multi-GPU (DDP) run
     fit_s: float = 0.0  # wall time of the fit itself
 
     @classmethod
@@ -64,8 +65,9 @@ class FitResult:
 
     @classmethod
     def loaded(cls, net: nn.Module, checkpoint: Path) -> "FitResult":
-        """A network an earlier job fitted (`--export_only`): nothing fitted here."""
-        return cls(net=net, best_checkpoint=checkpoint, last_checkpoint=None, epochs_run=None, best_epoch=None)
+        """A network an earlier job fitted (`--export_only`), loaded by rank zero: nothing fitted here."""
+        return cls(net=net, best_checkpoint=checkpoint, last_checkpoint=None, epochs_run=None, best_epoch=None,
+                   is_global_zero=True)
 
 
 class Family(Protocol):

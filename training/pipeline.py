@@ -236,6 +236,7 @@ def register(job: Job, registry, run_id: str, fitted: FitResult, exported: Expor
     return registry.publish(
         run_id=run_id, onnx_path=exported.onnx_path, card=card, data=data, test_idx=evaluation.indices,
         median_error_m=evaluation.metrics["median_error_m"], parity_passed=exported.parity["passed"],
+        baselines=evaluation.baselines,
         tags={"job_id": spec.job_id, "idempotency_key": job.key, "dataset_id": data.manifest.dataset_id,
               "dataset_version": str(data.manifest.version), "config_hash": config.config_hash()},
         permit=channel().ask_permit if spec.registration_permit else None)

@@ -1,7 +1,17 @@
-"""Publishing a model: object store upload, MLflow model version, aliases and the champion gate.
+"""Publishing a model: an MLflow model version that is a complete MLflow model (`mlflow_model`), its
+files in object storage, the champion gate, the version's facts (`version_facts`) and its aliases.
 
-MLflow's exceptions are translated here and nowhere else. A failure after the version was
-created deletes the version and whatever was uploaded, so nothing half-published remains.
+Registration resumes. The version's source, the MLflow model in the run's `model/` folder, is
+logged before the version exists, and the version is created tagged `registration: pending` with
+every fact the rest needs, the gate's decision among them. Then come the card with its version
+number, model.onnx and model.json in the store, the description, the aliases, and last the tag
+`registration: complete`. Each step after the creation can run again from the version alone, so
+a process that dies anywhere in between (kill -9, OOM, a SIGTERM outside `fit`) leaves a version
+that the next attempt's `find` completes, never a key that no attempt can register. A failure the
+process sees before the aliases are set deletes the version and its files (should MLflow be away
+for that, the next attempt completes the version instead); from the aliases on, nothing is undone.
+
+MLflow's exceptions are translated here and nowhere else.
 """
 
 from __future__ import annotations
@@ -17,14 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets.verified import VerifiedDataset
 from foundation.errors import RegistryError, StorageUnavailable
 from foundation.logs import log_event
-from training.metrics import localization_errors_m
 from foundation.object_store import ObjectStore
+from training.champion_gate import GateDecision, decide, score_onnx
+from training.datasets.verified import VerifiedDataset
+from training.mlflow_model import CARD_FILE, ONNX_FILE, write_card, write_model_folder
+from training.version_facts import describe, version_tags
 
 log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION = "candidate", "champion"
+MODEL_DIR = "model"  # the run's artifact folder that is the version's source
+STATE, PENDING, COMPLETE = "registration", "pending", "complete"  # the version tag that says how far it got
 
 
 @dataclass
@@ -40,21 +54,6 @@ class Registration:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def score_onnx(onnx_path: Path, data: VerifiedDataset, indices: np.ndarray) -> float | None:
-    """Median error of an ONNX model on the given sessions; None when its input shape cannot take them."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    samples = session.get_inputs()[0].shape[2]
-    if samples != data.manifest.samples_per_capture:
-        return None
-    errors = []
-    for chunk, iq, online, rx in data.chunks(indices):
-        position, _ = session.run(None, {"iq": iq, "rx_position": rx, "rx_online": online})
-        errors.append(localization_errors_m(position.astype(np.float64), data.emitter[chunk, :2]))
-    return float(np.median(np.concatenate(errors)))
 
 
 @contextmanager
@@ -107,108 +106,169 @@ class ModelRegistry:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
 
-    def _versions_of(self, idempotency_key: str) -> list[int]:
+    def _versions_of(self, idempotency_key: str) -> list:
+        """The versions tagged with this key, oldest first (search results carry tags, not aliases)."""
         versions = self._call("search versions", self.client.search_model_versions,
                               f"name='{self.model_name}' and tags.idempotency_key='{idempotency_key}'")
-        return [int(v.version) for v in versions]
+        return sorted(versions, key=lambda v: int(v.version))
 
     def find(self, idempotency_key: str) -> tuple[Registration, dict] | None:
-        """The version already registered for this key, with its card, if its files are in the store."""
-        versions = self._call("search versions", self.client.search_model_versions,
-                              f"name='{self.model_name}' and tags.idempotency_key='{idempotency_key}'")
-        for version in sorted(versions, key=lambda v: int(v.version)):
-            prefix = f"{self.model_name}/{version.version}"
-            if not self.store.exists(f"{prefix}/model.json"):
-                log.warning("version %s has no model.json in the store; ignored", version.version)
-                continue
-            card = json.loads(self.store.read_bytes(f"{prefix}/model.json"))
-            # search results carry no aliases; a plain get does
-            current = self._call("get version", self.client.get_model_version, self.model_name, version.version)
-            aliases = sorted(current.aliases)
-            return Registration(
-                model_name=self.model_name, model_version=int(version.version), aliases=aliases,
-                promoted=CHAMPION in aliases, model_uri=f"models:/{self.model_name}/{version.version}",
-                onnx={"uri": self.store.uri_of(f"{prefix}/model.onnx"), "sha256": card["onnx"]["sha256"],
-                      "bytes": card["onnx"]["bytes"]},
-                card_uri=self.store.uri_of(f"{prefix}/model.json"), champion_median_error_m=None), card
-        return None
+        """The version registered for this key, with its card. One that a dead process left pending is
+        completed first; pending versions beside the one kept (a fence's losers) are deleted."""
+        versions = self._versions_of(idempotency_key)
+        pending = [v for v in versions if v.tags.get(STATE) == PENDING]
+        finished = [v for v in versions if v.tags.get(STATE) != PENDING and self._published(v)]
+        kept = (finished or pending or [None])[0]
+        for loser in pending:
+            if loser is not kept:
+                self._undo(int(loser.version))
+        if kept is None:
+            return None
+        return self._registered(kept) if finished else self._resume(kept)
 
-    def champion_onnx(self, workdir: Path) -> tuple[int, Path] | None:
-        """The current champion's version and a local copy of its model.onnx; None only when there
-        is no champion. Any other failure raises RegistryError: the gate never fails open."""
+    def _published(self, version) -> bool:
+        if self.store.exists(f"{self.model_name}/{version.version}/{CARD_FILE}"):
+            return True
+        log.warning("version %s has no model.json in the store; ignored", version.version)
+        return False
+
+    def _registered(self, version) -> tuple[Registration, dict]:
+        card = json.loads(self.store.read_bytes(f"{self.model_name}/{version.version}/{CARD_FILE}"))
+        # search results carry no aliases; a plain get does
+        current = self._call("get version", self.client.get_model_version, self.model_name, version.version)
+        aliases = sorted(current.aliases)
+        return self._registration(int(version.version), aliases, CHAMPION in aliases, card, None), card
+
+    def _resume(self, version) -> tuple[Registration, dict]:
+        """Complete a registration from the version alone: its source holds model.onnx and the card,
+        its tags the facts and the gate's decision."""
+        import mlflow.artifacts
+
+        log_event(log, "completing an unfinished registration", stage="register", model_version=int(version.version))
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path, card_path = (Path(self._call(
+                "download the version's files", mlflow.artifacts.download_artifacts,
+                artifact_uri=f"{version.source}/{name}", dst_path=tmp, tracking_uri=self.tracking_uri))
+                for name in (ONNX_FILE, CARD_FILE))
+            card = self._write_files(int(version.version), version.run_id, onnx_path, json.loads(card_path.read_text()))
+        return self._settle(int(version.version), dict(version.tags), card), card
+
+    def _champion(self):
+        """The version the `champion` alias names; None only when there is none."""
         from mlflow.exceptions import MlflowException
 
         with mlflow_errors("read champion"):
             try:
-                version = self.client.get_model_version_by_alias(self.model_name, CHAMPION)
+                return self.client.get_model_version_by_alias(self.model_name, CHAMPION)
             except MlflowException as exc:
                 no_champion = exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
                 if no_champion and "not found" in exc.message:
                     return None
                 raise
+
+    def champion_onnx(self, workdir: Path) -> tuple[int, Path] | None:
+        """The current champion's version and a local copy of its model.onnx; None only when there
+        is no champion. Any other failure raises RegistryError: the gate never fails open."""
         import mlflow.artifacts
 
+        version = self._champion()
+        if version is None:
+            return None
         path = self._call("download champion", mlflow.artifacts.download_artifacts,
-                          artifact_uri=f"{version.source}/model.onnx", dst_path=str(workdir),
+                          artifact_uri=f"{version.source}/{ONNX_FILE}", dst_path=str(workdir),
                           tracking_uri=self.tracking_uri)
         return int(version.version), Path(path)
 
+    def _gate(self, data: VerifiedDataset, test_idx: np.ndarray, median_error_m: float,
+              parity_passed: bool) -> GateDecision:
+        with tempfile.TemporaryDirectory() as tmp:
+            champion = self.champion_onnx(Path(tmp))
+            scored = (champion[0], score_onnx(champion[1], data, test_idx)) if champion else None
+        decision = decide(parity_passed, median_error_m, scored)
+        log_event(log, "champion gate", stage="register", median_error_m=median_error_m, **asdict(decision))
+        return decision
+
     def publish(self, *, run_id: str, onnx_path: Path, card: dict, data: VerifiedDataset, test_idx: np.ndarray,
                 median_error_m: float, parity_passed: bool, tags: dict[str, str],
-                permit: Callable[[], bool] | None = None) -> Registration:
-        """Create a version, upload model.onnx + model.json, set aliases. Raises RegistryError, StorageUnavailable.
+                permit: Callable[[], bool] | None = None, baselines: dict[str, dict] | None = None) -> Registration:
+        """Log the MLflow model, create a version, then complete it (`_write_files`, `_settle`).
+        `baselines`: their test figures, for the description. Raises RegistryError, StorageUnavailable.
 
         MLflow gives two concurrent creations two versions, so the version is fenced: `permit`
         (the service's lease check) right before creating, and after creating, the lowest version
         tagged with this idempotency key wins; a loser deletes its own and fails retryable, so its
         next attempt finds the winner."""
         self.ensure_registered_model()
-        with tempfile.TemporaryDirectory() as tmp:
-            champion = self.champion_onnx(Path(tmp))
-            champion_median = score_onnx(champion[1], data, test_idx) if champion else None
-        promoted = parity_passed and (champion is None or (champion_median is not None and median_error_m <= champion_median))
-        log_event(log, "champion gate", stage="register", champion_version=champion and champion[0],
-                  champion_median_error_m=champion_median, median_error_m=median_error_m, promoted=promoted)
-        run = self._call("get run", self.client.get_run, run_id)
+        decision = self._gate(data, test_idx, median_error_m, parity_passed)
         key = tags["idempotency_key"]
         if self._versions_of(key):
             raise RegistryError(f"a version for {key} was registered meanwhile; the next attempt reports it",
                                 retryable=True)
+        iq, online, rx = data.model_inputs(test_idx[:1])
+        source = self._log_model(run_id, onnx_path, card, {"iq": iq, "rx_position": rx, "rx_online": online})
+        metrics = {**card.get("metrics", {}), "median_error_m": median_error_m}
+        tags = {**tags, **version_tags(data, metrics, baselines or {}, decision), STATE: PENDING}
         if permit is not None and not permit():
             raise RegistryError("the service no longer holds this job's claim: not registering", retryable=False)
-        version = self._call("create model version", self.client.create_model_version, name=self.model_name,
-                             source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
-        if min(self._versions_of(key)) != int(version.version):
-            self._undo(int(version.version))
+        version = int(self._call("create model version", self.client.create_model_version, name=self.model_name,
+                                 source=source, run_id=run_id, tags=tags).version)
+        if int(self._versions_of(key)[0].version) != version:
+            self._undo(version)
             raise RegistryError(f"another job registered {key} at the same moment; the next attempt reports it",
                                 retryable=True)
         try:
-            registration = self._upload(int(version.version), run_id, onnx_path, card, promoted, champion_median)
+            card = self._write_files(version, run_id, onnx_path, card)
         except BaseException:
-            self._undo(int(version.version))
+            self._undo(version)
             raise
-        return registration
+        return self._settle(version, tags, card)
 
-    def _upload(self, version: int, run_id: str, onnx_path: Path, card: dict, promoted: bool,
-                champion_median: float | None) -> Registration:
+    def _log_model(self, run_id: str, onnx_path: Path, card: dict, example: dict[str, np.ndarray]) -> str:
+        """The MLflow model, with the plots the job logged on its run, in the run's `model/` folder. Its URI."""
+        run = self._call("get run", self.client.get_run, run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            plots = [Path(self._call("download plots", self.client.download_artifacts, run_id, plot.path, tmp))
+                     for plot in self._call("list plots", self.client.list_artifacts, run_id, "plots")]
+            folder = write_model_folder(Path(tmp) / MODEL_DIR, onnx_path, card, example, plots)
+            self._call("log the model", self.client.log_artifacts, run_id, str(folder), MODEL_DIR)
+        return f"{run.info.artifact_uri}/{MODEL_DIR}"
+
+    def _write_files(self, version: int, run_id: str, onnx_path: Path, card: dict) -> dict:
+        """The card with its version number, on the run's model and in the store beside model.onnx."""
         card = {**card, "model_version": version}
         prefix = f"{self.model_name}/{version}"
         with tempfile.TemporaryDirectory() as tmp:
-            card_path = Path(tmp) / "model.json"
-            card_path.write_text(json.dumps(card, indent=2))
-            self._call("log artifacts", self.client.log_artifact, run_id, str(onnx_path), "model")
-            self._call("log artifacts", self.client.log_artifact, run_id, str(card_path), "model")
-            self.store.upload(f"{prefix}/model.onnx", onnx_path)
-            self.store.upload(f"{prefix}/model.json", card_path)
-        aliases = [CANDIDATE] + ([CHAMPION] if promoted else [])
+            card_path = write_card(Path(tmp) / CARD_FILE, card)
+            self._call("log the card", self.client.log_artifact, run_id, str(card_path), MODEL_DIR)
+            self.store.upload(f"{prefix}/{ONNX_FILE}", onnx_path)
+            self.store.upload(f"{prefix}/{CARD_FILE}", card_path)
+        return card
+
+    def _settle(self, version: int, tags: dict[str, str], card: dict) -> Registration:
+        """The gate's decision as it stands now, the description, the aliases, then `complete`."""
+        champion = self._champion()
+        decision = GateDecision.from_tags(tags).at_completion(version, champion and int(champion.version))
+        for key, value in decision.tags().items():
+            if tags.get(key) != value:
+                self._call("tag version", self.client.set_model_version_tag, self.model_name, str(version), key, value)
+        tags = {**tags, **decision.tags()}
+        self._call("describe version", self.client.update_model_version, self.model_name, str(version),
+                   describe(tags))
+        aliases = [CANDIDATE] + ([CHAMPION] if decision.promoted else [])
         for alias in aliases:
             self._set_alias(alias, version)
+        self._call("tag version", self.client.set_model_version_tag, self.model_name, str(version), STATE, COMPLETE)
+        return self._registration(version, aliases, decision.promoted, card, decision.champion_median_error_m)
+
+    def _registration(self, version: int, aliases: list[str], promoted: bool, card: dict,
+                      champion_median: float | None) -> Registration:
+        prefix = f"{self.model_name}/{version}"
         return Registration(
             model_name=self.model_name, model_version=version, aliases=aliases, promoted=promoted,
             model_uri=f"models:/{self.model_name}/{version}",
-            onnx={"uri": self.store.uri_of(f"{prefix}/model.onnx"), "sha256": card["onnx"]["sha256"],
+            onnx={"uri": self.store.uri_of(f"{prefix}/{ONNX_FILE}"), "sha256": card["onnx"]["sha256"],
                   "bytes": card["onnx"]["bytes"]},
-            card_uri=self.store.uri_of(f"{prefix}/model.json"), champion_median_error_m=champion_median)
+            card_uri=self.store.uri_of(f"{prefix}/{CARD_FILE}"), champion_median_error_m=champion_median)
 
     def _set_alias(self, alias: str, version: int, tries: int = 5) -> None:
         """Set an alias; two replicas moving the same alias at once can make MLflow's SQL store
@@ -224,7 +284,7 @@ class ModelRegistry:
 
     def _undo(self, version: int) -> None:
         prefix = f"{self.model_name}/{version}"
-        for key in (f"{prefix}/model.onnx", f"{prefix}/model.json"):
+        for key in (f"{prefix}/{ONNX_FILE}", f"{prefix}/{CARD_FILE}"):
             try:
                 self.store.delete(key)
             except (StorageUnavailable, OSError):

@@ -6,13 +6,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from foundation.logs import format_km
+from foundation.logs import format_km, public_uri
 
 SPLITS = ("train", "val", "test")
 
 
 def mlflow_ref(tracking_uri: str, run_id: str) -> dict:
     """Where the run is, and how to look at it: the UI command when embedded, the server's URL otherwise."""
+    tracking_uri = public_uri(tracking_uri)  # a result is stored and shown: never with credentials
     mlflow = shlex.quote(str(Path(sys.executable).with_name("mlflow")))  # the environment's own: not on PATH
     ui = f"{mlflow} ui --backend-store-uri {tracking_uri}" if tracking_uri.startswith("sqlite") else tracking_uri
     return {"tracking_uri": tracking_uri, "run_id": run_id, "ui": ui}

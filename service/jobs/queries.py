@@ -18,6 +18,11 @@ class JobQueries:
     def __init__(self, db: Database):
         self.transaction = db.transaction
 
+    def ping(self) -> None:
+        """Returns once the database answers. Raises JobStoreUnavailable, NoJobStore."""
+        with self.transaction(write=False) as conn:
+            conn.execute(sa.select(sa.func.count()).select_from(jobs).where(sa.false()))
+
     def pending_messages(self, limit: int = 100, exclude: Iterable[str] = ()) -> list[OutboxMessage]:
         """Unpublished rows, oldest first, leaving out `exclude` (rows waiting for a retry)."""
         query = sa.select(outbox.c.id, outbox.c.routing_key, outbox.c.body, outbox.c.created_at).where(

@@ -94,7 +94,7 @@ class JobStore:
             return AcceptResult(job, created=False, duplicate_event=True)
         existing = live_job_by_key(conn, values["idempotency_key"])
         if existing is None and auto:
-            existing = self._newer_auto_in_flight(conn, values["dataset_id"], values["dataset_version"])
+            existing = self._newer_auto_job(conn, values["dataset_id"], values["dataset_version"])
         if existing is not None:
             self._record_event(conn, event_id, existing.id, now)
             return AcceptResult(existing, created=False, duplicate_event=False)
@@ -109,11 +109,12 @@ class JobStore:
         self._record_event(conn, event_id, job.id, now)
         return AcceptResult(job, created=True, duplicate_event=False, superseded=superseded)
 
-    def _newer_auto_in_flight(self, conn, dataset_id: str, version: int) -> Job | None:
-        """A queued or running auto job for a newer version makes an older trigger stale."""
+    def _newer_auto_job(self, conn, dataset_id: str, version: int) -> Job | None:
+        """An auto job for a newer version, queued, running or succeeded, makes an older trigger stale:
+        a late dataset.ready never trains older data after newer data was trained."""
         row = conn.execute(sa.select(jobs).where(
             jobs.c.dataset_id == dataset_id, jobs.c.trigger_kind == "auto", jobs.c.dataset_version > version,
-            jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+            jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.SUCCEEDED.value]),
         ).order_by(jobs.c.dataset_version.desc(), jobs.c.created_at.desc()).limit(1)).first()
         return job_from_row(row) if row else None
 

@@ -167,6 +167,10 @@ class UtcDateTime(sa.types.TypeDecorator):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+#: The longest event id the store keeps (processed events, a job's trigger, the outbox). Like a NUL
+#: character in any text (PostgreSQL refuses it), a longer one is refused where events come in.
+EVENT_ID_MAX_CHARS = 255
+
 #: Alembic's bookkeeping table; not `alembic_version`, which MLflow uses if it shares the database.
 ALEMBIC_VERSION_TABLE = "job_store_alembic_version"
 
@@ -184,7 +188,7 @@ jobs = sa.Table(
     sa.Column("dataset_uri", sa.Text, nullable=False),
     sa.Column("config", sa.JSON, nullable=False),
     sa.Column("config_hash", sa.String(128), nullable=False),
-    sa.Column("trigger_id", sa.String(255), nullable=False),
+    sa.Column("trigger_id", sa.String(EVENT_ID_MAX_CHARS), nullable=False),
     sa.Column("trigger_kind", sa.String(16), nullable=False),
     sa.Column("export_only", sa.Boolean, nullable=False),
     sa.Column("checkpoint_uri", sa.Text, nullable=True),
@@ -210,7 +214,7 @@ jobs = sa.Table(
 processed_events = sa.Table(
     "processed_events",
     metadata,
-    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("event_id", sa.String(EVENT_ID_MAX_CHARS), primary_key=True),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.Column("job_id", sa.String(36), nullable=True),
 )
@@ -223,7 +227,7 @@ sa.Index("uq_jobs_idempotency_key_live", jobs.c.idempotency_key, unique=True,
 outbox = sa.Table(
     "outbox",
     metadata,
-    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("id", sa.String(EVENT_ID_MAX_CHARS), primary_key=True),
     sa.Column("routing_key", sa.String(255), nullable=False),
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("job_id", sa.String(36), nullable=True),

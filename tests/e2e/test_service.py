@@ -17,13 +17,8 @@ import pytest
 
 from tests.support.broker import INTRUDER, INTRUDER_PASSWORD, dead_letters, publish
 from tests.support.servers import free_port
-from tests.support.service_stack import (Stack, dataset_ready, first_epoch_after_restart, progress_until, settled,
-                                         training_requested)
-
-
-def s3_object(s3_server, uri: str) -> bytes:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+from tests.support.service_stack import (Stack, dataset_ready, first_epoch_after_restart, progress_until, s3_object,
+                                         settled, training_requested)
 
 
 @pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child

@@ -23,7 +23,8 @@ from service.jobs.tables import OutboxMessage
 from tests.support.broker import Vhost, dead_letters
 from tests.support.jobs import VALID_RESULT
 from tests.support.servers import PG_SOCKET_DIR, free_port
-from tests.support.service_stack import DATASETS_ROOT, ServiceProcess, dataset_ready, training_requested
+from tests.support.service_stack import (DATASETS_ROOT, MLFLOW_CREDENTIALS, ServiceProcess, dataset_ready, s3_object,
+                                         training_requested)
 
 
 def reasons_of(stack, queue: str, count: int, timeout_s: float = 60) -> dict[str, str]:
@@ -37,12 +38,22 @@ def reasons_of(stack, queue: str, count: int, timeout_s: float = 60) -> dict[str
     return found
 
 
-def assert_no_secrets(stack, s3_server) -> None:
-    """No secret in anything the service wrote: its logs, and the events it published."""
-    secrets = [s3_server.secret_access_key, stack.env["HEIMDALL_AMQP_URL"].split("@")[0]]
+def assert_no_secrets(stack, s3_server, service) -> None:
+    """No secret in anything the service wrote: its logs (the children's lines included), the events
+    it published, its job-store rows, /metrics and the model cards: the S3 key id and secret, the
+    broker's credentials, and the MLflow tracking URI's credentials."""
+    secrets = [s3_server.access_key_id, s3_server.secret_access_key, stack.vhost.url().split("://")[1].split("@")[0],
+               *MLFLOW_CREDENTIALS.split(":"), MLFLOW_CREDENTIALS]
     written = "".join(p.read_text(errors="replace") for p in stack.tmp.glob("serve-*.log"))
     written += "".join(d.body.decode(errors="replace") for d in stack.tap.seen)
-    assert written and not [s for s in secrets if s in written]
+    written += service.get("/metrics")
+    written += "".join(s3_object(s3_server, d.json()["data"]["card_uri"]).decode()
+                       for d in stack.tap.seen if d.routing_key == "model.registered")
+    engine = sa.create_engine(stack.env["HEIMDALL_JOB_STORE_URL"])
+    with engine.connect() as conn:
+        written += "".join(str(row) for table in ("jobs", "outbox") for row in conn.execute(sa.text(f"SELECT * FROM {table}")))
+    engine.dispose()
+    assert "model.registered" in written and not [s for s in secrets if s in written]
 
 
 def test_serve_starts_in_an_empty_folder_and_an_empty_store_lists_no_jobs(tmp_path):
@@ -97,7 +108,7 @@ def test_refused_locations_and_names_are_dead_lettered_with_their_reason(stack_f
     delivered = [d for d in stack.tap.seen if d.routing_key == "model.registered"][0]
     assert (delivered.delivery_mode, delivered.content_type) == (2, "application/json")  # events.md
     assert delivered.timestamp is not None and delivered.app_id == "heimdall-training"
-    assert_no_secrets(stack, s3_server)
+    assert_no_secrets(stack, s3_server, service)
 
 
 def psql(sql: str) -> None:

@@ -123,3 +123,25 @@ def test_what_a_killed_write_left_in_the_scores_and_graphs_folders_goes_after_a_
     assert purge(store, settings).cache_files == 2
     assert not old_graph_write.exists() and not old_score_write.exists()
     assert new_graph_write.exists() and new_score_write.exists()
+
+
+def test_a_finished_job_whose_checkpoint_a_queued_export_job_needs_is_kept_until_that_job_is_over(settings, store):
+    long_ago = utcnow() - timedelta(days=5)
+    trained = accept(store, trigger_kind="manual", dataset_version=1, now=long_ago)
+    claimed = store.claim_next("w", 30, now=long_ago)
+    store.finish_succeeded(trained.id, "w", VALID_RESULT, [registered_message(claimed, VALID_RESULT)], now=long_ago)
+    checkpoints = settings.job_checkpoint_dir(trained.id)
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "last.ckpt").write_bytes(b"x")
+    export = accept(store, trigger_kind="manual", dataset_version=1, export_only=True, now=long_ago,
+                    checkpoint_uri=f"file://{checkpoints}/last.ckpt")  # `ops request --resume_job_id` gives this
+    store.mark_published([m.id for m in store.read.pending_messages(100)])
+
+    assert purge(store, settings).checkpoints == 0
+    assert (checkpoints / "last.ckpt").is_file() and store.read.get(trained.id) is not None
+
+    claimed = store.claim_next("w", 30, now=long_ago)
+    assert claimed.id == export.id
+    store.finish_succeeded(export.id, "w", VALID_RESULT, [registered_message(claimed, VALID_RESULT)], now=long_ago)
+    store.mark_published([m.id for m in store.read.pending_messages(100)])
+    assert purge(store, settings).jobs == 2 and not checkpoints.exists()  # needed by no live job any more

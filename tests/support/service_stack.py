@@ -66,6 +66,9 @@ class ServiceProcess:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
 
+MLFLOW_CREDENTIALS = "heimdall-ops:mlflow-pw-51b3e0"  # the test server checks none; the client sends them
+
+
 class Stack:
     """One vhost and one job store database: the services started here share them."""
 
@@ -74,7 +77,9 @@ class Stack:
         self.env = {
             "HEIMDALL_AMQP_URL": self.vhost.url(), "HEIMDALL_JOB_STORE_URL": postgres.create_database(),
             "HEIMDALL_MODELS_URI": f"s3://heimdall-models/svc-{uuid.uuid4().hex[:6]}",
-            "HEIMDALL_MLFLOW_TRACKING_URI": mlflow_url, "HEIMDALL_MODEL_NAME": f"svc-{uuid.uuid4().hex[:6]}",
+            # with credentials, as a tracking server behind auth is given them: they must never show
+            "HEIMDALL_MLFLOW_TRACKING_URI": mlflow_url.replace("://", f"://{MLFLOW_CREDENTIALS}@", 1),
+            "HEIMDALL_MODEL_NAME": f"svc-{uuid.uuid4().hex[:6]}",
             "HEIMDALL_S3__ENDPOINT_URL": s3.endpoint_url, "HEIMDALL_S3__ACCESS_KEY_ID": s3.access_key_id,
             "HEIMDALL_S3__SECRET_ACCESS_KEY": s3.secret_access_key,
             "HEIMDALL_DEFAULT_TRAINING": json.dumps(TINY_TRAINING), "HEIMDALL_OPS_ALLOWED_USERS": '["guest"]',
@@ -140,3 +145,8 @@ def settled(stack: Stack, timeout_s: float = 60) -> None:
             time.sleep(0.3)
     finally:
         store.close()
+
+
+def s3_object(s3_server, uri: str) -> bytes:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -37,7 +37,7 @@ def fit(data: VerifiedDataset, config: TrainConfig, run: FitRun) -> FitResult:
     fit_s = time.monotonic() - started
     path = save(net, run.checkpoint_dir / "last.ckpt")
     return FitResult(net=net.eval(), best_checkpoint=path, last_checkpoint=path, epochs_run=1, best_epoch=0,
-                     fit_s=fit_s)
+                     is_global_zero=True, fit_s=fit_s)
 
 
 def save(net: RadioMapNet, path: Path) -> Path:

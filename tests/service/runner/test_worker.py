@@ -75,8 +75,9 @@ def test_an_export_of_a_missing_checkpoint_object_fails_once_at_the_data_stage(s
 
 def test_a_job_whose_lease_expired_on_its_last_attempt_is_failed_not_reclaimed(store):
     job = accept(store)
-    for attempt in range(1, 4):  # three workers that died mid-job (kill -9): each lease expires
-        claimed = store.claim_next(f"dead-{attempt}", 1.0, now=utcnow() + timedelta(seconds=10 * attempt),
+    for attempt in range(1, 4):  # three workers that died mid-job (kill -9): a lease of 0 s has run out at
+        # once on the database's clock, which leases are kept by (a replica's own `now` plays no part)
+        claimed = store.claim_next(f"dead-{attempt}", 0.0, now=utcnow() + timedelta(seconds=10 * attempt),
                                    max_attempts=3)
         assert claimed.id == job.id and claimed.attempt == attempt
     abandoned = store.claim_next("alive", 1.0, now=utcnow() + timedelta(seconds=40), max_attempts=3,
