@@ -21,11 +21,12 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from foundation.errors import HeimdallError, JobInterrupted
-from foundation.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_now
+from foundation.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, die_with_parent, exit_now
 from foundation.logs import log_event, printable
 
 
@@ -177,6 +178,8 @@ def run_train(args, settings) -> int:
     from training.summary import format_summary
 
     spec = job_spec_of(args)
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP rank Lightning started: it dies with rank zero
+        die_with_parent()
     setup_logging(args, spec.job_id)
     pin_spec(settings, spec, leading=["train", *(["--json"] if args.json else [])])  # every DDP rank: this job
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result alone (MLflow prints links)

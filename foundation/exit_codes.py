@@ -4,8 +4,10 @@ The child (`python -m training`, `heimdall-training train`) returns these; the s
 reads them. Both import this module, so neither imports the other.
 """
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 
 EXIT_OK = 0  # done: the job's Result was sent (or printed)
@@ -25,3 +27,12 @@ def exit_now(code: int):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux): a training child dies with the service,
+    and a DDP rank that Lightning started dies with rank zero, so nothing races the job's next attempt."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

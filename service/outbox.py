@@ -84,10 +84,10 @@ class OutboxRelay:
                 continue
             await asyncio.to_thread(self.store.mark_published, [row.id])
             self.returned.pop(row.id, None)
-            self.metrics.outbox_parked.set(self.parked())
             published += 1
             log.info("published", extra={"fields": {"event": "published", "event_id": row.id,
                                                     "routing_key": row.routing_key}})
+        self.metrics.outbox_parked.set(sum(tries >= PARK_AFTER_TRIES for tries, _ in self.returned.values()))
         return published
 
     def refused(self, row: OutboxMessage, error: aio_pika.exceptions.DeliveryError) -> None:
@@ -107,7 +107,3 @@ class OutboxRelay:
         if tries == PARK_AFTER_TRIES:
             log.error("outbox row parked: refused %d times; still kept and retried every %.0f s", tries,
                       REFUSED_BACKOFF_MAX_S, extra={"fields": {"event": "outbox row parked", **fields}})
-        self.metrics.outbox_parked.set(self.parked())
-
-    def parked(self) -> int:
-        return sum(tries >= PARK_AFTER_TRIES for tries, _ in self.returned.values())

@@ -22,7 +22,7 @@ from pathlib import Path
 from foundation.child_protocol import (Failed, Failure, Heartbeat, JobSpec, Result, SpareReady, channel,
                                        open_channel, write_spec)
 from foundation.errors import HeimdallError, JobInterrupted
-from foundation.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from foundation.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, die_with_parent
 from foundation.logs import configure_logging, log_event
 from foundation.settings import Settings, load_settings
 
@@ -42,6 +42,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    die_with_parent()  # the service's child already does (set before exec); a DDP rank dies with rank zero
     settings = load_settings()
     configure_logging(None)
     open_channel(args.protocol_fd)

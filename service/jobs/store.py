@@ -223,19 +223,23 @@ class JobStore:
         """Raises IllegalTransition, LostClaim, UnknownJob, JobStoreUnavailable."""
         return self._release(job_id, worker_id, JobStatus.CANCELLED, messages, now, cancel_reason=reason)
 
-    def requeue(self, job_id: str, worker_id: str, *, not_before: datetime, error: dict[str, Any] | None = None,
-                messages: Iterable[OutboxMessage] = (), now: datetime | None = None,
-                keep_attempt: bool = False) -> Job:
-        """RUNNING -> QUEUED, claim released: a retry after backoff, or a job handed back at
-        shutdown (not_before=now, keep_attempt: a graceful stop is no failure, so rolling deploys
-        never use up a job's attempts). Raises IllegalTransition, LostClaim, UnknownJob, JobStoreUnavailable."""
+    def requeue(self, job_id: str, worker_id: str, *, delay_s: float = 0.0, not_before: datetime | None = None,
+                error: dict[str, Any] | None = None, messages: Iterable[OutboxMessage] = (),
+                now: datetime | None = None, keep_attempt: bool = False) -> Job:
+        """RUNNING -> QUEUED, claim released: a retry after backoff (`delay_s` after the database's
+        now, unless `not_before` is given), or a job handed back at shutdown (keep_attempt: a graceful
+        stop is no failure, so rolling deploys never use up a job's attempts).
+        Raises IllegalTransition, LostClaim, UnknownJob, JobStoreUnavailable."""
         given_back = {"attempt": jobs.c.attempt - 1} if keep_attempt else {}
-        return self._release(job_id, worker_id, JobStatus.QUEUED, messages, now,
-                             not_before=not_before, error=error, claimed_by=None, **given_back)
+        return self._release(job_id, worker_id, JobStatus.QUEUED, messages, now, not_before=not_before,
+                             not_before_delay_s=delay_s, error=error, claimed_by=None, **given_back)
 
     def _release(self, job_id, worker_id, to: JobStatus, messages, now, **values) -> Job:
         with self.transaction(write=True) as conn:
             now = now or self.db.clock(conn)
+            if "not_before_delay_s" in values:  # a requeue: measured on the database's clock, like leases
+                delay_s = values.pop("not_before_delay_s")
+                values["not_before"] = values["not_before"] or now + timedelta(seconds=delay_s)
             job = get_job(conn, job_id, lock=True)
             if job is None:
                 raise UnknownJob(job_id)

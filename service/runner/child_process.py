@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from foundation.child_protocol import (ChildMessage, Failed, Failure, JobSpec, MAX_MESSAGE_BYTES,
                                        PermitAnswer, ProtocolError, Result, SpareReady, Started, encode,
                                        parse_child_message)
+from foundation.exit_codes import die_with_parent
 from foundation.settings import SETTINGS_ENV, Settings
 
 EXIT_NO_RESULT = 125  # ours, not the child's: it exited 0 but sent no Result
@@ -33,13 +33,7 @@ EXIT_POLL_S = 0.05
 EXITED_READ_S = 0.5  # once the child has exited, how long its last buffered lines may take to read
 LOG_TAIL_LINES = 20  # the last log lines kept for a failure's report
 LOG_LINE_LIMIT = 1 << 20
-PR_SET_PDEATHSIG = 1
 CHILD_MODULE = [sys.executable, "-m", "training"]
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec (Linux)."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
@@ -75,7 +69,7 @@ class TrainingProcess:
             proc = await asyncio.create_subprocess_exec(
                 *(command or CHILD_MODULE), *arguments, "--protocol-fd", str(write_fd),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                pass_fds=(write_fd,), start_new_session=True, preexec_fn=_die_with_parent, limit=LOG_LINE_LIMIT,
+                pass_fds=(write_fd,), start_new_session=True, preexec_fn=die_with_parent, limit=LOG_LINE_LIMIT,
                 env=child_environment(settings))
         except BaseException:
             os.close(read_fd)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import timedelta
 
 from pydantic import ValidationError
 
@@ -16,7 +15,7 @@ from foundation.exit_codes import EXIT_INTERRUPTED
 from foundation.logs import log_event
 from foundation.settings import Settings
 from service.jobs.events import cancelled_message, failed_message, registered_message
-from service.jobs.store import Job, JobStore, utcnow
+from service.jobs.store import Job, JobStore
 from service.runner.child_process import Outcome
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class OutcomeRecorder:
             self.store.finish_succeeded(job.id, me, outcome.result, [message])
             return "succeeded"
         if stop_reason is StopReason.SHUTDOWN:
-            self.store.requeue(job.id, me, not_before=utcnow(), keep_attempt=True)
+            self.store.requeue(job.id, me, keep_attempt=True)
             return "requeued"
         if stop_reason is StopReason.CANCEL:
             fresh = self.store.read.get(job.id)
@@ -81,7 +80,7 @@ class OutcomeRecorder:
         message = failed_message(job, failure, retryable=retry)
         if retry:
             delay = self.settings.retry_backoff_s * 2 ** (job.attempt - 1) * random.uniform(0.8, 1.2)
-            self.store.requeue(job.id, me, not_before=utcnow() + timedelta(seconds=delay), error=failure.model_dump(),
+            self.store.requeue(job.id, me, delay_s=delay, error=failure.model_dump(),
                                messages=[message])
             return "retrying"
         self.store.finish_failed(job.id, me, failure.model_dump(), [message])

@@ -25,7 +25,7 @@ from foundation.logs import log_event
 from foundation.settings import Settings
 from messages import TrainingProgress, TrainingStarted, make_event
 from service.jobs.events import failed_message, outbox
-from service.jobs.store import Job, JobStore, LostClaim, utcnow
+from service.jobs.store import Job, JobStore, LostClaim
 from service.metrics import ServiceMetrics
 from service.runner.child_process import Outcome, TrainingProcess
 from service.runner.job_command import job_spec
@@ -68,8 +68,7 @@ class JobRunner:
                     pass
             elif self.stopping:  # claimed while shutting down: hand it straight back (or its lease expires)
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, not_before=utcnow(),
-                                            keep_attempt=True)
+                    await asyncio.to_thread(self.store.requeue, job.id, self.settings.replica_id, keep_attempt=True)
             else:
                 await self.run_guarded(job)
                 await self.start_spare()

@@ -165,3 +165,22 @@ def test_two_nodes_of_a_kubeflow_pytorchjob_train_one_model(ddp_dataset, job_env
     assert json.loads(stdout0)["model"]["model_version"] == 1 and stdout1 == ""
     assert len(events(lines0, "registered")) == 1 and events(lines1, "registered") == []
     assert len(model_versions(mlflow_url, job_env["HEIMDALL_MODEL_NAME"])) == 1
+
+
+def test_an_extra_rank_dies_with_rank_zero(ddp_dataset, job_env, tmp_path):
+    """Rank zero killed alone (OOM, or the service's kill -9 reaching the child): the rank Lightning
+    started for it must not live on to race the job's next attempt."""
+    job = ["--data_dir", ddp_dataset, *FLAGS, "--devices", "2", "--epochs", "20", "--patience", "20"]
+    log = tmp_path / "orphan.log"
+    proc = start(job, job_env, log)
+    wait_for_event(proc, log, "progress")
+    extra_ranks = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert extra_ranks, "Lightning started no extra rank"
+    os.kill(proc.pid, signal.SIGKILL)  # rank zero alone, not its group
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while [pid for pid in extra_ranks if Path(f"/proc/{pid}").exists()
+           and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]:
+        assert time.monotonic() < deadline, "an extra rank outlived rank zero"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL) if not group_gone(proc.pid, within_s=0) else None

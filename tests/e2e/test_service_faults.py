@@ -70,7 +70,9 @@ def test_serve_starts_in_an_empty_folder_and_an_empty_store_lists_no_jobs(tmp_pa
         fresh = subprocess.run([sys.executable, "-m", "cli", "jobs", "list"], capture_output=True,
                                text=True, cwd=tmp_path, env={**clean, "HEIMDALL_STATE_DIR": str(tmp_path / "new")},
                                timeout=60)
-        assert fresh.returncode == 0, fresh.stderr
+        # a state dir that was never served (or a mistyped one) holds no store: a clear error, nothing created
+        assert fresh.returncode == 1 and "no job store at" in fresh.stderr, fresh.stderr
+        assert not (tmp_path / "new").exists()
         assert service.stop() == 0
     finally:
         vhost.close()

@@ -71,6 +71,14 @@ async def consuming(settings: Settings, store: JobStore):
         await connection.close()
 
 
+async def wait_until(predicate, what: str, timeout_s: float = 30) -> None:
+    """Until `await predicate()` is true; fails naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
+        await asyncio.sleep(0.05)
+
+
 async def job_of(store: JobStore, trigger_id: str, timeout_s: float = 30) -> Job:
     """The job the trigger `trigger_id` created, once the store has it."""
     deadline = time.monotonic() + timeout_s

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from functools import partial
 
 import sqlalchemy as sa
@@ -21,7 +20,7 @@ from service import intake as intake_module
 from service.jobs.store import JobStore
 from service.consumer import Action
 from service.topology import DATASET_EVENTS, WORK_QUEUES
-from tests.service.consuming import consumer_settings, consuming, job_of, vhost  # noqa: F401 (a fixture)
+from tests.service.consuming import consumer_settings, consuming, job_of, vhost, wait_until  # noqa: F401 (vhost: a fixture)
 from tests.support.broker import Vhost, dead_letters, publish
 from tests.support.servers import PG_SOCKET_DIR
 from tests.support.service_stack import dataset_ready
@@ -72,13 +71,6 @@ class ProbeCounter:
     def __call__(self):
         self.calls += 1
         return self.real()
-
-
-async def wait_until(predicate, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
-        await asyncio.sleep(0.05)
 
 
 def test_a_valid_trigger_outlives_a_job_store_outage_many_delivery_budgets_long(
