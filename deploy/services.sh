@@ -2,11 +2,12 @@
 # Makes sure the servers the tests talk to are running on this machine (Debian 12, no systemd):
 #   RabbitMQ     127.0.0.1:5672, user guest/guest
 #   PostgreSQL   15, on its Unix socket (/var/run/postgresql) and 127.0.0.1:5432
-# and that `promtool` (Debian's prometheus package, not started) is there for the alert-rule tests.
+# and that `promtool` and `prometheus` (Debian's prometheus package, never started as a service) are
+# there for the monitoring tests, with RabbitMQ's rabbitmq_prometheus plugin (metrics on :15692).
 # When both already answer it only checks, in well under a second. A missing server is
 # installed from Debian's packages; a stopped one is started with the commands that start it
 # on the CI machines. Idempotent. Needs root, or sudo, only when it has to install or start.
-# Messages go to stderr; exit 0 means both answer.
+# Messages go to stderr; exit 0 means both answer (and RabbitMQ's metrics endpoint).
 set -euo pipefail
 
 say() { echo "services: $*" >&2; }
@@ -23,6 +24,7 @@ postgres_answers() {
     && pg_isready -q -t 2 -p 5432   # the default socket directory
 }
 rabbitmq_installed() { [ -x /usr/sbin/rabbitmq-server ]; }
+rabbitmq_metrics_answer() { timeout 2 bash -c '</dev/tcp/127.0.0.1/15692' 2>/dev/null; }
 postgres_installed() { command -v pg_ctlcluster >/dev/null && [ -n "$(ls -A /etc/postgresql 2>/dev/null)" ]; }
 
 # The packages' maintainer scripts would try to start the daemons (and fail without systemd):
@@ -99,6 +101,14 @@ start_postgres() {
   fi
 }
 
+# The queue depths that the dashboard and the dead-letter alert read (tests/e2e/test_monitoring_live.py).
+enable_rabbitmq_metrics() {
+  rabbitmq_metrics_answer && return 0
+  say "enabling RabbitMQ's rabbitmq_prometheus plugin"
+  as_root rabbitmq-plugins enable rabbitmq_prometheus >&2
+  wait_until 30 "RabbitMQ's metrics on 127.0.0.1:15692" rabbitmq_metrics_answer
+}
+
 wait_until() {  # seconds, what, check-function
   local waited=0
   until "$3"; do
@@ -109,11 +119,15 @@ wait_until() {  # seconds, what, check-function
 
 main() {
   local need_rabbitmq="" need_postgres="" missing=()
-  command -v promtool >/dev/null || apt_install prometheus   # tests/deploy/test_monitoring.py runs promtool
+  # promtool for tests/deploy/test_monitoring.py; the server for tests/e2e/test_monitoring_live.py,
+  # which starts its own on a free port (policy-rc.d keeps the package's service stopped).
+  command -v promtool >/dev/null && command -v prometheus >/dev/null \
+    || apt_install --no-install-recommends prometheus
   rabbitmq_answers || need_rabbitmq=1
   postgres_answers || need_postgres=1
   if [ -z "$need_rabbitmq$need_postgres" ]; then
     say "RabbitMQ (127.0.0.1:5672) and PostgreSQL (socket, 127.0.0.1:5432) are running"
+    enable_rabbitmq_metrics
     return 0
   fi
 
@@ -139,6 +153,7 @@ main() {
     wait_until "$POSTGRES_START_TIMEOUT_S" "PostgreSQL $version (socket and 127.0.0.1:5432)" postgres_answers
     say "PostgreSQL $version is running (socket and 127.0.0.1:5432)"
   fi
+  enable_rabbitmq_metrics
 }
 
 main "$@"

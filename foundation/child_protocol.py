@@ -18,6 +18,7 @@ object; DDP ranks inherit it.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -81,6 +82,9 @@ class Failure(Frozen):
     @classmethod
     def of(cls, exc: BaseException, *, prefix: str = "") -> "Failure":
         """A failure from an exception: a HeimdallError says its stage and retryable; any other is a bug."""
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the state or cache disk is full:
+            return cls(stage="data", error_type="StorageFull", retryable=True,  # a storage problem, for a retry
+                       message=prefix + f"no space left on the device: {exc}")
         stage = getattr(exc, "stage", "train")
         return cls(stage=stage if stage in STAGES else "train", error_type=type(exc).__name__,
                    message=prefix + (exc.message if isinstance(exc, HeimdallError) else str(exc)),

@@ -2,6 +2,8 @@
 
 This is the one place where torch.onnx, onnx and onnxruntime errors are translated into
 `ExportError`.
+
+Size: the exporter and its parity check: the one place where ONNX errors are translated.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 the Trainer with its callbacks. Only Lightning lives here; the recipe sees a `FitResult`.
 
 Validation logs `val_loss` (plain Gaussian NLL, the monitored key) and `val_median_error_m`.
-Training minimises β-NLL so the mean keeps learning while the covariance grows honest.
+Training minimises β-NLL (`gaussian_nll`) so the mean keeps learning while the covariance grows honest.
+
+Size: everything Lightning-specific in one place: the module, its loss, the loaders, the callbacks
+(progress, the SIGTERM checkpoint, uploads) and the Trainer.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from foundation.child_protocol import Progress, channel
 from foundation.logs import log_event
 from training.family import FitResult
 from training.metrics import localization_errors_m
-from training.neural.model import LocalizationNet, gaussian_nll
+from training.neural.model import LocalizationNet
 
 log = logging.getLogger(__name__)
 MONITOR = "val_loss"
@@ -262,3 +265,21 @@ def _epoch_of(checkpoint: Path | None) -> int | None:
     if checkpoint is None:
         return None
     return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+
+
+def gaussian_nll(mean: torch.Tensor, chol: torch.Tensor, target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """Per-sample 2D Gaussian NLL with covariance chol @ chol.T, weighted by β-NLL.
+
+    loss_i = stopgrad(det(Σ_i)^(β/2)) · NLL_i, all in the scaled local frame (so the weight is
+    in units of LOCAL_SCALE_M²). β = 0 is the plain NLL; β > 0 keeps confident-but-wrong
+    samples from dominating the gradient of the mean (Seitzer et al. 2022).
+    """
+    residual = target - mean
+    l11, l21, l22 = chol[:, 0, 0], chol[:, 1, 0], chol[:, 1, 1]
+    z1 = residual[:, 0] / l11  # z = L^-1 r by forward substitution
+    z2 = (residual[:, 1] - l21 * z1) / l22
+    half_log_det = torch.log(l11) + torch.log(l22)
+    nll = 0.5 * (z1**2 + z2**2) + half_log_det + math.log(2 * math.pi)
+    if beta == 0.0:
+        return nll
+    return torch.exp(beta * half_log_det).detach() * nll

@@ -14,6 +14,9 @@ Decisions the callers rely on:
 - `worker_id` must be unique per process (e.g. host/pid/uuid): the claim is checked by it.
 - Time is the database's clock, not a replica's: leases always (a replica whose clock is ahead by
   more than `lease_s` must not steal a running job), other times unless a caller passes `now`.
+
+Size: every named transition of the job state machine, each one transaction; the tables,
+queries and database handling live beside it.
 """
 
 from __future__ import annotations

@@ -55,6 +55,14 @@ def test_a_failure_from_an_error_keeps_its_stage_and_retryable_and_names_bugs_tr
     assert Failure.of(KeyError("x")).stage == "train"
 
 
+def test_a_full_disk_is_a_retryable_storage_failure_not_a_training_bug():
+    with pytest.raises(OSError) as full:
+        with open("/dev/full", "w") as disk:  # the kernel's always-full device: a real ENOSPC
+            disk.write("checkpoint")
+    failure = Failure.of(full.value)
+    assert (failure.stage, failure.error_type, failure.retryable) == ("data", "StorageFull", True)
+
+
 def test_the_settings_reach_the_child_whole_secrets_included(monkeypatch, tmp_path):
     settings = Settings(state_dir=tmp_path, amqp_url=SecretStr("amqp://u:p4ss@h/"),
                         s3=S3Settings(access_key_id=SecretStr("AKID"), secret_access_key=SecretStr("s3cr3t")))

@@ -48,7 +48,6 @@ def dead_letters_listed(url: str, tmp_path) -> dict[str, tuple[str, str, str]]:
     """`dead-letters list`, as message id -> (dead-letter queue, routing key, reason)."""
     done = run_cli(["dead-letters", "list"], tmp_path, timeout_s=60, HEIMDALL_AMQP_URL=url)
     assert done.returncode == 0, done.stderr
-    print(done.stdout); print(done.stderr)
     listed, queue = {}, None
     for line in done.stdout.splitlines():
         if not line.startswith(" "):
@@ -62,7 +61,6 @@ def dead_letters_listed(url: str, tmp_path) -> dict[str, tuple[str, str, str]]:
 def redrive(url: str, tmp_path, *flags: str) -> str:
     done = run_cli(["dead-letters", "redrive", *flags], tmp_path, timeout_s=60, HEIMDALL_AMQP_URL=url)
     assert done.returncode == 0, done.stderr
-    print(done.stdout); print(done.stderr)
     assert '"event": "redriven"' in done.stderr  # the log line with the counts
     return done.stdout
 
@@ -74,7 +72,8 @@ def test_dead_letters_are_listed_with_their_reasons_and_redriven_once_by_reason_
     store = JobStore(store_url)
     store.migrate()
     refusing = consumer_settings(tmp_path, url, store_url, tmp_path / "elsewhere")
-    fixed = consumer_settings(tmp_path, url, store_url, example_dataset.parent)
+    fixed = consumer_settings(tmp_path, url, store_url, example_dataset.parent).model_copy(
+        update={"ops_allowed_users": ["guest"]})
     refused, exhausted = (dataset_ready("nw-italy-mini", 1, f"file://{example_dataset}") for _ in range(2))
     garbled_id, cancel = str(uuid.uuid4()), {**dataset_ready("x", 1, "file:///x"), "type": "heimdall.training.cancel.v1",
                                             "data": {"job_id": str(uuid.uuid4()), "reason": "test"}}
@@ -112,12 +111,17 @@ def test_dead_letters_are_listed_with_their_reasons_and_redriven_once_by_reason_
             await wait_until(partial(handled, state, exhausted["id"]), "the re-driven trigger is consumed")
             assert state.actions_on(exhausted["id"]) == [Action.ACK]  # a duplicate of the job above: acknowledged
             assert state.actions_on(refused["id"]) == [Action.ACK]  # re-driven once, handled once
+            # Re-driven by its own publisher (guest), an ops message keeps its user_id: now authorised, it
+            # is refused for what it asks (no such job), not as unauthorised again.
+            assert "redriven 1, not matched 1" in await asyncio.to_thread(redrive, url, tmp_path, "--reason",
+                                                                            "unauthorised")
+            await wait_until(partial(handled, state, cancel["id"]), "the re-driven cancel is consumed")
 
     asyncio.run(redrive_the_fixed_ones())
     left = {d.message_id: d for d in dead_letters(url, datasets) + dead_letters(url, ops)}
-    assert set(left) == {garbled_id, cancel["id"]}  # untouched: body and reason as they were
+    assert set(left) == {garbled_id, cancel["id"]}  # the one never matched is as it was: body and reason
     assert left[garbled_id].body == b"{not json" and left[garbled_id].headers["x-heimdall-reason"] == "malformed-json"
-    assert left[cancel["id"]].headers["x-heimdall-reason"] == "unauthorised"
+    assert left[cancel["id"]].headers["x-heimdall-reason"] == "unknown-job"
     store.close()
 
 

@@ -11,6 +11,9 @@ as the median over seeds with its range. A seed changes everything that is drawn
 seed, and the data (synthetic: the generator's seed, so other sessions and, for random-70cm,
 another layout; POWDER: which 250 m blocks the blocked split puts in val and test). Seed 0 is
 the scenario as defined.
+
+Size: one scenario's run from its dataset to its report, step by step (train, score the
+model, the baselines and the oracle, log).
 """
 
 from __future__ import annotations

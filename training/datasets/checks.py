@@ -3,6 +3,8 @@
 Pure functions over parsed JSON and manifest models: no I/O, so `training.datasets.reader`
 decides what to fetch and when, and these decide whether what was fetched is acceptable.
 Every refusal raises `DatasetError` through `Where.refuse`, naming dataset, file and rule.
+
+Size: every rule of `heimdall.dataset/1` that a reader checks, one function per group of rules.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ full; the per-file rules live in `training.datasets.checks`. Error rules: `Rule`
 
 from __future__ import annotations
 
+import errno
+
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -201,6 +203,11 @@ class DatasetReader:
             source.store.download(source.key(name), path)
         except FileNotFoundError:
             where.refuse(Rule.MISSING_FILE, f"listed, not at {source.store.uri_of(source.key(name))}")
+        except OSError as exc:  # a listed name no file can have (too long, say): the manifest's fault
+            if exc.errno not in (errno.ENAMETOOLONG, errno.EINVAL, errno.ENOTDIR):
+                raise
+            where.refuse(Rule.MISSING_FILE, f"listed, cannot be a file at {source.store.uri_of(source.key(name))}: "
+                                            f"{exc.strerror}")
         digest = scan(path, samples=samples)
         if digest.sha256 != sha256:
             where.refuse(Rule.SHA256, f"SHA-256 {digest.sha256}, the manifest says {sha256}")

@@ -32,6 +32,9 @@ generated, and a session's truth can be drawn without synthesising its samples. 
 field is a function of position, not a draw, so it leaves the session streams (and so every
 default-config byte) untouched. The same config gives
 byte-identical recordings; only the manifest's `created_at` differs unless it is passed in.
+
+Size: the whole generating model, from receivers to captures; the oracle
+(`training/bench/oracle.py`) must assume exactly what is written here, so it stays in one file.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ normalised per sample. Offline receivers are removed with `torch.where` before a
 Shapes: B sessions, R receivers, S samples, T frames, F = nfft frequency bins.
 The graph is float32 throughout, with no complex tensors and no data-dependent control flow,
 so the dynamo exporter keeps batch and receivers dynamic.
+
+Size: one network and the layers only it uses (the ConvNeXt encoder, the masked attention,
+the Gaussian head): together they are one ONNX graph, read in one place.
 """
 
 from __future__ import annotations
@@ -278,21 +281,3 @@ def frame_scale_for(rx_latlon) -> float:
     lat, lon = rx_latlon[:, 0][:, None], rx_latlon[:, 1][:, None]
     span = float(haversine_m(lat, lon, lat.T, lon.T).max())
     return min(max(span / 2, 500.0), LOCAL_SCALE_M)
-
-
-def gaussian_nll(mean: torch.Tensor, chol: torch.Tensor, target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
-    """Per-sample 2D Gaussian NLL with covariance chol @ chol.T, weighted by β-NLL.
-
-    loss_i = stopgrad(det(Σ_i)^(β/2)) · NLL_i, all in the scaled local frame (so the weight is
-    in units of LOCAL_SCALE_M²). β = 0 is the plain NLL; β > 0 keeps confident-but-wrong
-    samples from dominating the gradient of the mean (Seitzer et al. 2022).
-    """
-    residual = target - mean
-    l11, l21, l22 = chol[:, 0, 0], chol[:, 1, 0], chol[:, 1, 1]
-    z1 = residual[:, 0] / l11  # z = L^-1 r by forward substitution
-    z2 = (residual[:, 1] - l21 * z1) / l22
-    half_log_det = torch.log(l11) + torch.log(l22)
-    nll = 0.5 * (z1**2 + z2**2) + half_log_det + math.log(2 * math.pi)
-    if beta == 0.0:
-        return nll
-    return torch.exp(beta * half_log_det).detach() * nll

@@ -267,6 +267,14 @@ def test_a_damaged_cache_entry_is_not_trusted_when_the_source_is_gone(version, c
     assert (refused.value.rule, refused.value.file) == (Rule.MISSING_FILE, f"{SHARD0}/rx-torino.sigmf-data")
 
 
+def test_a_shard_path_no_file_can_have_is_a_dataset_refusal_not_a_crash(version, cache):
+    long_name = "s" * 300  # over the file system's 255-byte name limit
+    edit_manifest(version, lambda m: m["shards"][0].update(path=long_name))
+    with pytest.raises(DatasetError) as refused:
+        open_version(version, cache)
+    assert refused.value.rule == Rule.MISSING_FILE and refused.value.file.startswith(long_name + "/rx-")
+
+
 def count_scans(monkeypatch) -> list[str]:
     """The files the cache hashes from now on (the reader's own scan of a download is not counted)."""
     from training.datasets import cache as cache_module

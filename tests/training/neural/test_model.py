@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from training.geodesy import to_local_en
-from training.neural.model import LOCAL_SCALE_M, PRESETS, LocalizationNet, gaussian_nll
+from training.fit import gaussian_nll
+from training.neural.model import LOCAL_SCALE_M, PRESETS, LocalizationNet
 from tests.support.model_inputs import SAMPLES, make_inputs
 
 
