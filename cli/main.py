@@ -25,9 +25,11 @@ import os
 import sys
 from pathlib import Path
 
+from foundation.child_protocol import Failure
 from foundation.errors import HeimdallError, JobInterrupted
 from foundation.exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, die_with_parent, exit_now
 from foundation.logs import log_event, printable
+from cli.dead_letters import add_dead_letters, run_dead_letters
 
 
 def add_log_format(parser) -> None:
@@ -111,25 +113,6 @@ def add_service(sub) -> None:
     listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
     listing.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     jobs.add_parser("show", help="one job's timeline, its model and its MLflow run").add_argument("job_id")
-
-
-def add_dead_letters(sub) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    actions = sub.add_parser("dead-letters", help="list or re-drive the dead-letter queues").add_subparsers(
-        dest="action", required=True)
-    listing = "per dead-letter queue: message id, original routing key, reason, age, detail"
-    actions.add_parser("list", formatter_class=raw, help=listing, description=listing.capitalize() + ".",
-                       epilog="example:\n  heimdall-training dead-letters list")
-    redrive = actions.add_parser(
-        "redrive", formatter_class=raw, help="back to the work queue they came from, each once",
-        description="Re-drive the dead letters that match every filter given (all of them with none) to the\n"
-                    "work queue they came from, each once; the others stay where they are. Run it as the ops\n"
-                    "user to keep an ops message's user_id (RabbitMQ accepts no other).",
-        epilog="examples:\n  heimdall-training dead-letters redrive --reason dataset-not-allowed\n"
-               "  heimdall-training dead-letters redrive --id 5f0c7c1e-7d8c-4a7e-9d55-2b8d2f6f3c11")
-    redrive.add_argument("--reason", help="x-heimdall-reason (e.g. unknown-dataset) or RabbitMQ's x-death reason "
-                         "(delivery_limit, expired, rejected, maxlen)")
-    redrive.add_argument("--id", dest="message_id", help="the message id (the event id)")
 
 
 def add_config_flags(parser) -> None:
@@ -251,27 +234,6 @@ def run_jobs(args, settings) -> int:
     return 0
 
 
-def run_dead_letters(args, settings) -> int:
-    import asyncio
-
-    from foundation.logs import configure_logging
-    from service import dead_letters
-    from service.jobs.tables import utcnow
-
-    configure_logging(None)
-    if args.action == "list":
-        print(dead_letters.dead_letters_table(asyncio.run(dead_letters.list_dead_letters(settings)), utcnow()))
-        return 0
-
-    def say(letter) -> None:
-        print(f"redriven {printable(letter.message_id or '-')} ({letter.reason}) to {letter.queue.name} "
-              f"as {letter.routing_key}")
-
-    counts = asyncio.run(dead_letters.redrive(settings, args.reason, args.message_id, on_redriven=say))
-    print(f"redriven {counts.redriven}, not matched {counts.kept}, not confirmed {counts.failed} (left in place)")
-    return EXIT_FAILED if counts.failed else 0
-
-
 COMMANDS = {"synth": run_synth, "train": run_train, "bench": run_bench, "serve": run_serve, "ops": run_ops,
             "jobs": run_jobs, "dead-letters": run_dead_letters}
 
@@ -300,15 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         log_event(logging.getLogger("cli.main"), "interrupted", stage=exc.stage, message=exc.message)
         return EXIT_INTERRUPTED
     except HeimdallError as exc:
-        log_event(logging.getLogger("cli.main"), "failed", stage=exc.stage, error_type=type(exc).__name__,
-                  message=exc.message, retryable=exc.retryable)
+        log_event(logging.getLogger("cli.main"), "failed", **Failure.of(exc).model_dump())
         print(f"heimdall-training {args.command}: {exc.stage} failed"
               f"{' (retryable)' if exc.retryable else ''}: {printable(exc.message)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # a bug, not a bad input: keep the traceback for whoever fixes it
         logging.getLogger("cli.main").exception(
-            "failed", extra={"fields": {"event": "failed", "stage": "train", "error_type": type(exc).__name__,
-                                        "message": str(exc), "retryable": False}})
+            "failed", extra={"fields": {"event": "failed", **Failure.of(exc).model_dump()}})
         return EXIT_FAILED
 
 

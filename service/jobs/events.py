@@ -4,7 +4,8 @@ the worker and the job store alike."""
 from __future__ import annotations
 
 from foundation.child_protocol import Failure
-from messages import (ModelRegistered, TrainingAccepted, TrainingCancelled, TrainingFailed, make_event)
+from messages import (ModelChampionChanged, ModelRegistered, TrainingAccepted, TrainingCancelled, TrainingFailed,
+                      make_event)
 from service.jobs.tables import Job, OutboxMessage
 
 
@@ -39,3 +40,26 @@ def registered_message(job: Job, result: dict) -> OutboxMessage:
                                                                         "coverage_1sigma", "coverage_2sigma")},
         dataset={"id": job.dataset_id, "version": job.dataset_version, "uri": job.dataset_uri},
         mlflow_run_id=result["mlflow"]["run_id"]), subject=f"{model['model_name']}/{model['model_version']}"))
+
+
+def succeeded_messages(job: Job, result: dict) -> list[OutboxMessage]:
+    """model.registered, then model.champion-changed when the job's champion gate moved the alias
+    (the result's `champion_move`). Raises pydantic.ValidationError (or KeyError) like registered_message."""
+    move, model = result.get("champion_move"), result["model"]
+    if move is None:
+        return [registered_message(job, result)]
+    changed = ModelChampionChanged(
+        model_name=model["model_name"], version=model["model_version"], previous_version=move["previous_version"],
+        onnx=model["onnx"], card_uri=model["card_uri"], cause="gate", job_id=job.id, reason=move["reason"])
+    return [registered_message(job, result), champion_changed_message(changed)]
+
+
+def champion_changed_message(changed: ModelChampionChanged) -> OutboxMessage:
+    return outbox(make_event(changed, subject=f"{changed.model_name}/{changed.version}"))
+
+
+def abandoned_failure(job: Job) -> Failure:
+    """Why a job whose lease expired on its last attempt is over (its worker died every time)."""
+    return Failure(stage="train", error_type="WorkerLost", retryable=False,
+                   message=f"the worker running attempt {job.attempt} stopped renewing its lease (killed or frozen); "
+                           f"{job.attempt} attempts used")

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from service.jobs.database import DEFAULT_TIMEOUT_S, Database
 from service.jobs.queries import JobQueries, get_job, live_job_by_key
+from service.jobs.events import abandoned_failure
 from service.jobs.tables import (
     LEGAL_TRANSITIONS, LIVE, AcceptResult, IllegalTransition, Job, JobStatus, JobStoreError, JobStoreUnavailable,
     LostClaim, NoJobStore, OutboxMessage, UnknownJob, idempotency_key, job_from_row, jobs, outbox, outbox_values,
@@ -175,9 +176,8 @@ class JobStore:
                 )
 
     def _abandon(self, conn, job: Job, message: Callable[[Job], OutboxMessage] | None, now: datetime) -> None:
-        error = {"stage": "train", "error_type": "WorkerLost", "retryable": False,
-                 "message": f"the lease expired on attempt {job.attempt} of {job.attempt}"}
-        failed = self._must(conn, job, JobStatus.FAILED, now, error=error, lease_expires_at=None, finished_at=now)
+        failed = self._must(conn, job, JobStatus.FAILED, now, error=abandoned_failure(job).model_dump(),
+                            lease_expires_at=None, finished_at=now)
         self._add(conn, [message(failed)] if message else [], job.id, now)
 
     def renew_lease(self, job_id: str, worker_id: str, lease_s: float, now: datetime | None = None) -> bool:

@@ -14,18 +14,11 @@ from foundation.child_protocol import Failure, StopReason
 from foundation.exit_codes import EXIT_INTERRUPTED
 from foundation.logs import log_event
 from foundation.settings import Settings
-from service.jobs.events import cancelled_message, failed_message, registered_message
+from service.jobs.events import cancelled_message, failed_message, succeeded_messages
 from service.jobs.store import Job, JobStore
 from service.runner.child_process import Outcome
 
 log = logging.getLogger(__name__)
-
-
-def abandoned_failure(job: Job) -> Failure:
-    """Why a job whose lease expired on its last attempt is over (its worker died every time)."""
-    return Failure(stage="train", error_type="WorkerLost", retryable=False,
-                   message=f"the worker running attempt {job.attempt} stopped renewing its lease (killed or frozen); "
-                           f"{job.attempt} attempts used")
 
 
 class OutcomeRecorder:
@@ -41,12 +34,12 @@ class OutcomeRecorder:
             return "lost-claim"
         if outcome.returncode == 0 and outcome.result is not None:  # it finished: a late cancel changes nothing
             try:
-                message = registered_message(job, outcome.result)
+                messages = succeeded_messages(job, outcome.result)
             except (ValidationError, KeyError, TypeError) as exc:
                 return self.record_failure(job, Failure(
                     stage="register", error_type="InvalidResult", retryable=False,
                     message=f"the job's result is not a valid model.registered: {exc}"))
-            self.store.finish_succeeded(job.id, me, outcome.result, [message])
+            self.store.finish_succeeded(job.id, me, outcome.result, messages)
             return "succeeded"
         if stop_reason is StopReason.SHUTDOWN:
             self.store.requeue(job.id, me, keep_attempt=True)

@@ -24,12 +24,12 @@ from foundation.errors import HeimdallError
 from foundation.logs import log_event
 from foundation.settings import Settings
 from messages import TrainingProgress, TrainingStarted, make_event
-from service.jobs.events import failed_message, outbox
+from service.jobs.events import abandoned_failure, failed_message, outbox
 from service.jobs.store import Job, JobStore, LostClaim
 from service.metrics import ServiceMetrics
 from service.runner.child_process import Outcome, TrainingProcess
 from service.runner.job_command import job_spec
-from service.runner.outcomes import OutcomeRecorder, abandoned_failure
+from service.runner.outcomes import OutcomeRecorder
 from service.runner.warm_spare import WarmSpare
 
 log = logging.getLogger(__name__)

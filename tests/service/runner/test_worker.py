@@ -17,13 +17,12 @@ from datetime import timedelta
 
 import pytest
 
-from service.jobs.events import failed_message
+from service.jobs.events import abandoned_failure, failed_message
 from service.jobs.store import JobStatus, JobStore, utcnow
 from service.metrics import ServiceMetrics
 from foundation.settings import S3Settings, Settings
 from foundation.child_protocol import Started, StopReason
 from service.runner.child_process import Outcome, TrainingProcess
-from service.runner.outcomes import abandoned_failure
 from service.runner.worker import JobRunner
 from tests.support.jobs import VALID_RESULT, accept
 from tests.support.stand_in_child import (StandInRunner, final_failures, result_line, run_until_over,
