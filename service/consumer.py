@@ -12,15 +12,16 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from messages import DatasetReady, InvalidMessage, TrainingCancel, TrainingRequested, parse_event
+from messages import DatasetReady, InvalidMessage, ModelPromote, TrainingCancel, TrainingRequested, parse_event
 from foundation.train_config import TrainConfig
 from foundation.errors import HeimdallError
+from service.champion import ChampionMover, PromoteRefused
 from service.jobs.events import accepted_message, cancelled_message
 from service.jobs.store import JobStore, JobStoreUnavailable
 from service.jobs.tables import EVENT_ID_MAX_CHARS
@@ -74,6 +75,10 @@ class Consumer:
     on_accepted: Callable[[], None]  # wakes the worker
     on_cancel: Callable[[str], None]  # tells the local worker to stop a job it runs
     on_store_away: Callable[[], None] = lambda: None  # the job store is away: stop consuming (Intake)
+    champion: ChampionMover = field(init=False)  # moves the champion alias for model.promote
+
+    def __post_init__(self) -> None:
+        self.champion = ChampionMover(self.settings, self.store)
 
     async def handle(self, message: AbstractIncomingMessage, queue: WorkQueue) -> Action:
         action, reason, detail = decide(await self.attempt(message))
@@ -121,7 +126,8 @@ class Consumer:
     async def dispatch(self, event, user_id: str | None) -> None:
         refuse_unstorable(event)
         data = event.data
-        if isinstance(data, (TrainingRequested, TrainingCancel)) and user_id not in self.settings.ops_allowed_users:
+        ops = (TrainingRequested, TrainingCancel, ModelPromote)
+        if isinstance(data, ops) and user_id not in self.settings.ops_allowed_users:
             raise Refused("unauthorised", f"user_id {user_id!r} is not in the ops allow-list")
         if isinstance(data, DatasetReady):
             await asyncio.to_thread(self.check_dataset, data.dataset_id, data.version, data.uri)
@@ -130,6 +136,8 @@ class Consumer:
             await self.on_requested(event.id, data)
         elif isinstance(data, TrainingCancel):
             await self.on_cancel_event(data)
+        elif isinstance(data, ModelPromote):
+            await self.on_promote(event.id, data)
         else:
             raise Refused("unknown-type", f"{event.type} is published by this service, not consumed")
 
@@ -138,6 +146,12 @@ class Consumer:
         checkpoint = await asyncio.to_thread(self.checkpoint_of, data)
         await self.accept(event_id, "manual", data.dataset_id, version, uri, data.overrides.explicit(),
                           export_only=data.export_only, checkpoint_uri=checkpoint)
+
+    async def on_promote(self, event_id: str, data: ModelPromote) -> None:
+        try:
+            await self.champion.promote(event_id, data)
+        except PromoteRefused as exc:
+            raise Refused(exc.reason, exc.detail) from exc
 
     async def on_cancel_event(self, data: TrainingCancel) -> None:
         job = await asyncio.to_thread(self.store.request_cancel, data.job_id, data.reason, cancelled_message)

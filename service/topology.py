@@ -38,7 +38,7 @@ class WorkQueue:
 
 # Automatic triggers and ops messages are separate queues, so a flood of one never delays the other.
 DATASET_EVENTS = WorkQueue("heimdall.training.datasets", (wire.DATASET_READY,))
-OPS_EVENTS = WorkQueue("heimdall.training.ops", (wire.TRAINING_REQUESTED, wire.TRAINING_CANCEL))
+OPS_EVENTS = WorkQueue("heimdall.training.ops", (wire.TRAINING_REQUESTED, wire.TRAINING_CANCEL, wire.MODEL_PROMOTE))
 WORK_QUEUES = (DATASET_EVENTS, OPS_EVENTS)
 
 

@@ -3,8 +3,8 @@
 Before the intake, the consumer retried for 60 s and requeued; RabbitMQ (quorum queue, delivery
 limit 5) redelivered it five times and dead-lettered it with reason `delivery_limit`, and nothing
 re-drove it. Here the timings are made small, so the old path would dead-letter the trigger within
-about 4 s; the real job store (a PostgreSQL database that refuses connections; the server keeps
-running) stays away for many of those budgets, and the trigger must still become a job.
+about 2-4 s; the real job store (a PostgreSQL database that refuses connections; the server keeps
+running) stays away for several of those budgets, and the trigger must still become a job.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from tests.support.servers import PG_SOCKET_DIR
 from tests.support.service_stack import dataset_ready
 
 QUICK = {"TRANSIENT_RETRY_S": 0.3, "TRANSIENT_BACKOFF_S": 0.1, "REQUEUE_DELAY_S": 0.05, "STORE_AWAY_HOLD_S": 0.6}
-PROBES_WHILE_AWAY = 30  # store probes (0.1 s apart) the trigger must wait through: ~8 old delivery budgets
+# Store probes (0.1 s apart, so >= 8 s) the parked trigger must wait through; at these timings the old
+# path (0.3 s of retries, then a requeue, six deliveries) dead-lettered it after about 2-4 s.
+PROBES_WHILE_AWAY = 80
 
 
 class DatabaseAway:
@@ -85,7 +87,6 @@ def test_a_valid_trigger_outlives_a_job_store_outage_many_delivery_budgets_long(
     probes = ProbeCounter(store, monkeypatch)
     settings = consumer_settings(tmp_path, vhost.url(), url, example_dataset.parent)
     event = dataset_ready("nw-italy-mini", 1, f"file://{example_dataset}")
-    queue = DATASET_EVENTS.name
 
     async def scenario() -> None:
         async with consuming(settings, store) as state:
