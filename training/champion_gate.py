@@ -4,14 +4,17 @@ it stays a candidate. Its decision, with the reason, travels as version tags (`v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from foundation.logs import format_km
+from foundation.logs import format_km, log_event
 from training.datasets.verified import VerifiedDataset
 from training.metrics import localization_errors_m
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,16 @@ class GateDecision:
 
     def _compared_with(self) -> str:
         return f"version {self.champion_version}" if self.champion_version is not None else "no champion"
+
+
+def judge(champion: tuple[int, Path] | None, data: VerifiedDataset, test_idx: np.ndarray, median_error_m: float,
+          parity_passed: bool) -> GateDecision:
+    """The gate for a new version whose test median is `median_error_m`, against `champion` (its
+    version and model.onnx, None when there is none) scored on the same sessions `test_idx`."""
+    scored = (champion[0], score_onnx(champion[1], data, test_idx)) if champion else None
+    decision = decide(parity_passed, median_error_m, scored)
+    log_event(log, "champion gate", stage="register", median_error_m=median_error_m, **asdict(decision))
+    return decision
 
 
 def decide(parity_passed: bool, median_error_m: float, champion: tuple[int, float | None] | None) -> GateDecision:

@@ -65,7 +65,8 @@ def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedD
     reader = DatasetReader(uri, cache_dir=settings.cache_dir, credentials=settings.s3.credentials(),
                            allowed_locations=settings.allowed_dataset_locations)
     return reader.open(validation_split=config.validation_split, test_split=config.test_split,
-                       min_labelled_sessions=config.min_labelled_sessions)
+                       min_labelled_sessions=config.min_labelled_sessions, spatial_block_m=config.spatial_block_m,
+                       spatial_buffer_m=config.spatial_buffer_m)
 
 
 def check_spec(spec: JobSpec) -> None:
@@ -151,7 +152,7 @@ def start_tracking(job: Job) -> TrackingRun:
         settings.mlflow_tracking_uri, spec.experiment_name, settings.mlflow_artifacts_uri,
         run_name=f"{spec.run_name_prefix}-{manifest.dataset_id}-v{manifest.version}-{spec.job_id[:8]}",
         tags={"job_id": spec.job_id, "dataset_id": manifest.dataset_id, "dataset_version": str(manifest.version)})
-    tracking.log_params({**config.model_dump(), "config_hash": config.config_hash()})
+    tracking.log_params({**config.model_dump(), "config_hash": config.config_hash(), **job.data.split.params()})
     log_event(log, "started", stage="train", mlflow_run_id=tracking.run_id)
     channel().send(Started(mlflow_run_id=tracking.run_id))
     return tracking

@@ -8,10 +8,11 @@ number, model.onnx and model.json in the store, the description, the aliases, an
 `registration: complete`. Each step after the creation can run again from the version alone, so
 a process that dies anywhere in between (kill -9, OOM, a SIGTERM outside `fit`) leaves a version
 that the next attempt's `find` completes, never a key that no attempt can register. A failure the
-process sees before the aliases are set deletes the version and its files (should MLflow be away
-for that, the next attempt completes the version instead); from the aliases on, nothing is undone.
+process sees while writing the files deletes the version and its files (should MLflow be away for
+that, the next attempt completes the version instead); from the description on, nothing is undone:
+the aliases may have moved, and the next attempt completes what is left.
 
-MLflow's exceptions are translated here and nowhere else.
+MLflow's failures come out as RegistryError (`mlflow_calls.mlflow_errors`).
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from foundation.errors import RegistryError, StorageUnavailable
+from foundation.errors import RegistryError
 from foundation.logs import log_event
 from foundation.object_store import ObjectStore
-from training.champion_gate import GateDecision, decide, score_onnx
+from training.champion_gate import GateDecision, judge
 from training.datasets.verified import VerifiedDataset
+from training.mlflow_calls import create_unless_exists, mlflow_errors
 from training.mlflow_model import CARD_FILE, ONNX_FILE, write_card, write_model_folder
 from training.version_facts import describe, version_tags
 
@@ -51,37 +52,10 @@ class Registration:
     onnx: dict  # uri, sha256, bytes
     card_uri: str
     champion_median_error_m: float | None  # the previous champion on the same sessions, when comparable
+    gate: GateDecision | None = None  # the champion gate's decision as applied (None: a version without gate tags)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@contextmanager
-def mlflow_errors(what: str):
-    """Translate MLflow's failures into RegistryError; unreachable or 5xx is retryable."""
-    from mlflow.exceptions import MlflowException
-    from requests.exceptions import RequestException
-
-    try:
-        yield
-    except MlflowException as exc:
-        raise RegistryError(f"MLflow {what}: {exc.message}", retryable=exc.get_http_status_code() >= 500) from exc
-    except (RequestException, ConnectionError) as exc:
-        raise RegistryError(f"MLflow {what}: {exc}", retryable=True) from exc
-
-
-def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> None:
-    """Create the MLflow experiment unless it exists. Two replicas starting jobs at the same moment
-    would otherwise race inside Lightning's logger, and the loser would fail its job."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    with mlflow_errors("create experiment"):
-        try:
-            MlflowClient(tracking_uri=tracking_uri).create_experiment(name, artifact_location=artifact_location)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
 
 
 class ModelRegistry:
@@ -97,14 +71,7 @@ class ModelRegistry:
 
     def ensure_registered_model(self) -> None:
         """Create the registered model unless it exists; another replica may create it at the same moment."""
-        from mlflow.exceptions import MlflowException
-
-        with mlflow_errors("create registered model"):
-            try:
-                self.client.create_registered_model(self.model_name)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
+        create_unless_exists("create registered model", self.client.create_registered_model, self.model_name)
 
     def _versions_of(self, idempotency_key: str) -> list:
         """The versions tagged with this key, oldest first (search results carry tags, not aliases)."""
@@ -137,21 +104,19 @@ class ModelRegistry:
         # search results carry no aliases; a plain get does
         current = self._call("get version", self.client.get_model_version, self.model_name, version.version)
         aliases = sorted(current.aliases)
-        return self._registration(int(version.version), aliases, CHAMPION in aliases, card, None), card
+        gate = GateDecision.from_tags(version.tags) if "gate_promoted" in version.tags else None
+        return self._registration(int(version.version), aliases, CHAMPION in aliases, card, None, gate), card
 
     def _resume(self, version) -> tuple[Registration, dict]:
         """Complete a registration from the version alone: its source holds model.onnx and the card,
         its tags the facts and the gate's decision."""
-        import mlflow.artifacts
-
-        log_event(log, "completing an unfinished registration", stage="register", model_version=int(version.version))
+        number = int(version.version)
+        log_event(log, "completing an unfinished registration", stage="register", model_version=number)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path, card_path = (Path(self._call(
-                "download the version's files", mlflow.artifacts.download_artifacts,
-                artifact_uri=f"{version.source}/{name}", dst_path=tmp, tracking_uri=self.tracking_uri))
-                for name in (ONNX_FILE, CARD_FILE))
-            card = self._write_files(int(version.version), version.run_id, onnx_path, json.loads(card_path.read_text()))
-        return self._settle(int(version.version), dict(version.tags), card), card
+            onnx_path = self._download(f"{version.source}/{ONNX_FILE}", Path(tmp))
+            card = json.loads(self._download(f"{version.source}/{CARD_FILE}", Path(tmp)).read_text())
+            card = self._write_files(number, version.run_id, onnx_path, card)
+        return self._settle(number, dict(version.tags), card), card
 
     def _champion(self):
         """The version the `champion` alias names; None only when there is none."""
@@ -169,24 +134,21 @@ class ModelRegistry:
     def champion_onnx(self, workdir: Path) -> tuple[int, Path] | None:
         """The current champion's version and a local copy of its model.onnx; None only when there
         is no champion. Any other failure raises RegistryError: the gate never fails open."""
-        import mlflow.artifacts
-
         version = self._champion()
         if version is None:
             return None
-        path = self._call("download champion", mlflow.artifacts.download_artifacts,
-                          artifact_uri=f"{version.source}/{ONNX_FILE}", dst_path=str(workdir),
-                          tracking_uri=self.tracking_uri)
-        return int(version.version), Path(path)
+        return int(version.version), self._download(f"{version.source}/{ONNX_FILE}", workdir)
+
+    def _download(self, artifact_uri: str, workdir: Path) -> Path:
+        import mlflow.artifacts
+
+        return Path(self._call(f"download {artifact_uri}", mlflow.artifacts.download_artifacts,
+                               artifact_uri=artifact_uri, dst_path=str(workdir), tracking_uri=self.tracking_uri))
 
     def _gate(self, data: VerifiedDataset, test_idx: np.ndarray, median_error_m: float,
               parity_passed: bool) -> GateDecision:
         with tempfile.TemporaryDirectory() as tmp:
-            champion = self.champion_onnx(Path(tmp))
-            scored = (champion[0], score_onnx(champion[1], data, test_idx)) if champion else None
-        decision = decide(parity_passed, median_error_m, scored)
-        log_event(log, "champion gate", stage="register", median_error_m=median_error_m, **asdict(decision))
-        return decision
+            return judge(self.champion_onnx(Path(tmp)), data, test_idx, median_error_m, parity_passed)
 
     def publish(self, *, run_id: str, onnx_path: Path, card: dict, data: VerifiedDataset, test_idx: np.ndarray,
                 median_error_m: float, parity_passed: bool, tags: dict[str, str],
@@ -227,8 +189,9 @@ class ModelRegistry:
         """The MLflow model, with the plots the job logged on its run, in the run's `model/` folder. Its URI."""
         run = self._call("get run", self.client.get_run, run_id)
         with tempfile.TemporaryDirectory() as tmp:
+            listed = self._call("list plots", self.client.list_artifacts, run_id, "plots")
             plots = [Path(self._call("download plots", self.client.download_artifacts, run_id, plot.path, tmp))
-                     for plot in self._call("list plots", self.client.list_artifacts, run_id, "plots")]
+                     for plot in listed if not plot.is_dir]
             folder = write_model_folder(Path(tmp) / MODEL_DIR, onnx_path, card, example, plots)
             self._call("log the model", self.client.log_artifacts, run_id, str(folder), MODEL_DIR)
         return f"{run.info.artifact_uri}/{MODEL_DIR}"
@@ -258,17 +221,18 @@ class ModelRegistry:
         for alias in aliases:
             self._set_alias(alias, version)
         self._call("tag version", self.client.set_model_version_tag, self.model_name, str(version), STATE, COMPLETE)
-        return self._registration(version, aliases, decision.promoted, card, decision.champion_median_error_m)
+        return self._registration(version, aliases, decision.promoted, card, decision.champion_median_error_m,
+                                  decision)
 
     def _registration(self, version: int, aliases: list[str], promoted: bool, card: dict,
-                      champion_median: float | None) -> Registration:
+                      champion_median: float | None, gate: GateDecision | None = None) -> Registration:
         prefix = f"{self.model_name}/{version}"
         return Registration(
             model_name=self.model_name, model_version=version, aliases=aliases, promoted=promoted,
             model_uri=f"models:/{self.model_name}/{version}",
             onnx={"uri": self.store.uri_of(f"{prefix}/{ONNX_FILE}"), "sha256": card["onnx"]["sha256"],
                   "bytes": card["onnx"]["bytes"]},
-            card_uri=self.store.uri_of(f"{prefix}/{CARD_FILE}"), champion_median_error_m=champion_median)
+            card_uri=self.store.uri_of(f"{prefix}/{CARD_FILE}"), champion_median_error_m=champion_median, gate=gate)
 
     def _set_alias(self, alias: str, version: int, tries: int = 5) -> None:
         """Set an alias; two replicas moving the same alias at once can make MLflow's SQL store
@@ -283,13 +247,14 @@ class ModelRegistry:
                 time.sleep(0.2 * attempt)
 
     def _undo(self, version: int) -> None:
-        prefix = f"{self.model_name}/{version}"
-        for key in (f"{prefix}/{ONNX_FILE}", f"{prefix}/{CARD_FILE}"):
-            try:
-                self.store.delete(key)
-            except (StorageUnavailable, OSError):
-                log.warning("could not delete %s while undoing version %s", key, version)
+        """Delete a version that is still pending, and its files. One that another process completed
+        meanwhile stays; one MLflow cannot be asked about stays too, for the next attempt to complete."""
         try:
+            if self.client.get_model_version(self.model_name, str(version)).tags.get(STATE) != PENDING:
+                return
+            prefix = f"{self.model_name}/{version}"
+            for key in (f"{prefix}/{ONNX_FILE}", f"{prefix}/{CARD_FILE}"):
+                self.store.delete(key)
             self.client.delete_model_version(self.model_name, str(version))
         except Exception:  # the original error matters more; this one is only logged
-            log.warning("could not delete model version %s", version, exc_info=True)
+            log.warning("could not undo model version %s", version, exc_info=True)

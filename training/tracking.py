@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from training.registry import ensure_experiment, mlflow_errors
+from training.mlflow_calls import ensure_experiment, mlflow_errors
 
 PARAM_CHARS = 250  # a parameter's value is cut here, as Lightning's logger cuts it
 

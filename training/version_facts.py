@@ -33,9 +33,9 @@ def version_tags(data: VerifiedDataset, metrics: dict[str, float], baselines: di
 def describe(tags: dict[str, str]) -> str:
     """Two lines: what it was trained on; its test figures beside the baselines', and the gate's decision."""
     sessions = ", ".join(f"{tags[f'{split}_sessions']} {split}" for split in SPLITS)
-    suffix = "_median_error_m"
-    baselines = [f"{key[len('baseline_'):-len(suffix)]} {format_km(float(value))}" for key, value in sorted(tags.items())
-                 if key.startswith("baseline_") and key.endswith(suffix)]
+    prefix, suffix = "baseline_", "_median_error_m"
+    baselines = [f"{key[len(prefix):-len(suffix)]} {format_km(float(value))}"
+                 for key, value in sorted(tags.items()) if key.startswith(prefix) and key.endswith(suffix)]
     figures = f"Test median {format_km(float(tags['test_median_error_m']))}"
     if "test_p90_error_m" in tags:
         figures += f" (p90 {format_km(float(tags['test_p90_error_m']))})"

@@ -49,7 +49,7 @@ def cli_env(model_name: str, s3_server, mlflow_url: str) -> dict[str, str]:
 def first_version(client, model_name: str, proc: subprocess.Popen, log, timeout_s: float = 300) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"train ended ({proc.returncode}) before creating a version:\n{log.read_text()[-3000:]}"
+        assert proc.poll() is None, f"train ended ({proc.returncode}) with no version:\n{log.read_text()[-3000:]}"
         versions = client.search_model_versions(f"name='{model_name}'")
         if versions:
             return int(versions[0].version)
@@ -217,3 +217,20 @@ def test_a_version_finished_after_the_champion_moved_elsewhere_is_not_promoted(s
     assert version.tags["gate_promoted"] == "false" and version.tags["registration"] == "complete"
     assert version.description.endswith(f"the champion moved to version {other.model_version} after this version "
                                         f"was compared with no champion.")
+
+
+def test_a_pending_version_a_fence_loser_left_beside_the_registered_one_is_deleted(stand_in, s3_server, mlflow_url):
+    """A loser of the fence that died before deleting its own version: the next `find` reports the
+    registered version and deletes the loser's, so one key keeps one version."""
+    from mlflow import MlflowClient
+
+    name, key = f"loser-{uuid.uuid4().hex[:6]}", f"loser-{uuid.uuid4().hex[:6]}"
+    registry = ModelRegistry(mlflow_url, name, open_store("s3://heimdall-models/loser", credentials(s3_server)))
+    kept = publish(registry, stand_in, key)
+    client = MlflowClient(mlflow_url)
+    winner = client.get_model_version(name, str(kept.model_version))
+    client.create_model_version(name, source=winner.source, run_id=winner.run_id,
+                                tags={"idempotency_key": key, "registration": "pending"})
+    registration, _ = registry.find(key)
+    assert registration.model_version == kept.model_version
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == [str(kept.model_version)]
