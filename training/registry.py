@@ -145,10 +145,9 @@ class ModelRegistry:
         return Path(self._call(f"download {artifact_uri}", mlflow.artifacts.download_artifacts,
                                artifact_uri=artifact_uri, dst_path=str(workdir), tracking_uri=self.tracking_uri))
 
-    def _gate(self, data: VerifiedDataset, test_idx: np.ndarray, median_error_m: float,
-              parity_passed: bool) -> GateDecision:
+    def _gate(self, data: VerifiedDataset, test_idx: np.ndarray, onnx_path: Path, parity_passed: bool) -> GateDecision:
         with tempfile.TemporaryDirectory() as tmp:
-            return judge(self.champion_onnx(Path(tmp)), data, test_idx, median_error_m, parity_passed)
+            return judge(self.champion_onnx(Path(tmp)), onnx_path, data, test_idx, parity_passed)
 
     def publish(self, *, run_id: str, onnx_path: Path, card: dict, data: VerifiedDataset, test_idx: np.ndarray,
                 median_error_m: float, parity_passed: bool, tags: dict[str, str],
@@ -161,7 +160,7 @@ class ModelRegistry:
         tagged with this idempotency key wins; a loser deletes its own and fails retryable, so its
         next attempt finds the winner."""
         self.ensure_registered_model()
-        decision = self._gate(data, test_idx, median_error_m, parity_passed)
+        decision = self._gate(data, test_idx, onnx_path, parity_passed)
         key = tags["idempotency_key"]
         if self._versions_of(key):
             raise RegistryError(f"a version for {key} was registered meanwhile; the next attempt reports it",

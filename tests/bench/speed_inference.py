@@ -3,7 +3,7 @@
 The `small` model (untrained: speed does not depend on the weights) is exported by the job's own
 `export_onnx`; both engines score the same dataset sessions at batch 1 and 64. ONNX Runtime is
 timed with the session options that the service uses where it scores models (the defaults,
-`registry.score_onnx` and `export.check_parity`), and with the options worth setting elsewhere.
+`champion_gate.score_onnx` and `export.check_parity`), and with the options worth setting elsewhere.
 """
 
 from __future__ import annotations
