@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from service.jobs.store import JobStatus, JobStore
+
+
+class AttemptEnd(str, Enum):
+    """How one run of a job ended: the worker's log event and the duration histogram's label."""
+
+    SUCCEEDED = "succeeded"  # model.registered recorded
+    FAILED = "failed"  # a final training.failed
+    RETRYING = "retrying"  # a retryable failure, queued again after backoff
+    REQUEUED = "requeued"  # handed back at shutdown, its attempt kept
+    CANCELLED = "cancelled"
+    LOST_CLAIM = "lost-claim"  # another replica owns the job now; it reports it
+    UNRECORDED = "unrecorded"  # shut down before the store took the outcome: the next claim does
+    WORKER_ERROR = "worker-error"  # the worker failed around the job and could not record it
 
 
 class ServiceMetrics:
@@ -16,6 +31,8 @@ class ServiceMetrics:
         self.duration = Histogram("heimdall_training_job_duration_seconds", "Wall time of job runs by outcome",
                                   ["outcome"], registry=self.registry,
                                   buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600))
+        for end in AttemptEnd:  # at 0 from the start, so that increase() counts each outcome's first run
+            self.duration.labels(outcome=end.value)
         self.last_success = Gauge("heimdall_training_last_success_timestamp_seconds",
                                   "Unix time of the last job that registered a model", registry=self.registry)
         self.outbox_pending = Gauge("heimdall_training_outbox_pending", "Events decided but not yet published",
@@ -35,8 +52,8 @@ class ServiceMetrics:
         self.messages = Counter("heimdall_training_messages_total", "Consumed messages by action", ["action"],
                                 registry=self.registry)
 
-    def job_finished(self, outcome: str, elapsed_s: float) -> None:
-        self.duration.labels(outcome=outcome).observe(elapsed_s)
+    def job_finished(self, outcome: AttemptEnd, elapsed_s: float) -> None:
+        self.duration.labels(outcome=outcome.value).observe(elapsed_s)
 
     def refresh(self, store: JobStore) -> None:
         """Read the gauges from the store (shared by replicas, so every replica reports the same)."""

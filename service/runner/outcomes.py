@@ -16,6 +16,7 @@ from foundation.logs import log_event
 from foundation.settings import Settings
 from service.jobs.events import cancelled_message, failed_message, succeeded_messages
 from service.jobs.store import Job, JobStore
+from service.metrics import AttemptEnd
 from service.runner.child_process import Outcome
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,10 @@ class OutcomeRecorder:
     def __init__(self, settings: Settings, store: JobStore):
         self.settings, self.store = settings, store
 
-    def record_outcome(self, job: Job, outcome: Outcome, stop_reason: StopReason | None) -> str:
-        """The outcome's name: succeeded, requeued, cancelled, retrying, failed or lost-claim."""
+    def record_outcome(self, job: Job, outcome: Outcome, stop_reason: StopReason | None) -> AttemptEnd:
         me = self.settings.replica_id
         if stop_reason is StopReason.LOST_CLAIM:
-            return "lost-claim"
+            return AttemptEnd.LOST_CLAIM
         if outcome.returncode == 0 and outcome.result is not None:  # it finished: a late cancel changes nothing
             try:
                 messages = succeeded_messages(job, outcome.result)
@@ -40,15 +40,15 @@ class OutcomeRecorder:
                     stage="register", error_type="InvalidResult", retryable=False,
                     message=f"the job's result is not a valid model.registered: {exc}"))
             self.store.finish_succeeded(job.id, me, outcome.result, messages)
-            return "succeeded"
+            return AttemptEnd.SUCCEEDED
         if stop_reason is StopReason.SHUTDOWN:
             self.store.requeue(job.id, me, keep_attempt=True)
-            return "requeued"
+            return AttemptEnd.REQUEUED
         if stop_reason is StopReason.CANCEL:
             fresh = self.store.read.get(job.id)
             reason = (fresh and fresh.cancel_reason) or "cancelled"
             self.store.finish_cancelled(job.id, me, reason, [cancelled_message(job, reason)])
-            return "cancelled"
+            return AttemptEnd.CANCELLED
         return self.record_failure(job, self.failure_of(outcome, stop_reason))
 
     def failure_of(self, outcome: Outcome, stop_reason: StopReason | None) -> Failure:
@@ -66,7 +66,7 @@ class OutcomeRecorder:
             stage="train", error_type=f"ExitCode{outcome.returncode}", retryable=outcome.returncode < 0,
             message=" | ".join(outcome.log_tail[-3:])[-1000:] or "the training process died")
 
-    def record_failure(self, job: Job, failure: Failure) -> str:
+    def record_failure(self, job: Job, failure: Failure) -> AttemptEnd:
         me = self.settings.replica_id
         retry = failure.retryable and job.attempt < self.settings.max_attempts
         log_event(log, "job failure", job_id=job.id, attempt=job.attempt, will_retry=retry, **failure.model_dump())
@@ -75,6 +75,6 @@ class OutcomeRecorder:
             delay = self.settings.retry_backoff_s * 2 ** (job.attempt - 1) * random.uniform(0.8, 1.2)
             self.store.requeue(job.id, me, delay_s=delay, error=failure.model_dump(),
                                messages=[message])
-            return "retrying"
+            return AttemptEnd.RETRYING
         self.store.finish_failed(job.id, me, failure.model_dump(), [message])
-        return "failed"
+        return AttemptEnd.FAILED

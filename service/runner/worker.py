@@ -26,7 +26,7 @@ from foundation.settings import Settings
 from messages import TrainingProgress, TrainingStarted, make_event
 from service.jobs.events import abandoned_failure, failed_message, outbox
 from service.jobs.store import Job, JobStore, LostClaim
-from service.metrics import ServiceMetrics
+from service.metrics import AttemptEnd, ServiceMetrics
 from service.runner.child_process import Outcome, TrainingProcess
 from service.runner.job_command import job_spec
 from service.runner.outcomes import OutcomeRecorder
@@ -106,7 +106,7 @@ class JobRunner:
                 outcome_name = await asyncio.to_thread(self.recorder.record_failure, job, failure)
             except Exception:  # the store is away too: the lease expires and the claim cap ends the job
                 log.exception("could not record the failure", extra={"fields": {"job_id": job.id}})
-                outcome_name = "worker-error"
+                outcome_name = AttemptEnd.WORKER_ERROR
             self.done(job, outcome_name, Outcome(returncode=-1), started)
             await asyncio.sleep(IDLE_POLL_S)
 
@@ -230,11 +230,11 @@ class JobRunner:
                 outcome_name = await asyncio.to_thread(self.recorder.record_outcome, job, outcome, stop_reason)
                 break
             except LostClaim:
-                outcome_name = "lost-claim"  # another replica owns the job now; it will report it
+                outcome_name = AttemptEnd.LOST_CLAIM  # another replica owns the job now; it will report it
                 break
             except Exception as exc:  # the store away: the outcome is kept here until it answers
                 if self.stopping:  # handed over: the lease lapses, and the next claim finds the registered model
-                    outcome_name = "unrecorded"
+                    outcome_name = AttemptEnd.UNRECORDED
                     break
                 log.warning("outcome not recorded, retrying in %.1f s: %s", delay_s, exc,
                             extra={"fields": {"job_id": job.id, "event": "record retry"}})
@@ -242,10 +242,10 @@ class JobRunner:
                 delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
         self.done(job, outcome_name, outcome, started)
 
-    def done(self, job: Job, outcome_name: str, outcome: Outcome, started: float) -> None:
+    def done(self, job: Job, outcome_name: AttemptEnd, outcome: Outcome, started: float) -> None:
         elapsed = time.monotonic() - started
         self.metrics.job_finished(outcome_name, elapsed)
-        log_event(log, outcome_name, job_id=job.id, attempt=job.attempt, returncode=outcome.returncode,
+        log_event(log, outcome_name.value, job_id=job.id, attempt=job.attempt, returncode=outcome.returncode,
                   elapsed_s=round(elapsed, 2))
         self.on_messages()
         self.wake.set()
