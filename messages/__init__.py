@@ -5,16 +5,12 @@
 
 from messages.errors import REASONS, InvalidMessage, Reason
 from messages.envelope import AnyEvent, ConsumedEvent, Event, PublishedEvent, make_event, parse_event
+from messages.catalogue import BY_TYPE, CONSUMED, PUBLISHED
+from messages.model_events import (DatasetRef, EvaluationMetrics, ModelChampionChanged, ModelPromote, ModelRegistered,
+                                   OnnxArtifact)
 from messages.payloads import (
-    BY_TYPE,
-    CONSUMED,
-    PUBLISHED,
     DatasetReady,
-    DatasetRef,
-    EvaluationMetrics,
     EventData,
-    ModelRegistered,
-    OnnxArtifact,
     ProgressMetrics,
     TrainingAccepted,
     TrainingCancel,
@@ -26,11 +22,12 @@ from messages.payloads import (
     TrainingStarted,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BY_TYPE", "CONSUMED", "PUBLISHED", "REASONS", "AnyEvent", "ConsumedEvent", "DatasetReady", "DatasetRef",
-    "EvaluationMetrics", "Event", "EventData", "InvalidMessage", "ModelRegistered", "OnnxArtifact",
+    "EvaluationMetrics", "Event", "EventData", "InvalidMessage", "ModelChampionChanged", "ModelPromote",
+    "ModelRegistered", "OnnxArtifact",
     "ProgressMetrics", "PublishedEvent", "Reason", "TrainingAccepted", "TrainingCancel", "TrainingCancelled",
     "TrainingFailed", "TrainingOverrides", "TrainingProgress", "TrainingRequested", "TrainingStarted",
     "make_event", "parse_event", "__version__",

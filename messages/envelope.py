@@ -1,7 +1,7 @@
 """The CloudEvents 1.0 envelope around one event model, and the AMQP body it travels as.
 
-`Event[D]` is the envelope around one data model `D` (`messages.payloads`); a handler takes
-`Event[DatasetReady]` (say) and never sees a dict. `parse_event` turns an AMQP body into the
+`Event[D]` is the envelope around one data model `D` (`messages.payloads`, `messages.model_events`);
+a handler takes `Event[DatasetReady]` (say) and never sees a dict. `parse_event` turns an AMQP body into the
 typed envelope its `type` names; `make_event` builds one to publish. The envelope is strict,
 like the payloads, and ignores unknown attributes.
 """
@@ -15,11 +15,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from messages import constants as c
 from messages.errors import InvalidMessage
+from messages.catalogue import BY_TYPE
+from messages.model_events import ModelChampionChanged, ModelPromote, ModelRegistered
 from messages.payloads import (
-    BY_TYPE,
     DatasetReady,
     EventData,
-    ModelRegistered,
     NonEmpty,
     TrainingAccepted,
     TrainingCancel,
@@ -71,10 +71,10 @@ class Event(BaseModel, Generic[DataT]):
         return self.model_dump_json(exclude={"subject"} if self.subject is None else None).encode()
 
 
-ConsumedEvent = Event[DatasetReady] | Event[TrainingRequested] | Event[TrainingCancel]
+ConsumedEvent = Event[DatasetReady] | Event[TrainingRequested] | Event[TrainingCancel] | Event[ModelPromote]
 PublishedEvent = (
     Event[TrainingAccepted] | Event[TrainingStarted] | Event[TrainingProgress]
-    | Event[TrainingFailed] | Event[TrainingCancelled] | Event[ModelRegistered]
+    | Event[TrainingFailed] | Event[TrainingCancelled] | Event[ModelRegistered] | Event[ModelChampionChanged]
 )
 AnyEvent = ConsumedEvent | PublishedEvent
 

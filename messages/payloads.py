@@ -1,4 +1,5 @@
-"""The `data` model of every event in the contract (`shared/contracts/events.md`).
+"""The `data` models of the contract's job events (`shared/contracts/events.md`), and what every
+payload shares; the events about model versions are in `messages.model_events`.
 
 Every model is strict: JSON `"7"` is not an integer and `1` is not a string, because a producer
 that sends the wrong type has a bug we want to see, not paper over. Unknown fields are ignored
@@ -205,64 +206,3 @@ class TrainingCancelled(EventData):
 
     job_id: NonEmpty
     reason: str
-
-
-class OnnxArtifact(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-    uri: NonEmpty
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    bytes: int = Field(ge=1)
-
-
-class EvaluationMetrics(BaseModel):
-    """Test-split metrics; further numeric metrics may be added."""
-
-    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
-    __pydantic_extra__: dict[str, float]
-
-    median_error_m: float = Field(ge=0)
-    p90_error_m: float = Field(ge=0)
-    coverage_1sigma: float = Field(ge=0, le=1)
-    coverage_2sigma: float = Field(ge=0, le=1)
-
-
-class DatasetRef(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-    id: DatasetId
-    version: Version
-    uri: NonEmpty
-
-
-class ModelRegistered(EventData):
-    """A model version is registered; model.onnx and model.json are readable at the URIs named."""
-
-    TYPE: ClassVar[str] = c.MODEL_REGISTERED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.MODEL_REGISTERED
-
-    job_id: NonEmpty
-    model_name: NonEmpty
-    model_version: int = Field(ge=1)
-    aliases: list[str]
-    promoted: bool
-    model_uri: str = Field(pattern=r"^models:/[^/]+/[0-9]+$", description="models:/<name>/<version>")
-    onnx: OnnxArtifact
-    card_uri: NonEmpty
-    metrics: EvaluationMetrics
-    dataset: DatasetRef
-    mlflow_run_id: NonEmpty
-
-    @model_validator(mode="after")
-    def _uri_names_this_version(self) -> "ModelRegistered":
-        expected = f"models:/{self.model_name}/{self.model_version}"
-        if self.model_uri != expected:
-            raise PydanticCustomError("model_uri_mismatch", "model_uri must be {expected}", {"expected": expected})
-        return self
-
-
-CONSUMED: tuple[type[EventData], ...] = (DatasetReady, TrainingRequested, TrainingCancel)
-PUBLISHED: tuple[type[EventData], ...] = (
-    TrainingAccepted, TrainingStarted, TrainingProgress, TrainingFailed, TrainingCancelled, ModelRegistered,
-)
-BY_TYPE: dict[str, type[EventData]] = {model.TYPE: model for model in CONSUMED + PUBLISHED}

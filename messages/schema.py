@@ -16,7 +16,8 @@ from pydantic.json_schema import models_json_schema
 import messages
 from messages import constants as c
 from messages.envelope import Event
-from messages.payloads import CONSUMED, PUBLISHED, EventData
+from messages.catalogue import CONSUMED, PUBLISHED
+from messages.payloads import EventData
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_DIR = HERE / "schemas"
@@ -52,7 +53,9 @@ def asyncapi() -> dict[str, Any]:
                 "Datasets in, registered ONNX localization models out. Every event is a CloudEvents 1.0 "
                 f"envelope in structured JSON mode on the durable topic exchange `{c.EXCHANGE}`, routed by "
                 "the event's short name. Delivery is at least once: consumers de-duplicate by `id`. "
-                "`training.requested` and `training.cancel` are obeyed only from an allow-listed AMQP `user_id`."
+                "`training.requested`, `training.cancel` and `model.promote` are obeyed only from an "
+                "allow-listed AMQP `user_id`. Every move of the `champion` alias, by a job's champion gate or "
+                "by ops, is followed by exactly one `model.champion-changed`, in the order of the moves."
             ),
         },
         "defaultContentType": c.CONTENT_TYPE,

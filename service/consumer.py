@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -75,10 +75,9 @@ class Consumer:
     on_accepted: Callable[[], None]  # wakes the worker
     on_cancel: Callable[[str], None]  # tells the local worker to stop a job it runs
     on_store_away: Callable[[], None] = lambda: None  # the job store is away: stop consuming (Intake)
-    champion: ChampionMover = field(init=False)  # moves the champion alias for model.promote
 
     def __post_init__(self) -> None:
-        self.champion = ChampionMover(self.settings, self.store)
+        self.champion = ChampionMover(self.settings, self.store)  # moves the champion alias for model.promote
 
     async def handle(self, message: AbstractIncomingMessage, queue: WorkQueue) -> Action:
         action, reason, detail = decide(await self.attempt(message))

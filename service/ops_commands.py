@@ -1,4 +1,4 @@
-"""What ops run by hand: publish a manual trigger or a cancel; list jobs, or show one job's timeline."""
+"""What ops run by hand: publish a manual trigger, a cancel or a promote; list jobs, or show one job's timeline."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import aio_pika
 
-from messages import TrainingCancel, TrainingOverrides, TrainingRequested, make_event
+from messages import ModelPromote, TrainingCancel, TrainingOverrides, TrainingRequested, make_event
 from messages.constants import TRAINING_PROGRESS
 from service.jobs.store import JobStatus, JobStore
 from service.jobs.tables import Job, utcnow
@@ -47,6 +47,14 @@ def request_training(settings: Settings, *, dataset_id: str, version: str, overr
 
 def cancel_job(settings: Settings, *, job_id: str, reason: str) -> str:
     event = make_event(TrainingCancel(job_id=job_id, reason=reason), subject=f"job/{job_id}", source="heimdall/ops")
+    asyncio.run(publish(settings, event))
+    return event.id
+
+
+def promote_model(settings: Settings, *, model_name: str, version: int, reason: str) -> str:
+    """Publish model.promote: the service moves the champion alias to `version` (a rollback when older)."""
+    data = ModelPromote(model_name=model_name, version=version, reason=reason)
+    event = make_event(data, subject=f"{model_name}/{version}", source="heimdall/ops")
     asyncio.run(publish(settings, event))
     return event.id
 
@@ -155,6 +163,9 @@ def event_text(routing_key: str, d: dict) -> str:
         case "model.registered":
             aliases = ", ".join(d["aliases"]) or "no aliases"
             return f"registered   version {d['model_version']} ({aliases}){'' if d['promoted'] else ', not promoted'}"
+        case "model.champion-changed":
+            was = f"version {d['previous_version']}" if d.get("previous_version") else "none"
+            return f"champion     version {d['version']} (was {was}): {printable(d['reason'])}"
     return routing_key
 
 

@@ -23,12 +23,24 @@ def dataset_ref(data) -> dict:
     return {"id": data.manifest.dataset_id, "version": data.manifest.version, "uri": data.uri}
 
 
+def champion_move(job_id: str, registration, registered_by: str) -> dict | None:
+    """The move of the `champion` alias this job's gate made, which the service announces as
+    model.champion-changed; None when it made none. A version this job registered in an earlier
+    attempt that never reported (killed after the aliases) still counts while it is champion; a
+    replay of a version another job registered moved nothing."""
+    gate = registration.gate
+    if registered_by != job_id or gate is None or not gate.promoted or not registration.promoted:
+        return None
+    return {"previous_version": gate.champion_version, "reason": f"champion gate: {gate.reason}"}
+
+
 def job_summary(job_id: str, data, mlflow: dict, registration, evaluation, fitted) -> dict:
     """A job that registered a model: `data` its verified dataset, `fitted` its FitResult."""
     return {
         "job_id": job_id,
         "dataset": dataset_ref(data),
         "model": registration.to_dict(),
+        "champion_move": champion_move(job_id, registration, job_id),
         "mlflow": mlflow,
         "training": {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
                      "best_checkpoint": str(fitted.best_checkpoint), "fit_s": round(fitted.fit_s, 3)},
@@ -45,6 +57,7 @@ def replayed_summary(job_id: str, data, mlflow: dict, registration, card: dict) 
         "already_registered_by": card["training"]["job_id"],
         "dataset": dataset_ref(data),
         "model": registration.to_dict(),
+        "champion_move": champion_move(job_id, registration, card["training"]["job_id"]),
         "mlflow": mlflow,
         "training": {"epochs_run": card["training"]["epochs_run"], "best_epoch": card["training"]["best_epoch"]},
         "metrics": card["metrics"],

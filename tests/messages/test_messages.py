@@ -22,6 +22,8 @@ from messages import (
     DatasetReady,
     Event,
     InvalidMessage,
+    ModelChampionChanged,
+    ModelPromote,
     ModelRegistered,
     TrainingAccepted,
     TrainingCancel,
@@ -41,6 +43,8 @@ EXPECTED_MODEL = {
     "training.requested.json": TrainingRequested,
     "training.cancel.json": TrainingCancel,
     "model.registered.json": ModelRegistered,
+    "model.promote.json": ModelPromote,
+    "model.champion-changed.json": ModelChampionChanged,
 }
 
 
@@ -85,6 +89,15 @@ def test_example_details_arrive_typed():
     assert request.overrides.explicit() == {"epochs": 50, "batch_size": 64, "learning_rate": 0.0005}
     registered = parse_event((EXAMPLES / "model.registered.json").read_bytes()).data
     assert registered.onnx.bytes == 1843211 and registered.dataset.version == 1 and registered.promoted is True
+
+
+def test_the_champion_examples_arrive_typed():
+    promote = parse_event((EXAMPLES / "model.promote.json").read_bytes(), routing_key="model.promote").data
+    assert (promote.model_name, promote.version) == ("heimdall-localization", 11) and promote.reason.startswith("roll")
+    changed = parse_event((EXAMPLES / "model.champion-changed.json").read_bytes()).data
+    assert (changed.version, changed.previous_version, changed.cause) == (11, 12, "ops")
+    assert changed.trigger_id == "9b8a7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d" and changed.job_id is None
+    assert changed.onnx.bytes == 1843107 and changed.card_uri.endswith("/11/model.json")
 
 
 def test_model_registered_example_validates_against_the_model_directly():
@@ -188,6 +201,28 @@ def test_export_only_without_checkpoint_uri_is_refused():
     parse_event(requested(export_only=True, checkpoint_uri="s3://heimdall-models/ckpt/last.ckpt"))
 
 
+@pytest.mark.parametrize(("cause", "missing"), [("gate", "job_id"), ("ops", "trigger_id")])
+def test_a_champion_change_names_the_id_of_its_cause(cause, missing):
+    event = example("model.champion-changed.json")
+    event["data"] = {k: v for k, v in event["data"].items() if k not in ("job_id", "trigger_id")} | {"cause": cause}
+    error = refusal(body(event))
+    assert (error.reason, error.detail) == ("invalid-data", f"data: {missing} is required when cause is {cause}")
+
+
+@pytest.mark.parametrize(("field", "value"), [("cause", "manual"), ("previous_version", 0), ("version", "11")])
+def test_a_bad_champion_change_is_refused(field, value):
+    event = example("model.champion-changed.json")
+    event["data"][field] = value
+    error = refusal(body(event))
+    assert error.reason == "invalid-data" and error.detail.startswith(f"data.{field}:")
+
+
+def test_a_promote_names_an_existing_version_number():
+    event = example("model.promote.json")
+    event["data"]["version"] = "latest"
+    assert refusal(body(event)).detail.startswith("data.version:")
+
+
 def test_a_missing_data_field_is_named():
     event = example("training.cancel.json")
     del event["data"]["job_id"]
@@ -204,6 +239,8 @@ def test_an_event_on_another_routing_key_is_refused():
 
 def published_samples():
     registered = ModelRegistered.model_validate(example("model.registered.json")["data"], strict=False)
+    changed = ModelChampionChanged.model_validate(example("model.champion-changed.json")["data"], strict=False)
+    gate = changed.model_copy(update={"cause": "gate", "job_id": "j1", "trigger_id": None, "previous_version": None})
     return [
         TrainingAccepted(job_id="j1", trigger_id="t1", dataset_id="nw-italy-mini", version=1, config_hash="ab12"),
         TrainingStarted(job_id="j1", attempt=1, mlflow_run_id=None),
@@ -213,6 +250,8 @@ def published_samples():
         ),
         TrainingFailed(job_id="j1", stage="export", error_type="OnnxMismatch", message="…", retryable=False, attempt=2),
         registered,
+        changed,
+        ModelChampionChanged.model_validate(gate.model_dump()),
     ]
 
 
@@ -270,7 +309,7 @@ def test_overrides_explicit_returns_only_what_was_given():
 
 
 def test_every_event_has_its_type_and_routing_key():
-    assert len(BY_TYPE) == 9 and c.EXCHANGE == "heimdall.events" and c.MAX_BODY_BYTES == 1_048_576
+    assert len(BY_TYPE) == 11 and c.EXCHANGE == "heimdall.events" and c.MAX_BODY_BYTES == 1_048_576
     for model in CONSUMED + PUBLISHED:
         assert model.TYPE == f"heimdall.{model.ROUTING_KEY}.v1"
 
@@ -289,7 +328,7 @@ def test_the_check_command_fails_when_a_model_changed(tmp_path, monkeypatch):
     assert schema.main(["--write"]) == 0 and schema.stale() == []
 
 
-def test_asyncapi_describes_all_nine_events_self_contained():
+def test_asyncapi_describes_all_eleven_events_self_contained():
     doc = json.loads(schema.ASYNCAPI_PATH.read_text())
     assert doc["asyncapi"] == "3.0.0" and doc["info"]["version"] == messages.__version__
     addresses = {ch["address"] for ch in doc["channels"].values()}
