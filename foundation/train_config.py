@@ -24,8 +24,19 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(3e-3, gt=0)  # peak of the one-cycle schedule
     weight_decay: float = Field(1e-4, ge=0)
-    validation_split: float = Field(0.15, gt=0, lt=0.5)  # share of sessions hashed to val
-    test_split: float = Field(0.15, gt=0, lt=0.5)  # share hashed to test; fixed per dataset lineage
+    # Shares of spatial blocks (labelled sessions) or of sessions (unlabelled) drawn to val and test;
+    # fixed per dataset lineage, or a candidate and its champion meet different test sessions.
+    validation_split: float = Field(0.15, gt=0, lt=0.5)
+    test_split: float = Field(0.15, gt=0, lt=0.5)
+    # The spatial split (training.datasets.splits) decides which places a model is scored on, so its
+    # geometry is part of the model's identity; like the shares, keep it fixed per dataset lineage.
+    # Block side: this fraction of the diagonal of the receivers' bounding box, rounded to 1-2-5 and at
+    # least 100 m: about 50 blocks over the network, each far wider than near-duplicate sessions lie apart.
+    spatial_block_fraction: float = Field(0.1, gt=0, le=1)
+    # Buffer: training sessions within this fraction of a block of a val or test block, and val sessions
+    # as near a test block, are left out. A quarter keeps 2/3 of training sessions on evenly spread data and
+    # makes about the distance POWDER's unbuffered blocks left to the nearest training transmitter the floor.
+    spatial_buffer_fraction: float = Field(0.25, ge=0, le=1)
     # "radio-map": learned radio maps and a grid posterior, fitted in closed form (training.radio_map.model);
     # at the Bayesian oracle on synthetic data and below every baseline on POWDER (reports/bench/summary.md).
     # Otherwise a neural net's encoder size, see training.neural.model.PRESETS.

@@ -40,6 +40,7 @@ def build_card(*, model_name: str, onnx: dict, data: VerifiedDataset, config: Tr
             "job_id": job_id,
             "dataset": {"id": manifest.dataset_id, "version": manifest.version, "uri": data.uri},
             "sessions": {split: int(len(data.indices(split))) for split in ("train", "val", "test")},
+            "split": data.split.facts(),  # method, block and buffer (m), frame origin, pinned and buffered sessions
             "config": config.model_dump(),
             "config_hash": config.config_hash(),
             "code_version": code_version(),

@@ -65,8 +65,9 @@ def open_dataset(settings: Settings, config: TrainConfig, uri: str) -> VerifiedD
     reader = DatasetReader(uri, cache_dir=settings.cache_dir, credentials=settings.s3.credentials(),
                            allowed_locations=settings.allowed_dataset_locations)
     return reader.open(validation_split=config.validation_split, test_split=config.test_split,
-                       min_labelled_sessions=config.min_labelled_sessions, spatial_block_m=config.spatial_block_m,
-                       spatial_buffer_m=config.spatial_buffer_m)
+                       min_labelled_sessions=config.min_labelled_sessions,
+                       spatial_block_fraction=config.spatial_block_fraction,
+                       spatial_buffer_fraction=config.spatial_buffer_fraction)
 
 
 def check_spec(spec: JobSpec) -> None:

@@ -66,6 +66,8 @@ def test_published_onnx_matches_the_card_and_the_registry(server_settings, first
     assert card["metrics"]["median_error_m"] == pytest.approx(first_job["metrics"]["median_error_m"])
     assert card["parity"]["passed"] and card["parity"]["batch_sizes"] == [1, 16]
     assert card["training"]["config_hash"] == TINY.config_hash()
+    split = card["training"]["split"]  # the default spatial split, sized from the seven receivers
+    assert (split["method"], split["block_m"], split["buffer_m"]) == ("spatial blocks", 20_000.0, 5_000.0)
     assert card["signal"]["samples"] == 256 and card["signal"]["max_receivers"] == 7
 
 
@@ -82,6 +84,8 @@ def test_registry_version_has_aliases_and_the_same_files(server_settings, first_
     assert hashlib.sha256(Path(local).read_bytes()).hexdigest() == first_job["model"]["onnx"]["sha256"]
     run = client.get_run(first_job["mlflow"]["run_id"])
     assert run.info.status == "FINISHED"
+    assert (run.data.params["split_method"], run.data.params["split_block_m"], run.data.params["split_buffer_m"]) \
+        == ("spatial blocks", "20000", "5000")
     assert run.data.metrics["test_median_error_m"] == pytest.approx(first_job["metrics"]["median_error_m"])
     assert "baseline_weighted_centroid_median_error_m" in run.data.metrics
     assert {"val_loss", "train_loss", "val_median_error_m"} <= run.data.metrics.keys()
@@ -127,7 +131,11 @@ def test_champion_moves_only_to_a_version_at_least_as_good(server_settings, s3_d
     best = Path(first_job["training"]["best_checkpoint"])
     again = run_job(server_settings, JobSpec(data_uri=s3_dataset_uri, config=TINY, export_only=True, checkpoint=best))
     assert again["model"]["model_version"] == 2 and again["model"]["promoted"]
-    assert again["model"]["champion_median_error_m"] == pytest.approx(again["metrics"]["median_error_m"], rel=1e-6)
+    # the gate scores both in ONNX Runtime on the same sessions: the same checkpoint, the same figures;
+    # the job's metrics come from torch, equal to ONNX within float32 (0.08 m of 59 km seen)
+    gate = again["model"]["gate"]
+    assert again["model"]["champion_median_error_m"] == gate["candidate"]["median_error_m"]
+    assert gate["candidate"]["median_error_m"] == pytest.approx(again["metrics"]["median_error_m"], rel=1e-6, abs=1.0)
 
     # An untrained network is far worse on the same sessions: it stays a candidate.
     data = open_dataset(server_settings, TINY, s3_dataset_uri)

@@ -76,7 +76,8 @@ def write_report(run, data, workdir: Path) -> list[Path]:
     reliability_png = plot_reliability(workdir / "reliability.png", run.curves, title=f"{run.scenario}: reliability")
     h = headline(run)
     lines = [f"# Bench: {run.scenario}", "",
-             f"Sessions: train {run.sessions['train']}, val {run.sessions['val']}, test {run.sessions['test']} "
+             f"Sessions: train {run.sessions['train']}, val {run.sessions['val']}, test {run.sessions['test']}, "
+             f"{run.sessions['buffered']} left out by the spatial buffer "
              "(every number below is on the same test sessions).", ""]
     if h["median_ratio"] is not None:
         lines += [f"**Model median ÷ oracle median: {h['median_ratio']:.3f}×. Model NLL − oracle NLL: "

@@ -9,8 +9,12 @@ PNG figures, written to a folder and logged to MLflow.
 Every scenario runs once per seed in `BENCH_SEEDS`, and the summary shows each headline figure
 as the median over seeds with its range. A seed changes everything that is drawn: the training
 seed, and the data (synthetic: the generator's seed, so other sessions and, for random-70cm,
-another layout; POWDER: which 250 m blocks the blocked split puts in val and test). Seed 0 is
-the scenario as defined.
+another layout; POWDER: which blocks are held out). Seed 0 is the scenario as defined.
+
+The split is the service's: datasets are opened through `pipeline.open_dataset`, so the default
+spatial split (`training.datasets.splits`: blocks sized from the receivers, a buffer, drawn from
+the dataset id) decides train, val and test. POWDER is imported without its importer's pins for
+that, and each seed's import has its own dataset id, so each seed holds out other blocks.
 
 Size: one scenario's run from its dataset to its report, step by step (train, score the
 model, the baselines and the oracle, log).
@@ -100,11 +104,11 @@ def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | 
     if name in POWDER_VARIANTS:
         from training.datasets.powder import import_powder
 
-        dataset_id = name if seed == 0 else f"{name}-split{seed}"
+        dataset_id = f"{name}-seed{seed}"  # not the pinned imports' ids (`<name>`, `<name>-split<k>`) of old
         uri = f"{root}/{dataset_id}/v1"
         if not Path(uri, "dataset.json").is_file():
             import_powder(str(root), variant=POWDER_VARIANTS[name], dataset_id=dataset_id, samples_per_capture=256,
-                          seed=seed)
+                          seed=seed, pin_splits=False)
         return uri, None
     cfg = scenario(name, sessions=bench_sessions(name, quick, sessions))
     dataset_id = f"{name}-{cfg.sessions}" + ("" if seed == 0 else f"-seed{seed}")
@@ -123,6 +127,7 @@ def train_for_bench(settings: Settings, data, config: TrainConfig, name: str, wo
 
     tracking = TrackingRun.start(settings.mlflow_tracking_uri, "heimdall-bench", settings.mlflow_artifacts_uri,
                                  run_name=f"bench-{name}", tags={})
+    tracking.log_params(data.split.params())
     started = time.monotonic()
     fitted = FAMILIES[config.preset].fit(data, config, FitRun(workdir / "checkpoints", None, tracking))
     train_s = time.monotonic() - started
@@ -244,13 +249,15 @@ def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: 
     test_idx = data.indices("test")
     true = data.emitter[test_idx, :2].astype(np.float64)
     label = scenario_label(name, quick, sessions)
-    run = BenchRun(label, seed, {s: int(len(data.indices(s))) for s in ("train", "val", "test")})
+    run = BenchRun(label, seed, {**{s: int(len(data.indices(s))) for s in ("train", "val", "test")},
+                                 "buffered": int(data.split.buffered.sum())})
     run.timings["prepare_s"] = time.monotonic() - started
     workdir = out_dir / label / f"seed-{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
     log_event(log, "bench scenario", scenario=name, seed=seed, sessions=run.sessions)
     net, tracking, fit_info = train_for_bench(settings, data, config, f"{label}-seed{seed}", workdir)
     run.timings.update({k: v for k, v in fit_info.items() if k.endswith("_s")})
+    run.notes.append(split_note(data.split.facts()))
     run.notes.append(f"Model: preset {config.preset}, {fit_info['epochs']} epochs run, post-hoc covariance scale "
                      f"{fit_info['covariance_scale']:.3f} (fitted on {run.sessions['val']} validation sessions).")
     score_model(run, net, data, test_idx, true)
@@ -266,6 +273,12 @@ def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: 
     paths = write_report(run, data, workdir)
     log_to_mlflow(tracking, run, paths)
     return run
+
+
+def split_note(facts: dict) -> str:
+    """One line of the report on how the sessions were split (`DatasetSplit.facts`)."""
+    return (f"Split: the service's default, {facts['method']} of {facts['block_m']:g} m with a "
+            f"{facts['buffer_m']:g} m buffer ({facts['pinned_sessions']} sessions pinned by the dataset).")
 
 
 def log_to_mlflow(tracking, run: BenchRun, paths: list[Path]) -> None:

@@ -25,7 +25,9 @@ see exactly the measured RSS. The choices, and why:
 - **Time.** The `timestamp` column holds local Salt Lake City date-times (sessions fall
   between 08:00 and 18:00), not the Unix seconds the README says: read as America/Denver.
 - **Split.** Walking tracks make near-duplicate sessions, so a random split leaks.
-  `blocked_split` pins whole 250 m blocks of transmitter positions to one split each.
+  `blocked_split` pins whole 250 m blocks of transmitter positions to one split each; without
+  pins (`pin_splits=False`, as the bench imports) the reader's default spatial split, blocked
+  and buffered, places them (`training.datasets.splits`).
 """
 
 from __future__ import annotations
@@ -187,12 +189,12 @@ def _block_hash(seed: int, east: int, north: int) -> bytes:
 
 
 def import_powder(root_uri: str, *, variant: str = "all", dataset_id: str | None = None, version: int = 1,
-                  samples_per_capture: int = 64, block_m: float = 250.0, seed: int = 0,
+                  samples_per_capture: int = 64, block_m: float = 250.0, seed: int = 0, pin_splits: bool = True,
                   credentials: S3Credentials | None = None, csv_path: Path | str = POWDER_DIR / CSV_FILE,
                   coords_path: Path | str = POWDER_DIR / COORDS_FILE) -> str:
     """Write POWDER as `<root>/<dataset_id>/v<version>` (default id `powder-<variant>`); return its URI.
 
-    Every session is labelled and pinned to its `blocked_split`. Raises ValueError for an
+    Every session is labelled and, with `pin_splits`, pinned to its `blocked_split`. Raises ValueError for an
     unknown variant or a malformed file, plus whatever `write_dataset_version` raises
     (FileExistsError for a committed version, StorageUnavailable from the store).
     """
@@ -201,7 +203,7 @@ def import_powder(root_uri: str, *, variant: str = "all", dataset_id: str | None
     data = load_powder(csv_path, coords_path)
     if VARIANTS[variant] is not None:
         data = data.select(VARIANTS[variant])
-    splits = blocked_split(data.tx_latlon, block_m=block_m, seed=seed)
+    splits = blocked_split(data.tx_latlon, block_m=block_m, seed=seed) if pin_splits else [None] * len(data.session_ids)
     return write_dataset_version(
         root_uri, dataset_id=dataset_id or f"powder-{variant}", version=version, parent_version=None,
         center_frequency_hz=CENTER_FREQUENCY_HZ, sample_rate_hz=SAMPLE_RATE_HZ,
@@ -210,7 +212,7 @@ def import_powder(root_uri: str, *, variant: str = "all", dataset_id: str | None
         credentials=credentials)
 
 
-def _sessions(data: PowderData, splits: list[str], samples: int, seed: int) -> Iterator[SessionRecord]:
+def _sessions(data: PowderData, splits: list[str | None], samples: int, seed: int) -> Iterator[SessionRecord]:
     for i, session_id in enumerate(data.session_ids):
         row = int(session_id.rpartition("-")[2])  # seeds by CSV row, so a session's noise never changes
         iq = capture_at_power(data.rss_db[i], samples, np.random.default_rng((seed, row)))

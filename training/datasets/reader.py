@@ -32,7 +32,7 @@ from training.datasets.checks import (
 from training.datasets.manifest import (
     COLLECTION_FILE, DATASET_ID_PATTERN, MANIFEST_FILE, SCHEMA, SPLITS, Manifest, Shard, data_name, meta_name,
 )
-from training.datasets.splits import assign_split
+from training.datasets.splits import BLOCK_FRACTION, BUFFER_FRACTION, SpatialFrame, check_shares
 from training.datasets.verified import VerifiedDataset
 from foundation.object_store import ObjectStore, S3Credentials, is_within, join_uri, normalise_uri, open_store
 
@@ -70,17 +70,23 @@ class DatasetReader:
         self.allowed_locations = [normalise_uri(location) for location in allowed_locations]
         self._stores: dict[str, ObjectStore] = {}
 
-    def open(self, *, validation_split: float, test_split: float, min_labelled_sessions: int) -> VerifiedDataset:
-        """Fetch and verify the whole version, then index its sessions.
+    def open(self, *, validation_split: float, test_split: float, min_labelled_sessions: int,
+             spatial_block_fraction: float = BLOCK_FRACTION,
+             spatial_buffer_fraction: float = BUFFER_FRACTION) -> VerifiedDataset:
+        """Fetch and verify the whole version, then index and split its sessions (`training.datasets.splits`,
+        the fractions as in `TrainConfig`).
 
         Raises DatasetError (a rule of the contract is broken: fix the dataset),
         StorageUnavailable (the object store is unreachable: retry) and ValueError (split
         shares that leave nothing to train on, before anything is fetched).
         """
-        assign_split("", validation_split=validation_split, test_split=test_split)
+        check_shares(validation_split, test_split)
         root, dataset_id = self._layout()
         locations = [root, *self.allowed_locations]
         manifest = self._read_manifest(dataset_id, locations)
+        frame = SpatialFrame.for_lineage(dataset_id, [[r.latitude, r.longitude] for r in manifest.receivers],
+                                         block_fraction=spatial_block_fraction,
+                                         buffer_fraction=spatial_buffer_fraction)
         # Everything the manifest alone can refuse is refused before the first download.
         plans = [(shard, self._locate_shard(dataset_id, shard, locations),
                   check_shard_files(dataset_id, shard, manifest)) for shard in manifest.shards]
@@ -89,15 +95,8 @@ class DatasetReader:
             fetched = self._fetch_all(dataset_id, plans, cache)
             shards = [self._verify_shard(manifest, shard, source, receivers, files, cache)
                       for (shard, source, receivers), files in zip(plans, fetched)]
-            dataset = _index(manifest, self.uri, shards, validation_split, test_split)
-            if int(dataset.labelled.sum()) < min_labelled_sessions:
-                Where(dataset_id, MANIFEST_FILE).refuse(Rule.TOO_FEW_LABELLED, (
-                    f"{int(dataset.labelled.sum())} labelled sessions, training needs {min_labelled_sessions}"))
-            for split in SPLITS:
-                if not len(dataset.indices(split)):
-                    Where(dataset_id, MANIFEST_FILE).refuse(Rule.EMPTY_SPLIT, (
-                        f"no labelled session falls in the {split} split (pinned heimdall:split, or too few "
-                        f"sessions for validation_split={validation_split}, test_split={test_split})"))
+            dataset = _index(manifest, self.uri, shards, frame, validation_split, test_split)
+            check_sessions(dataset, min_labelled_sessions, validation_split, test_split)
             cache.commit()
         finally:
             cache.discard()
@@ -216,9 +215,24 @@ class DatasetReader:
         return cache.stage(path, digest, samples=samples)
 
 
-def _index(manifest: Manifest, uri: str, shards: list[ShardIndex], validation_split: float,
+def check_sessions(dataset: VerifiedDataset, min_labelled_sessions: int, validation_split: float,
+                   test_split: float) -> None:
+    """Refuse a version with too few labelled sessions to train, or a split a model would find empty."""
+    where, split = Where(dataset.manifest.dataset_id, MANIFEST_FILE), dataset.split
+    if int(dataset.labelled.sum()) < min_labelled_sessions:
+        where.refuse(Rule.TOO_FEW_LABELLED,
+                     f"{int(dataset.labelled.sum())} labelled sessions, training needs {min_labelled_sessions}")
+    for name in SPLITS:
+        if not len(dataset.indices(name)):
+            where.refuse(Rule.EMPTY_SPLIT, (
+                f"no labelled session falls in the {name} split (pinned heimdall:split, or too few sessions for "
+                f"validation_split={validation_split}, test_split={test_split} over {split.frame.block_m:g} m "
+                f"blocks with a {split.frame.buffer_m:g} m buffer)"))
+
+
+def _index(manifest: Manifest, uri: str, shards: list[ShardIndex], frame: SpatialFrame, validation_split: float,
            test_split: float) -> VerifiedDataset:
-    """One session index over all shards, in manifest order; splits drawn per session id."""
+    """One session index over all shards, in manifest order, split on the lineage's `frame`."""
     seen: dict[str, str] = {}
     for shard in shards:
         for session_id in shard.session_ids:
@@ -234,11 +248,11 @@ def _index(manifest: Manifest, uri: str, shards: list[ShardIndex], validation_sp
             Rule.LABELLED_COUNT, f"labelled_sessions {manifest.labelled_sessions}, the recordings label {labelled}")
     session_ids = [sid for s in shards for sid in s.session_ids]
     pins = [pin for s in shards for pin in s.pins]
-    splits = [assign_split(sid, validation_split=validation_split, test_split=test_split, pinned=pin)
-              for sid, pin in zip(session_ids, pins)]
     return VerifiedDataset(
         manifest=manifest, uri=uri, session_ids=np.array(session_ids, dtype=str),
-        splits=np.array(splits, dtype="<U5"), emitter=emitter,
+        split=frame.split(session_ids, emitter[:, :2], pins, validation_split=validation_split,
+                          test_split=test_split),
+        emitter=emitter,
         online=np.concatenate([np.zeros((0, receivers), dtype=bool), *(s.online for s in shards)]),
         shard_of=np.repeat(np.arange(len(shards), dtype=np.int64), counts),
         row_of=np.concatenate([np.zeros(0, np.int64), *(np.arange(n, dtype=np.int64) for n in counts)]),

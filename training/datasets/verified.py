@@ -22,6 +22,7 @@ from typing import BinaryIO, Sequence
 import numpy as np
 
 from training.datasets.manifest import SPLITS, Manifest, Receiver
+from training.datasets.splits import DatasetSplit
 from foundation.errors import StorageUnavailable
 
 OPEN_FILES_MAX = 128  # data files kept open per process; each holds a file descriptor
@@ -35,12 +36,14 @@ class VerifiedDataset:
     each process (open files are dropped when pickled into a DataLoader worker).
     """
 
-    def __init__(self, *, manifest: Manifest, uri: str, session_ids: np.ndarray, splits: np.ndarray,
+    def __init__(self, *, manifest: Manifest, uri: str, session_ids: np.ndarray, split: DatasetSplit,
                  emitter: np.ndarray, online: np.ndarray, shard_of: np.ndarray, row_of: np.ndarray,
                  data_files: np.ndarray):
         self.manifest, self.uri = manifest, uri
         self.receivers: list[Receiver] = list(manifest.receivers)  # their order is the receiver axis R
-        self.session_ids, self.splits = session_ids, splits  # [N] str
+        self.session_ids = session_ids  # [N] str
+        self.split = split  # how the sessions were split (`training.datasets.splits`): the card records it
+        self.splits = split.names  # [N] "train", "val" or "test"
         self.emitter = emitter  # [N, 3] latitude, longitude, altitude_m; NaN when unlabelled
         self.labelled = ~np.isnan(emitter[:, 0])  # [N] bool
         self.online = online  # [N, R] bool
@@ -63,10 +66,12 @@ class VerifiedDataset:
         self.__dict__.update(state, _reading=threading.Lock())
 
     def indices(self, split: str, labelled_only: bool = True) -> np.ndarray:
+        """The sessions a model uses in `split`: labelled and outside the spatial buffer; with
+        `labelled_only=False`, every session the split holds, unlabelled and buffered ones too."""
         if split not in SPLITS:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         chosen = self.splits == split
-        return np.flatnonzero(chosen & self.labelled if labelled_only else chosen)
+        return np.flatnonzero(chosen & self.labelled & ~self.split.buffered if labelled_only else chosen)
 
     def sessions_digest(self, indices: Sequence[int] | np.ndarray) -> str:
         """SHA-256 naming the content of these sessions, in order: equal digests, equal samples and labels.

@@ -123,7 +123,7 @@ def test_a_quick_run_is_reported_beside_the_full_one_not_over_it(tmp_path):
     (full / "summary-row.md").write_text("| nw-italy-2m | 3 | 24.48 km |\n")
     result = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", config=TINY, seeds=(0,))
     assert result.scenario == "nw-italy-2m-600" and result.runs[0].sessions["train"] + \
-        result.runs[0].sessions["val"] + result.runs[0].sessions["test"] == 600
+        result.runs[0].sessions["val"] + result.runs[0].sessions["test"] + result.runs[0].sessions["buffered"] == 600
     assert (tmp_path / "reports" / "nw-italy-2m-600" / "seed-0" / "report.md").is_file()
     assert (full / "summary-row.md").read_text() == "| nw-italy-2m | 3 | 24.48 km |\n"
     assert {p.parent.name for p in (tmp_path / "reports").glob("*/summary-row.md")} == {"nw-italy-2m", "nw-italy-2m-600"}

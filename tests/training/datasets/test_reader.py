@@ -116,7 +116,10 @@ def test_the_example_is_accepted_and_indexed(example_dataset, cache):
     assert data.rx_position.dtype == np.float32 and data.rx_position.shape == (7, 3)
     assert data.rx_position[0].tolist() == pytest.approx([45.03, 7.27, 600.0])
     assert data.emitter.shape == (24, 3) and np.isfinite(data.emitter).all()
-    assert sorted(np.concatenate([data.indices(s) for s in ("train", "val", "test")])) == list(range(24))
+    assert sorted(np.concatenate([data.indices(s, labelled_only=False) for s in ("train", "val", "test")])) == \
+        list(range(24))  # every session in one split
+    used = np.concatenate([data.indices(s) for s in ("train", "val", "test")])
+    assert sorted([*used, *np.flatnonzero(data.split.buffered)]) == list(range(24))  # all but the spatial buffer
     manifest = load(example_dataset / "dataset.json")
     listed = {sha for shard in manifest["shards"] for sha in shard["files"].values()}
     entries = cached_files(cache)
@@ -225,7 +228,9 @@ def test_unlabelled_sessions_are_indexed_but_not_trained_on(version, cache):
     assert int(data.labelled.sum()) == 22 and np.isnan(data.emitter[16:18]).all()
     everything = np.concatenate([data.indices(s, labelled_only=False) for s in ("train", "val", "test")])
     labelled = np.concatenate([data.indices(s) for s in ("train", "val", "test")])
-    assert len(everything) == 24 and sorted(set(everything) - set(labelled)) == [16, 17]
+    buffered = set(np.flatnonzero(data.split.buffered))
+    assert len(everything) == 24 and sorted(set(everything) - set(labelled) - buffered) == [16, 17]
+    assert not buffered & {16, 17}  # no position, no buffer
 
 
 # ---------------------------------------------------------------- the cache
