@@ -206,3 +206,22 @@ def test_the_protocol_check_sees_a_module_writing_messages_of_its_own(tmp_path):
     rogue = tmp_path / "rogue.py"
     rogue.write_text("from foundation.child_protocol import ChildChannel, encode\n")
     assert protocol_offenders({"training.fit": rogue}) == {"training.fit": ["ChildChannel", "encode"]}
+
+
+FIXTURE_IMPORT_MARK = "noqa: F401 (fixture"  # how a fixture imported to be found by name was marked
+
+
+def test_no_test_module_is_imported_and_no_fixture_travels_by_import():
+    """Shared fixtures live in conftest.py files, shared helpers in tests/support/: a test module is
+    never a library for another, and a fixture is never imported to be found by name."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if any(name.startswith("tests.") and name.rpartition(".")[2].startswith(("test_", "conftest"))
+                   for name in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+        if FIXTURE_IMPORT_MARK in path.read_text() and path != Path(__file__):
+            offenders.append(f"{path.relative_to(ROOT)}: a fixture imported")
+    assert not offenders

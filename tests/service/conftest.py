@@ -1,11 +1,14 @@
-"""The job store of a test's own `settings` (a SQLite file under its state dir): each module that
-asks for `store` here defines the `settings` fixture its tests run on."""
+"""Fixtures of the service's tests: the job store of a test's own `settings` (a SQLite file under
+its state dir: each module that asks for `store` here defines the `settings` fixture its tests run
+on), a RabbitMQ vhost of the test's own, and a TCP proxy that can stall the job store's database."""
 
 from __future__ import annotations
 
 import pytest
 
 from service.jobs.store import JobStore
+from tests.support.broker import Vhost
+from tests.support.stalling_proxy import StallingProxy
 
 
 @pytest.fixture
@@ -14,3 +17,17 @@ def store(settings) -> JobStore:
     store.migrate()
     yield store
     store.close()
+
+
+@pytest.fixture
+def vhost():
+    vhost = Vhost()
+    yield vhost
+    vhost.close()
+
+
+@pytest.fixture
+def proxy():
+    proxy = StallingProxy()
+    yield proxy
+    proxy.close()

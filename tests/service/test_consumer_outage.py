@@ -20,7 +20,7 @@ from service import intake as intake_module
 from service.jobs.store import JobStore
 from service.consumer import Action
 from service.topology import DATASET_EVENTS, WORK_QUEUES
-from tests.service.consuming import consumer_settings, consuming, job_of, vhost, wait_until  # noqa: F401 (vhost: a fixture)
+from tests.support.consuming import consumer_settings, consuming, job_of, wait_until
 from tests.support.broker import Vhost, dead_letters, publish
 from tests.support.servers import PG_SOCKET_DIR
 from tests.support.service_stack import dataset_ready

@@ -18,7 +18,7 @@ import aio_pika
 from service.consumer import Action
 from service.jobs.store import JobStore
 from service.topology import DATASET_EVENTS, OPS_EVENTS, declare_topology
-from tests.service.consuming import consumer_settings, consuming, job_of, vhost, wait_until  # noqa: F401 (vhost: a fixture)
+from tests.support.consuming import consumer_settings, consuming, job_of, wait_until
 from tests.support.broker import dead_letters, publish
 from tests.support.cli import run_cli
 from tests.support.service_stack import dataset_ready

@@ -17,14 +17,6 @@ from service.jobs.store import JobStore
 from service.metrics import ServiceMetrics
 from service.outbox import PARK_AFTER_TRIES, OutboxRelay
 from service.topology import declare_exchange
-from tests.support.broker import Vhost
-
-
-@pytest.fixture
-def vhost():
-    vhost = Vhost()
-    yield vhost
-    vhost.close()
 
 
 @pytest.fixture

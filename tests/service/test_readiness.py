@@ -11,31 +11,14 @@ from __future__ import annotations
 import time
 import urllib.request
 
-import pytest
 import sqlalchemy as sa
 
-from tests.support.broker import Vhost
 from tests.support.servers import free_port
 from tests.support.service_stack import ServiceProcess
-from tests.support.stalling_proxy import StallingProxy
 
 PROBE_EVERY_S, PROBE_TIMEOUT_S = 0.5, 1.0
 STALL_S = 12.0
 RECOVERY_S = 45.0  # a stalled call ends at the store's deadline (10 s by default), then it reconnects
-
-
-@pytest.fixture
-def proxy():
-    proxy = StallingProxy()
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def vhost():
-    vhost = Vhost()
-    yield vhost
-    vhost.close()
 
 
 def probe(port: int, path: str) -> str:

@@ -14,17 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from service.jobs.store import JobStore, JobStoreUnavailable
-from tests.support.stalling_proxy import StallingProxy
 
 TIMEOUT_S = 1.0
 GRACE_S = 5.0  # what a loaded test machine may add to the deadline
-
-
-@pytest.fixture
-def proxy():
-    proxy = StallingProxy()
-    yield proxy
-    proxy.close()
 
 
 @pytest.fixture

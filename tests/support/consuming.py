@@ -12,22 +12,12 @@ from functools import partial
 from pathlib import Path
 
 import aio_pika
-import pytest
 
 from foundation.settings import Settings
 from service.consumer import Action, Consumer
 from service.intake import Intake
 from service.jobs.store import Job, JobStore
 from service.topology import WORK_QUEUES, WorkQueue, declare_topology
-from tests.support.broker import Vhost
-
-
-@pytest.fixture
-def vhost():
-    """A vhost of the test's own (imported by the modules that use it)."""
-    vhost = Vhost()
-    yield vhost
-    vhost.close()
 
 
 def consumer_settings(state_dir: Path, amqp_url: str, job_store_url: str, datasets: Path) -> Settings:
