@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 import threading
 import uuid
@@ -184,9 +185,14 @@ class ChildChannel:
 
     def ask_permit(self) -> bool:
         """Ask the service whether this job may register now; an answer to an older request is skipped.
-        With no service to ask, the answer is no: a spec that wants a permit is the service's job."""
+        With no service to ask, the answer is no: a spec that wants a permit is the service's job.
+        Must run in the main thread (it sets the SIGTERM disposition)."""
         if self._out is None:
             return False
+        # From the request on, a SIGTERM (a cancel, the time limit, a shutdown) no longer ends the
+        # process: the service answers "no" once it is stopping the job, and after a "yes" the
+        # registration runs to its Result, so that window leaves a whole model or none.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         request = PermitRequest(request_id=str(uuid.uuid4()))
         self.send(request)
         while line := self._answers.readline():

@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     lease_s: float = 30.0  # a claim not renewed this long is presumed dead (kill -9) and reclaimed
     progress_interval_s: float = 5.0  # at most one training.progress per job per interval
     # A running child that sends nothing (it sends a heartbeat every 5 s) for this long is stopped,
-    # deadlocked or stuck in its imports: it is killed and the job retried.
+    # deadlocked or stuck in its imports: it is killed and the job retried. Keep it above a warm
+    # spare's import time (10-20 s here): a job handed to a spare still importing waits for them.
     child_silence_s: float = Field(120.0, gt=5.0)
     shutdown_grace_s: float = 60.0  # SIGTERM: time the running job gets to checkpoint
     prefetch_count: int = 8

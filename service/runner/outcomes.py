@@ -32,7 +32,7 @@ class OutcomeRecorder:
         me = self.settings.replica_id
         if stop_reason is StopReason.LOST_CLAIM:
             return AttemptEnd.LOST_CLAIM
-        if outcome.returncode == 0 and outcome.result is not None:  # it finished: a late cancel changes nothing
+        if outcome.result is not None:  # registered and said so: a late cancel or its SIGTERM changes nothing
             try:
                 messages = succeeded_messages(job, outcome.result)
             except (ValidationError, KeyError, TypeError) as exc:

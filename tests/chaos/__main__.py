@@ -4,7 +4,7 @@
 
 Starts its own SeaweedFS, `mlflow server` and PostgreSQL databases (so that stopping them
 disturbs nothing else), a throwaway RabbitMQ vhost per trial, and runs the faults of
-`tests/chaos/faults.py` and `messages.py` against `heimdall-training serve`. Each trial is audited alike:
+`tests/chaos/table.py` (issue 8's and issue 20's) against `heimdall-training serve`. Each trial is audited alike:
 every accepted job must end exactly once (`model.registered`, a final `training.failed` or
 `training.cancelled`, counted by CloudEvent id since delivery is at least once), one model
 version per idempotency key, one `model.registered` per job, no outbox event missing from the
@@ -27,8 +27,8 @@ import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.chaos.faults import FAULTS
-from tests.chaos.lab import Lab, Trial, audit, settle
+from tests.chaos.lab import Lab, Skip, Trial, audit, settle
+from tests.chaos.table import FAULTS
 
 
 def run_trial(lab: Lab, fault, index: int, seed: int) -> Trial:
@@ -39,13 +39,16 @@ def run_trial(lab: Lab, fault, index: int, seed: int) -> Trial:
         stack = fault.run(lab, random.Random(trial.seed), trial, index)
         settle(stack)
         trial.audit = audit(stack)
+    except Skip as exc:
+        trial.skipped = str(exc)
     except Exception as exc:
         trial.problems.append(f"harness: {type(exc).__name__}: {exc}")
         traceback.print_exc()
     finally:
         lab.close_stacks()
     trial.wall_s = time.monotonic() - started
-    print(f"{trial.name} #{index}: {'ok' if trial.ok else 'FAIL'} {trial.audit} {trial.problems} "
+    verdict = f"skipped: {trial.skipped}" if trial.skipped else "ok" if trial.ok else "FAIL"
+    print(f"{trial.name} #{index}: {verdict} {trial.audit} {trial.problems} "
           f"recovery={trial.recovery_s} wall={trial.wall_s:.0f}s", flush=True)
     return trial
 
@@ -55,7 +58,10 @@ def row(fault, trials: list[Trial], args) -> str:
     peak = lambda key: max((t.audit.get(key, 0) for t in trials), default=0)  # noqa: E731
     recovery = [t.recovery_s for t in trials if t.recovery_s is not None]
     rec = f"{statistics.median(recovery):.1f} / {max(recovery):.1f}" if recovery else "–"
+    skipped = sorted({t.skipped for t in trials if t.skipped})
     verdict = "**pass**" if trials and all(t.ok for t in trials) else "**FAIL**"
+    if skipped and all(t.skipped for t in trials):
+        verdict = "**skipped**: " + "; ".join(skipped)
     return (f"| {fault.label} | {fault.trials_label(len(trials), args.trials_scale)} | {total('accepted')} | {total('ended_once')} | "
             f"{peak('versions_per_key')} | {peak('registered_per_job')} | {total('lost')} | {total('stuck')} | "
             f"{rec} | {sum(t.wall_s for t in trials):.0f} | {fault.must_hold} | {verdict} |")

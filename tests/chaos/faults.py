@@ -1,4 +1,4 @@
-"""The faults of the chaos report (issue 8's table): each sets up a stack, injects, and checks its own rule.
+"""The faults of issue 8's chaos table: each sets up a stack, injects, and checks its own rule.
 
 A fault function gets the lab, a seeded `random.Random`, the trial record and the trial index;
 it returns the stack, which `python -m tests.chaos` then settles and audits (ended once, versions per key,
@@ -7,26 +7,16 @@ events lost, stuck jobs). Faults that touch the shared RabbitMQ node restore it 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 from messages import constants as wire
 from tests.chaos.lab import Lab, Trial, query
-from tests.chaos.messages import fuzz, fuzz_count, storm, unroutable
-from tests.chaos.steps import (PHASES, announce, logged, reach_phase, ready_again, recovery, revive, wait_end,
-                               wait_until)
+from tests.chaos.steps import (PHASES, announce, children, database_of, logged, long_training, reach_phase, ready_again,
+                               recovery, revive, terminate_backends, wait_end, wait_until)
 from tests.support.broker import dead_letters, publishing_blocked, rabbitmqctl
-from tests.support.service_stack import TINY_TRAINING, ServiceProcess, Stack, dataset_ready
-
-
-def long_training(epochs: int) -> str:
-    return json.dumps({**TINY_TRAINING, "epochs": epochs, "patience": epochs})
+from tests.support.service_stack import ServiceProcess, Stack, dataset_ready
 
 
 def kill_9(lab: Lab, rng, trial: Trial, index: int) -> Stack:
@@ -136,23 +126,20 @@ def outbox_between(stack: Stack, start, end) -> list[str]:
     return [r[0] for r in query(stack, "select id from outbox where created_at between :a and :b", a=start, b=end)]
 
 
-def terminate_backends(database: str) -> None:
-    sql = f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{database}'"
-    subprocess.run(["su", "postgres", "-c", f'psql -qAt -c "{sql}"'], check=True, capture_output=True, timeout=30)
-
-
 def pg_terminate(lab: Lab, rng, trial: Trial, index: int) -> Stack:
     stack = lab.stack()
     service = stack.start("a")
     job = announce(lab, stack)
     wait_until(lambda: bool(stack.tap.events(wire.TRAINING_PROGRESS, job_id=job)), 180, 0.2)
-    database = stack.env["HEIMDALL_JOB_STORE_URL"].rsplit("/", 1)[1].split("?")[0]
+    database = database_of(stack)
     outage_end = time.monotonic() + rng.uniform(2, 4)
     second = dataset_ready("chaos-b", 1, lab.datasets["chaos-b"])
     stack.publish(second, wire.DATASET_READY)  # a trigger that arrives during the outage
+    terminated = 0
     while time.monotonic() < outage_end:
-        terminate_backends(database)
+        terminated += terminate_backends(database)
         time.sleep(0.2)
+    trial.check(terminated > 0, f"no connection to {database} was there to terminate (nothing proven)")
     ended_at = time.monotonic()
     service = revive(stack, service, trial)
     trial.check(wait_end(stack, job), "the running job did not end after the outage")
@@ -203,11 +190,9 @@ def dependency_down(which: str):
 def descendants(pid: int) -> list[int]:
     found, frontier = [], [pid]
     while frontier:
-        parent = frontier.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*/children"):
-            kids = [int(k) for k in task.read_text().split()]
-            found += kids
-            frontier += kids
+        kids = children(frontier.pop())
+        found += kids
+        frontier += kids
     return found
 
 
@@ -237,42 +222,3 @@ def freeze_replica(lab: Lab, rng, trial: Trial, index: int) -> Stack:
     trial.check(not logged(owner, "succeeded", job_id=job), "the stale replica recorded a success")
     trial.recovery_s = recovery(stack, job, frozen)
     return stack
-
-
-@dataclass(frozen=True)
-class Fault:
-    name: str
-    label: str
-    trials: int
-    must_hold: str
-    run: Callable
-    unit: str = ""  # what one trial is, when it is not one job
-
-    def trials_label(self, n: int, scale: float) -> str:
-        return self.unit.format(fuzz=fuzz_count(scale)) if self.unit else str(n)
-
-
-FAULTS = [
-    Fault("kill-9", "`kill -9` of `serve` (claim, fit, export, register, outbox publish)", 10,
-          "every job ends once; one version; one `model.registered` id", kill_9),
-    Fault("sigterm", "SIGTERM mid-fit, then restart", 3, "resumes from the checkpointed epoch (asserted)",
-          sigterm_resume),
-    Fault("close-connections", "`rabbitmqctl close_all_connections` (vhost) mid-job / mid-publish", 5,
-          "no event lost; robust connections recover", close_connections),
-    Fault("rabbit-restart", "RabbitMQ `stop_app` / `start_app` while a job runs", 2,
-          "events decided during the outage published after it, same ids", rabbit_restart),
-    Fault("pg-terminate", "`pg_terminate_backend` mid-job, a trigger during it", 3,
-          "the job ends once; no trigger dead-lettered", pg_terminate),
-    Fault("mlflow-down", "`mlflow server` down during register (back / stays down)", 2,
-          "retried with backoff; after `max_attempts` one final `training.failed`", dependency_down("mlflow")),
-    Fault("s3-down", "S3 server down during upload (back / stays down)", 2,
-          "retried with backoff; after `max_attempts` one final `training.failed`", dependency_down("s3")),
-    Fault("freeze", "a replica `SIGSTOP`ped past its lease, then `SIGCONT`", 3,
-          "the stale replica stops without registering", freeze_replica),
-    Fault("fuzz", "fuzzed messages (hypothesis)", 1,
-          "each dead-lettered with a reason; ready throughout; nothing else published", fuzz, "{fuzz:,} msgs"),
-    Fault("storm", "1,000 duplicates of one `dataset.ready` (half same id), 2 replicas", 1,
-          "one job, one model version", storm, "1 storm"),
-    Fault("unroutable", "`model.registered` unroutable, then a queue is bound", 1,
-          "the event arrives once the queue exists", unroutable),
-]

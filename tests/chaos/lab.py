@@ -12,6 +12,7 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 
@@ -26,6 +27,10 @@ SETTLE_S = 300
 DATASETS_ROOT = "s3://heimdall-datasets/chaos"
 
 
+class Skip(Exception):
+    """This machine cannot inject the fault (say, no tmpfs): the row says why instead of a verdict."""
+
+
 @dataclass
 class Trial:
     """One run of a fault: the fault's own checks (`problems`) and the common audit."""
@@ -36,6 +41,7 @@ class Trial:
     recovery_s: float | None = None
     audit: dict = field(default_factory=dict)
     wall_s: float = 0.0
+    skipped: str | None = None  # why the fault could not be injected here
 
     def check(self, condition: bool, problem: str) -> None:
         if not condition:
@@ -43,6 +49,8 @@ class Trial:
 
     @property
     def ok(self) -> bool:
+        if self.skipped is not None:
+            return not self.problems
         a = self.audit
         return not self.problems and a.get("ended_once") == a.get("accepted") and a.get("versions_per_key", 0) <= 1 \
             and a.get("registered_per_job", 0) <= 1 and a.get("lost", 1) == 0 and a.get("stuck", 1) == 0
@@ -64,7 +72,9 @@ class Lab:
         self.datasets = {name: synthesize_dataset(
             SynthConfig(sessions=240, seed=7 + i, samples_per_capture=256, shard_size=128, dataset_id=name),
             DATASETS_ROOT, credentials=credentials) for i, name in enumerate(("chaos-a", "chaos-b"))}
+        self.versions: dict[tuple[str, int], str] = {}  # further versions of the datasets, made when a fault asks
         self.stacks: list[Stack] = []
+        self.cleanups: list[Callable[[], None]] = []  # what a fault changed outside its stack, undone after it
         self.made, self.trial_seed = 0, "setup"
 
     def _start_s3(self):
@@ -81,6 +91,18 @@ class Lab:
                                                              self.mlflow_port))
         self.mlflow_port = int(url.rsplit(":", 1)[1])
         return url
+
+    def dataset(self, name: str, version: int) -> str:
+        """The URI of `name` at `version`: version 1 is made at start-up, a later one the first time it is asked for."""
+        if version == 1:
+            return self.datasets[name]
+        if (name, version) not in self.versions:
+            credentials = S3Credentials(self.s3.endpoint_url, self.s3.access_key_id, self.s3.secret_access_key)
+            seed = 7 + sorted(self.datasets).index(name) + 100 * version
+            self.versions[name, version] = synthesize_dataset(
+                SynthConfig(sessions=240, seed=seed, samples_per_capture=256, shard_size=128, dataset_id=name),
+                DATASETS_ROOT, version=version, credentials=credentials)
+        return self.versions[name, version]
 
     def stop_s3(self) -> None:
         self._s3_exits.close()
@@ -120,6 +142,11 @@ class Lab:
             except Exception as exc:  # the vhost may be gone with a broker fault; the next run uses a new one
                 print(f"stack cleanup: {exc}")
         self.stacks.clear()
+        while self.cleanups:  # after the stacks: a mount is unmounted once serve is gone
+            try:
+                self.cleanups.pop()()
+            except Exception as exc:
+                print(f"fault cleanup: {exc}")
 
 
 def settle(stack: Stack, timeout_s: float = SETTLE_S) -> None:
@@ -157,6 +184,16 @@ def query(stack: Stack, sql: str, **params) -> list[tuple]:
     try:
         with engine.connect() as conn:
             return [tuple(r) for r in conn.execute(sa.text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def execute(stack: Stack, sql: str, **params) -> None:
+    """Change the stack's job store database (committed), as an operator or a fault would."""
+    engine = sa.create_engine(stack.env["HEIMDALL_JOB_STORE_URL"])
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql), params)
     finally:
         engine.dispose()
 

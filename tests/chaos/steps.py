@@ -1,14 +1,18 @@
 """The steps the faults are made of: announce a dataset, wait for a job to reach a phase or to end,
-read what serve logged, start a serve that died again, and time the recovery."""
+read what serve logged, find serve's training child, speak to PostgreSQL as its superuser, start a
+serve that died again, and time the recovery."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Callable
 
 from messages import constants as wire
 from tests.chaos.lab import Lab, Trial
-from tests.support.service_stack import ServiceProcess, Stack, dataset_ready
+from tests.support.service_stack import TINY_TRAINING, ServiceProcess, Stack, dataset_ready
 
 PHASES = ("claim", "fit", "export", "register", "publish")
 FINAL = (wire.MODEL_REGISTERED, wire.TRAINING_CANCELLED)
@@ -19,6 +23,11 @@ def announce(lab: Lab, stack: Stack, name: str = "chaos-a") -> str:
     event = dataset_ready(name, 1, lab.datasets[name])
     stack.publish(event, wire.DATASET_READY)
     return stack.tap.wait_for(wire.TRAINING_ACCEPTED, trigger_id=event["id"], timeout_s=60)[0]["data"]["job_id"]
+
+
+def long_training(epochs: int) -> str:
+    """HEIMDALL_DEFAULT_TRAINING for a job that runs long enough to be hit mid-fit."""
+    return json.dumps({**TINY_TRAINING, "epochs": epochs, "patience": epochs})
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:
@@ -81,3 +90,40 @@ def ready_again(service: ServiceProcess, timeout_s: float = 60) -> bool:
 def recovery(stack: Stack, job_id: str, since: float) -> float | None:
     arrived = stack.tap.first_after(since, job_id)
     return None if arrived is None else arrived - since
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (every thread's)."""
+    return [int(k) for task in Path(f"/proc/{pid}/task").glob("*/children") for k in task.read_text().split()]
+
+
+def training_child(service: ServiceProcess) -> int | None:
+    """The pid of serve's training child (`python -m training`, a warm spare's too), if it has one now.
+    Only one exists while a job runs: the next spare is started once the job has ended."""
+    for pid in children(service.proc.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"training" in argv and b"-m" in argv:
+            return pid
+    return None
+
+
+def psql(sql: str, database: str = "postgres") -> str:
+    """Run SQL as PostgreSQL's superuser (what an operator or a failing network does to the server)."""
+    return subprocess.run(["su", "postgres", "-c", f'psql -qAt -d {database} -c "{sql}"'], check=True,
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+def database_of(stack: Stack) -> str:
+    """The job store's database name (the URL's query names the socket folder, slashes and all)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(stack.env["HEIMDALL_JOB_STORE_URL"]).database
+
+
+def terminate_backends(database: str) -> int:
+    """Close every connection to `database` from the server's side; how many there were."""
+    out = psql(f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{database}'")
+    return sum(line == "t" for line in out.splitlines())

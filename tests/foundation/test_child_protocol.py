@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import threading
 
 import pytest
@@ -41,7 +42,12 @@ def test_a_permit_answer_for_an_older_request_is_skipped():
 
     answering = threading.Thread(target=service)
     answering.start()
-    assert ChildChannel(requests_w, os.fdopen(answers_r)).ask_permit() is False
+    disposition = signal.getsignal(signal.SIGTERM)
+    try:
+        assert ChildChannel(requests_w, os.fdopen(answers_r)).ask_permit() is False
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # asking commits the child to its answer
+    finally:
+        signal.signal(signal.SIGTERM, disposition)  # this is pytest's process, not a child's
     answering.join()
 
 

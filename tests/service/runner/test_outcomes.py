@@ -55,3 +55,22 @@ def test_a_job_handed_back_at_shutdown_keeps_its_attempt(settings: Settings, sto
         asyncio.run(asyncio.wait_for(run_then_shut_down(), 60))
         again = store.read.get(job.id)
         assert (again.status, again.attempt) == (JobStatus.QUEUED, 0), deploy
+
+
+def test_a_cancel_that_arrives_after_the_child_sent_its_result_still_ends_in_model_registered(settings, store):
+    """The real race: the child has registered and sent its Result; a cancel arrives before it exits,
+    and the worker's SIGTERM makes it exit 3. The model exists: the job succeeded."""
+    job = accept(store)
+    script = f"""
+        import signal, time
+        from service.jobs.events import cancelled_message
+        from service.jobs.store import JobStore
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
+        {result_line()}
+        JobStore({settings.job_store_url!r}).request_cancel({job.id!r}, "too late", cancelled_message)
+        time.sleep(60)  # until the worker's heartbeat sees the cancel and stops us
+    """
+    over, events = run_until_over(settings, store, script, job.id)
+    assert over.status is JobStatus.SUCCEEDED
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("registered") == 1 and "cancelled" not in kinds
