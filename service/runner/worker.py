@@ -126,6 +126,9 @@ class JobRunner:
     def _stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
+            if self.current:
+                log_event(log, "stopping child", job_id=self.current[0].id, reason=reason.value,
+                          signal="SIGKILL" if reason is StopReason.SILENT else "SIGTERM")
             if self.current and reason is StopReason.SILENT:
                 self.current[1].signal(signal.SIGKILL)  # stopped or stuck: it would never checkpoint
             elif self.current:
