@@ -27,7 +27,7 @@ from service.probes import ProbeServer, StoreCheck
 from service.retention import purge
 from service.metrics import ServiceMetrics
 from foundation.settings import Settings
-from service.topology import WORK_QUEUES, declare_exchange, declare_topology
+from service.topology import REDRIVES_HEADER, WORK_QUEUES, declare_exchange, declare_topology
 from service.runner.worker import JobRunner
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class Service:
         log_event(log, "received", event_id=message.message_id, routing_key=message.routing_key)
         action = await consumer.handle(message, work)
         self.metrics.messages.labels(action=action.value).inc()
+        if (message.headers or {}).get(REDRIVES_HEADER):  # an operator's `dead-letters redrive`, consumed
+            self.metrics.redriven.labels(routing_key=message.routing_key, action=action.value).inc()
         self.relay.notify()
 
     async def run_until(self, stop: asyncio.Event) -> int:

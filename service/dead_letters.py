@@ -31,11 +31,10 @@ from foundation.settings import Settings
 from service.ops_commands import age
 from service.topology import (
     DEAD_LETTERED_AT_HEADER, DETAIL_HEADER, ORIGINAL_ROUTING_KEY_HEADER, ORIGINAL_USER_HEADER, REASON_HEADER,
-    REDRIVE_EXCHANGE, WORK_QUEUES, WorkQueue, declare_topology, event_message,
+    REDRIVE_EXCHANGE, REDRIVES_HEADER, WORK_QUEUES, WorkQueue, declare_topology, event_message,
 )
 
 log = logging.getLogger(__name__)
-REDRIVES_HEADER = "x-heimdall-redrives"  # how often this message has been re-driven
 # What the dead-lettering added, dropped from a re-driven copy (RabbitMQ adds its own again).
 BOOKKEEPING = {"x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange",
                "x-last-death-reason", "x-last-death-queue", "x-last-death-exchange", "x-delivery-count",

@@ -49,6 +49,9 @@ class ServiceMetrics:
         self.warm_spare_ready = Gauge("heimdall_training_warm_spare_ready",
                                       "1 while a warm spare has done its imports and waits for a job",
                                       registry=self.registry)
+        self.redriven = Counter("heimdall_training_redriven_messages_total",
+                                "Messages re-driven from a dead-letter queue and consumed again, by routing key and action",
+                                ["routing_key", "action"], registry=self.registry)
         self.messages = Counter("heimdall_training_messages_total", "Consumed messages by action", ["action"],
                                 registry=self.registry)
 

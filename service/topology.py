@@ -23,6 +23,7 @@ REDRIVE_EXCHANGE = "heimdall.training.redrive"
 DELIVERY_LIMIT = 5  # redeliveries of one message before RabbitMQ dead-letters it
 REASON_HEADER, DETAIL_HEADER = "x-heimdall-reason", "x-heimdall-detail"
 DEAD_LETTERED_AT_HEADER = "x-heimdall-dead-lettered-at"  # ISO 8601, UTC
+REDRIVES_HEADER = "x-heimdall-redrives"  # how often an operator re-drove this message from a dead-letter queue
 ORIGINAL_ROUTING_KEY_HEADER, ORIGINAL_USER_HEADER = "x-original-routing-key", "x-original-user-id"
 
 

@@ -8,11 +8,10 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 from messages import constants as wire
 from tests.chaos.lab import Lab, Trial
-from tests.support.service_stack import TINY_TRAINING, ServiceProcess, Stack, dataset_ready
+from tests.support.service_stack import TINY_TRAINING, ServiceProcess, Stack, dataset_ready, wait_until
 
 PHASES = ("claim", "fit", "export", "register", "publish")
 FINAL = (wire.MODEL_REGISTERED, wire.TRAINING_CANCELLED)
@@ -28,15 +27,6 @@ def announce(lab: Lab, stack: Stack, name: str = "chaos-a") -> str:
 def long_training(epochs: int) -> str:
     """HEIMDALL_DEFAULT_TRAINING for a job that runs long enough to be hit mid-fit."""
     return json.dumps({**TINY_TRAINING, "epochs": epochs, "patience": epochs})
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(poll_s)
-    return False
 
 
 def logged(service: ServiceProcess, event: str, **fields) -> bool:

@@ -15,7 +15,6 @@ import uuid
 import pytest
 
 from tests.support.broker import dead_letters, publish
-from tests.support.cli import run_cli
 from tests.support.outsider import outsider
 from tests.support.service_stack import Stack, dataset_ready, settled, training_requested
 
@@ -55,7 +54,7 @@ def promote(stack: Stack, version: int, event_id: str | None = None) -> dict:
 
 
 def cli(stack: Stack, *args: str):
-    done = run_cli(list(args), stack.tmp / "cli-state", **stack.env)
+    done = stack.cli(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 

@@ -17,8 +17,8 @@ import pytest
 
 from tests.support.broker import INTRUDER, INTRUDER_PASSWORD, dead_letters, publish
 from tests.support.servers import free_port
-from tests.support.service_stack import (Stack, dataset_ready, first_epoch_after_restart, progress_until, s3_object,
-                                         settled, training_requested)
+from tests.support.service_stack import (dataset_ready, first_epoch_after_restart, progress_until, s3_object, settled,
+                                         training_requested)
 
 
 @pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child
@@ -113,7 +113,7 @@ def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_
                   "training.requested")
     long_job = stack.tap.wait_for("training.accepted", count=2)[-1]["data"]["job_id"]
     stack.tap.wait_for("training.progress", job_id=long_job)
-    ops = ops_cli(stack, "ops", "cancel", long_job, "--reason", "wrong dataset")  # what ops would type
+    ops = stack.cli("ops", "cancel", long_job, "--reason", "wrong dataset")  # what ops would type
     assert ops.returncode == 0, ops.stderr
 
     cancelled = stack.tap.wait_for("training.cancelled", job_id=long_job, timeout_s=60)
@@ -123,17 +123,9 @@ def test_cancel_stops_a_running_job_with_one_cancelled_event_and_no_model(stack_
     assert not stack.tap.events("model.registered", job_id=long_job)
     assert not stack.tap.events("training.failed", job_id=long_job)
     assert service.proc.poll() is None
-    shown = ops_cli(stack, "jobs", "show", long_job).stdout
+    shown = stack.cli("jobs", "show", long_job).stdout
     assert shown.startswith(f"job {long_job}: cancelled") and "wrong dataset" in shown
-    assert long_job in ops_cli(stack, "jobs", "list", "--status", "cancelled").stdout
-
-
-def ops_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
-    env = {**clean, "HEIMDALL_AMQP_URL": stack.env["HEIMDALL_AMQP_URL"],
-           "HEIMDALL_JOB_STORE_URL": stack.env["HEIMDALL_JOB_STORE_URL"]}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env,
-                          timeout=60)
+    assert long_job in stack.cli("jobs", "list", "--status", "cancelled").stdout
 
 
 def test_a_transient_failure_is_retried_with_backoff_then_reported_as_final(stack_factory, datasets):
@@ -149,7 +141,7 @@ def test_a_transient_failure_is_retried_with_backoff_then_reported_as_final(stac
     assert all(f["data"]["error_type"] == "RegistryError" for f in failed)
     assert not stack.tap.events("model.registered")
     job = failed[0]["data"]["job_id"]
-    assert ops_cli(stack, "jobs", "show", job).stdout.startswith(f"job {job}: failed")
+    assert stack.cli("jobs", "show", job).stdout.startswith(f"job {job}: failed")
 
 
 @pytest.mark.parametrize("spare", ["warm", "cold"])  # the job in a warm spare, or in a fresh child

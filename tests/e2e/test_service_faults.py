@@ -24,7 +24,7 @@ from tests.support.broker import Vhost, dead_letters
 from tests.support.jobs import VALID_RESULT
 from tests.support.servers import PG_SOCKET_DIR, free_port
 from tests.support.service_stack import (DATASETS_ROOT, MLFLOW_CREDENTIALS, ServiceProcess, dataset_ready, s3_object,
-                                         training_requested)
+                                         training_requested, wait_until)
 
 
 def reasons_of(stack, queue: str, count: int, timeout_s: float = 60) -> dict[str, str]:
@@ -111,6 +111,16 @@ def test_refused_locations_and_names_are_dead_lettered_with_their_reason(stack_f
     assert (delivered.delivery_mode, delivered.content_type) == (2, "application/json")  # events.md
     assert delivered.timestamp is not None and delivered.app_id == "heimdall-training"
     assert_no_secrets(stack, s3_server, service)
+
+    # An operator re-drives a dead letter whose cause is not fixed: consumed once more, refused
+    # again, and counted as a re-drive in serve's /metrics.
+    again = dataset_ready("svc-dup", 1, datasets["svc-main"])
+    stack.publish(again, "dataset.ready")
+    assert wait_until(lambda: again["id"] in stack.cli("dead-letters", "list").stdout, 60)
+    assert stack.cli("dead-letters", "redrive", "--id", again["id"]).returncode == 0
+    counted = 'heimdall_training_redriven_messages_total{action="dead-letter",routing_key="dataset.ready"} 1.0'
+    assert wait_until(lambda: counted in service.get("/metrics"), 60)
+    assert reasons_of(stack, "heimdall.training.datasets.dead-letter", 1) == {again["id"]: "dataset-mismatch"}
 
 
 def psql(sql: str) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tests.support.broker import Tap, Vhost, publish
+from tests.support.cli import run_cli
 from tests.support.servers import free_port
 
 DATASETS_ROOT = "s3://heimdall-datasets/service-tests"
@@ -66,6 +67,16 @@ class ServiceProcess:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
 
+def wait_until(check, timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Whether `check()` became true within `timeout_s` (polled)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(poll_s)
+    return False
+
+
 MLFLOW_CREDENTIALS = "heimdall-ops:mlflow-pw-51b3e0"  # the test server checks none; the client sends them
 
 
@@ -101,6 +112,10 @@ class Stack:
     def publish(self, event: dict, routing_key: str, **properties) -> None:
         """As guest, who is on the ops allow-list (the user_id an ops tool sets)."""
         publish(self.vhost.url(), event, routing_key, **{"user_id": "guest", **properties})
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        """`heimdall-training ARGS` as an operator beside these replicas: the same broker, store and servers."""
+        return run_cli(list(args), self.tmp / "cli-state", **self.env)
 
     def close(self) -> None:
         for service in self.services:
