@@ -14,7 +14,8 @@ import time
 from messages import constants as wire
 from tests.chaos.lab import Lab, Trial, query
 from tests.chaos.steps import (PHASES, announce, children, database_of, logged, long_training, reach_phase, ready_again,
-                               recovery, revive, terminate_backends, wait_end, wait_until)
+                               recovery, revive, terminate_backends, training_child, wait_end,
+                               wait_until)
 from tests.support.broker import dead_letters, publishing_blocked, rabbitmqctl
 from tests.support.service_stack import ServiceProcess, Stack, dataset_ready
 
@@ -41,9 +42,16 @@ def kill_9(lab: Lab, rng, trial: Trial, index: int) -> Stack:
 def kill_mid_publish(lab: Lab, stack: Stack, service: ServiceProcess, job: str, rng, trial: Trial) -> None:
     """Kill serve while its outbox relay is publishing `model.registered`: from the moment the model is
     stored the broker holds every publish (its memory alarm), so the job succeeds, the relay's publish
-    waits unconfirmed, and serve dies then. Left to timing, the relay wins the race (about 50 ms)."""
+    waits unconfirmed, and serve dies then. Left to timing, the relay wins the race (about 50 ms).
+    The child is frozen while the alarm is raised: `rabbitmqctl` takes seconds on a loaded machine,
+    in which an unfrozen child registered and the relay published (1 trial of 7 in a full run)."""
     trial.check(reach_phase(lab, stack, service, "register", job), "phase register not reached before the job ended")
+    child = training_child(service)
+    if child is not None:
+        os.kill(child, signal.SIGSTOP)
     with publishing_blocked():
+        if child is not None:
+            os.kill(child, signal.SIGCONT)
         trial.check(wait_until(lambda: logged(service, "succeeded", job_id=job), 180, 0.05),
                     "the job did not succeed while publishing was held")
         time.sleep(rng.uniform(1.5, 2.5))  # past the relay's idle wait: it has taken the row and is publishing
