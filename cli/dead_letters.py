@@ -3,21 +3,16 @@
 
 from __future__ import annotations
 
-import argparse
-
+from cli.action_parsers import add_action, add_actions
 from foundation.exit_codes import EXIT_FAILED
 from foundation.logs import printable
 
 
 def add_dead_letters(sub) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    actions = sub.add_parser("dead-letters", help="list or re-drive the dead-letter queues").add_subparsers(
-        dest="action", required=True)
-    listing = "per dead-letter queue: message id, original routing key, reason, age, detail"
-    actions.add_parser("list", formatter_class=raw, help=listing, description=listing.capitalize() + ".",
-                       epilog="example:\n  heimdall-training dead-letters list")
-    redrive = actions.add_parser(
-        "redrive", formatter_class=raw, help="back to the work queue they came from, each once",
+    actions = add_actions(sub, "dead-letters", help="list or re-drive the dead-letter queues",
+                          listing="per dead-letter queue: message id, original routing key, reason, age, detail")
+    redrive = add_action(
+        actions, "redrive", help="back to the work queue they came from, each once",
         description="Re-drive the dead letters that match every filter given (all of them with none) to the\n"
                     "work queue they came from, each once; the others stay where they are. Run it as the ops\n"
                     "user to keep an ops message's user_id (RabbitMQ accepts no other).",

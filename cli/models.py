@@ -7,26 +7,22 @@ announces as `model.champion-changed`.
 
 from __future__ import annotations
 
-import argparse
-
-RAW = argparse.RawDescriptionHelpFormatter
+from cli.action_parsers import add_action, add_actions
 
 
 def add_models(sub) -> None:
-    actions = sub.add_parser("models", help="the registered model's versions: list, show, compare").add_subparsers(
-        dest="action", required=True)
-    listing = "newest first: version, aliases, dataset, test median and p90, created, the champion gate's decision"
-    actions.add_parser("list", formatter_class=RAW, help=listing, description=listing.capitalize() + ".",
-                       epilog="example:\n  heimdall-training models list")
-    show = actions.add_parser(
-        "show", formatter_class=RAW, help="one version: aliases, description, dataset, test figures, gate decision",
+    actions = add_actions(
+        sub, "models", help="the registered model's versions: list, show, compare",
+        listing="newest first: version, aliases, dataset, test median and p90, created, the champion gate's decision")
+    show = add_action(
+        actions, "show", help="one version: aliases, description, dataset, test figures, gate decision",
         description="One version: its aliases and description, the dataset and sessions it was trained on, its\n"
                     "test figures beside the baselines', the champion gate's decision with its reason, an ops\n"
                     "promotion, its job and MLflow run, and where model.onnx and model.json are.",
         epilog="example:\n  heimdall-training models show 12")
     show.add_argument("version", type=int, help="a version number (models list shows them)")
-    compare = actions.add_parser(
-        "compare", formatter_class=RAW, help="two versions scored in ONNX Runtime on the same held-out sessions",
+    compare = add_action(
+        actions, "compare", help="two versions scored in ONNX Runtime on the same held-out sessions",
         description="Score two versions in ONNX Runtime on the same held-out sessions, the test split of the\n"
                     "dataset the newer one was trained on, and print their errors, coverages and NLL side by side.",
         epilog="example (is the champion's predecessor better on today's data?):\n"
@@ -36,8 +32,8 @@ def add_models(sub) -> None:
 
 
 def add_promote(ops) -> None:
-    promote = ops.add_parser(
-        "promote", formatter_class=RAW, help="publish model.promote: move the champion alias (a rollback when older)",
+    promote = add_action(
+        ops, "promote", help="publish model.promote: move the champion alias (a rollback when older)",
         description="Publish model.promote. The service (as an allow-listed ops user) moves the `champion` alias\n"
                     "to VERSION, an older one being a rollback, and announces the move as model.champion-changed.\n"
                     "Prints the event id; a refused promote is dead-lettered with its reason (dead-letters list).",

@@ -1,15 +1,15 @@
 """The `data` models of the events about the registered model's versions (`shared/contracts/events.md`):
 a version registered, an operator's promote, and every move of the `champion` alias. Strict, and
-ignoring unknown fields, like every payload (`messages.payloads`).
+ignoring unknown fields, like every model of the contract (`messages.payloads.ContractModel`).
 """
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from messages import constants as c
-from messages.payloads import DatasetId, EventData, NonEmpty, Version
+from messages.payloads import ContractModel, DatasetId, EventData, NonEmpty, Version, required_when
 
 ModelVersion = Annotated[int, Field(ge=1, description="A version of the registered model, as MLflow numbers it.")]
 
@@ -17,12 +17,9 @@ ModelVersion = Annotated[int, Field(ge=1, description="A version of the register
 # ---- consumed by the training service ----------------------------------------------------
 
 
-class ModelPromote(EventData):
+class ModelPromote(EventData, routing_key=c.MODEL_PROMOTE, event_type=c.MODEL_PROMOTE_TYPE):
     """An operator moves the `champion` alias to an existing version; to an older one, it is a rollback
     (obeyed only from an allow-listed AMQP user_id)."""
-
-    TYPE: ClassVar[str] = c.MODEL_PROMOTE_TYPE
-    ROUTING_KEY: ClassVar[str] = c.MODEL_PROMOTE
 
     model_name: NonEmpty
     version: ModelVersion
@@ -32,18 +29,16 @@ class ModelPromote(EventData):
 # ---- published by the training service ---------------------------------------------------
 
 
-class OnnxArtifact(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
+class OnnxArtifact(ContractModel):
     uri: NonEmpty
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=1)
 
 
-class EvaluationMetrics(BaseModel):
+class EvaluationMetrics(ContractModel):
     """Test-split metrics; further numeric metrics may be added."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+    model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, float]
 
     median_error_m: float = Field(ge=0)
@@ -52,19 +47,14 @@ class EvaluationMetrics(BaseModel):
     coverage_2sigma: float = Field(ge=0, le=1)
 
 
-class DatasetRef(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
+class DatasetRef(ContractModel):
     id: DatasetId
     version: Version
     uri: NonEmpty
 
 
-class ModelRegistered(EventData):
+class ModelRegistered(EventData, routing_key=c.MODEL_REGISTERED, event_type=c.MODEL_REGISTERED_TYPE):
     """A model version is registered; model.onnx and model.json are readable at the URIs named."""
-
-    TYPE: ClassVar[str] = c.MODEL_REGISTERED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.MODEL_REGISTERED
 
     job_id: NonEmpty
     model_name: NonEmpty
@@ -86,19 +76,11 @@ class ModelRegistered(EventData):
         return self
 
 
-def _one_of_its_cause(field: str, cause: str) -> dict[str, Any]:
-    return {"if": {"properties": {"cause": {"const": cause}}, "required": ["cause"]},
-            "then": {"properties": {field: {"type": "string"}}, "required": [field]}}
-
-
-class ModelChampionChanged(EventData):
+class ModelChampionChanged(EventData, routing_key=c.MODEL_CHAMPION_CHANGED, event_type=c.MODEL_CHAMPION_CHANGED_TYPE):
     """The `champion` alias moved, by a job's champion gate or by ops; serve the version the latest one names."""
 
-    # The schema states which id each cause names too, so that non-Python consumers can check it.
-    model_config = ConfigDict(json_schema_extra={"allOf": [_one_of_its_cause("job_id", "gate"),
-                                                           _one_of_its_cause("trigger_id", "ops")]})
-    TYPE: ClassVar[str] = c.MODEL_CHAMPION_CHANGED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.MODEL_CHAMPION_CHANGED
+    model_config = ConfigDict(json_schema_extra={"allOf": [required_when("job_id", "cause", "gate"),
+                                                           required_when("trigger_id", "cause", "ops")]})
     CAUSE_IDS: ClassVar[dict[str, str]] = {"gate": "job_id", "ops": "trigger_id"}
 
     model_name: NonEmpty

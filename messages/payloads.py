@@ -44,23 +44,38 @@ VersionOrLatest = Annotated[
 ]
 
 
-class EventData(BaseModel):
-    """What every `data` model shares: the CloudEvents `type` and AMQP routing key it travels under."""
+class ContractModel(BaseModel):
+    """What every model of the contract is unless it says otherwise: strict, frozen, and ignoring
+    unknown fields (see above)."""
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
+
+def required_when(field: str, condition: str, value: Any) -> dict[str, Any]:
+    """The JSON Schema of a rule a model validator enforces: `field` (a string) is required when
+    `condition` is `value`. Stated in the schema too, so that non-Python producers can check it."""
+    return {"if": {"properties": {condition: {"const": value}}, "required": [condition]},
+            "then": {"properties": {field: {"type": "string"}}, "required": [field]}}
+
+
+class EventData(ContractModel):
+    """What every `data` model shares: the CloudEvents `type` and AMQP routing key it travels under,
+    given on its class line, `class DatasetReady(EventData, routing_key=…, event_type=…)`, so that
+    the fields below it are the data alone and no event can be declared without both."""
+
     TYPE: ClassVar[str]
     ROUTING_KEY: ClassVar[str]
+
+    def __init_subclass__(cls, *, routing_key: str, event_type: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.ROUTING_KEY, cls.TYPE = routing_key, event_type
 
 
 # ---- consumed by the training service ----------------------------------------------------
 
 
-class DatasetReady(EventData):
+class DatasetReady(EventData, routing_key=c.DATASET_READY, event_type=c.DATASET_READY_TYPE):
     """Acquisition finished writing a dataset version; it is complete and readable at `uri`."""
-
-    TYPE: ClassVar[str] = c.DATASET_READY_TYPE
-    ROUTING_KEY: ClassVar[str] = c.DATASET_READY
 
     dataset_id: DatasetId
     version: Version
@@ -69,12 +84,12 @@ class DatasetReady(EventData):
     labelled_sessions: int = Field(ge=0)
 
 
-class TrainingOverrides(BaseModel):
+class TrainingOverrides(ContractModel):
     """Training parameters that replace the configured defaults for one request."""
 
     # extra="forbid": a misspelt parameter ("epoch": 50) must be refused, not silently ignored,
     # or the job would train with the default and the operator would believe otherwise.
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    model_config = ConfigDict(extra="forbid")
 
     epochs: int | None = Field(default=None, ge=1)
     batch_size: int | None = Field(default=None, ge=1)
@@ -95,18 +110,10 @@ class TrainingOverrides(BaseModel):
         return self.model_dump(exclude_unset=True, exclude_none=True)
 
 
-class TrainingRequested(EventData):
+class TrainingRequested(EventData, routing_key=c.TRAINING_REQUESTED, event_type=c.TRAINING_REQUESTED_TYPE):
     """An operator asks for a training run (obeyed only from an allow-listed AMQP user_id)."""
 
-    # The schema states the export_only rule too, so that non-Python producers can check it.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "if": {"properties": {"export_only": {"const": True}}, "required": ["export_only"]},
-            "then": {"properties": {"checkpoint_uri": {"type": "string"}}, "required": ["checkpoint_uri"]},
-        }
-    )
-    TYPE: ClassVar[str] = c.TRAINING_REQUESTED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.TRAINING_REQUESTED
+    model_config = ConfigDict(json_schema_extra=required_when("checkpoint_uri", "export_only", True))
 
     dataset_id: DatasetId
     version: VersionOrLatest
@@ -123,11 +130,8 @@ class TrainingRequested(EventData):
         return self
 
 
-class TrainingCancel(EventData):
+class TrainingCancel(EventData, routing_key=c.TRAINING_CANCEL, event_type=c.TRAINING_CANCEL_TYPE):
     """An operator asks to cancel a job (obeyed only from an allow-listed AMQP user_id)."""
-
-    TYPE: ClassVar[str] = c.TRAINING_CANCEL_TYPE
-    ROUTING_KEY: ClassVar[str] = c.TRAINING_CANCEL
 
     job_id: NonEmpty
     reason: str
@@ -139,11 +143,8 @@ class TrainingCancel(EventData):
 # older copy of this package can read what a newer service publishes.
 
 
-class TrainingAccepted(EventData):
+class TrainingAccepted(EventData, routing_key=c.TRAINING_ACCEPTED, event_type=c.TRAINING_ACCEPTED_TYPE):
     """A trigger became a job; `version` is resolved ("latest" never appears here)."""
-
-    TYPE: ClassVar[str] = c.TRAINING_ACCEPTED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.TRAINING_ACCEPTED
 
     job_id: NonEmpty
     trigger_id: NonEmpty = Field(description="The `id` of the event that caused this job.")
@@ -152,30 +153,22 @@ class TrainingAccepted(EventData):
     config_hash: NonEmpty = Field(description="Hash of the resolved training configuration.")
 
 
-class TrainingStarted(EventData):
+class TrainingStarted(EventData, routing_key=c.TRAINING_STARTED, event_type=c.TRAINING_STARTED_TYPE):
     """An attempt of a job started training."""
-
-    TYPE: ClassVar[str] = c.TRAINING_STARTED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.TRAINING_STARTED
 
     job_id: NonEmpty
     attempt: Attempt
     mlflow_run_id: str | None
 
 
-class ProgressMetrics(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
+class ProgressMetrics(ContractModel):
     train_loss: float | None
     val_loss: float | None
     val_median_error_m: float | None
 
 
-class TrainingProgress(EventData):
+class TrainingProgress(EventData, routing_key=c.TRAINING_PROGRESS, event_type=c.TRAINING_PROGRESS_TYPE):
     """Progress after an epoch; at most one every few seconds."""
-
-    TYPE: ClassVar[str] = c.TRAINING_PROGRESS_TYPE
-    ROUTING_KEY: ClassVar[str] = c.TRAINING_PROGRESS
 
     job_id: NonEmpty
     epoch: int = Field(ge=0)
@@ -184,11 +177,8 @@ class TrainingProgress(EventData):
     eta_s: float | None = Field(ge=0, description="Estimated seconds to the end of training.")
 
 
-class TrainingFailed(EventData):
+class TrainingFailed(EventData, routing_key=c.TRAINING_FAILED, event_type=c.TRAINING_FAILED_TYPE):
     """An attempt failed; with retryable=false the job is over."""
-
-    TYPE: ClassVar[str] = c.TRAINING_FAILED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.TRAINING_FAILED
 
     job_id: NonEmpty
     stage: Literal["data", "train", "export", "register"]
@@ -198,11 +188,8 @@ class TrainingFailed(EventData):
     attempt: Attempt
 
 
-class TrainingCancelled(EventData):
+class TrainingCancelled(EventData, routing_key=c.TRAINING_CANCELLED, event_type=c.TRAINING_CANCELLED_TYPE):
     """A job ended because it was cancelled."""
-
-    TYPE: ClassVar[str] = c.TRAINING_CANCELLED_TYPE
-    ROUTING_KEY: ClassVar[str] = c.TRAINING_CANCELLED
 
     job_id: NonEmpty
     reason: str

@@ -13,37 +13,21 @@ import aio_pika
 import pytest
 import sqlalchemy as sa
 
-from foundation.settings import S3Settings, Settings
+from foundation.settings import Settings
 from service.consumer import Action, Consumer
 from service.jobs.store import JobStatus, JobStore
 from service.jobs.tables import EVENT_ID_MAX_CHARS, processed_events
 from service.topology import DATASET_EVENTS, OPS_EVENTS, DETAIL_HEADER, REASON_HEADER, WorkQueue, declare_topology
-from tests.support.broker import Vhost, dead_letters
+from tests.support.broker import dead_letters
 from tests.support.jobs import accept
 from tests.support.service_stack import dataset_ready
 
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def vhost():
-    vhost = Vhost()
-    yield vhost
-    vhost.close()
-
-
-@pytest.fixture(scope="module")
-def store_url(postgres) -> str:
-    url = postgres.create_database()
-    store = JobStore(url)
-    store.migrate()
-    store.close()
-    return url
-
-
 @pytest.fixture
-def store(store_url):
-    store = JobStore(store_url)
+def store(postgres_url):
+    store = JobStore(postgres_url)
     with store.engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE jobs, processed_events, outbox"))
     yield store
@@ -56,8 +40,8 @@ def datasets(tmp_path) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path, store_url, datasets) -> Settings:
-    return Settings(state_dir=tmp_path / "state", job_store_url=store_url, allowed_dataset_locations=[datasets],
+def settings(tmp_path, postgres_url, datasets) -> Settings:
+    return Settings(state_dir=tmp_path / "state", job_store_url=postgres_url, allowed_dataset_locations=[datasets],
                     ops_allowed_users=["guest"])
 
 
@@ -152,9 +136,7 @@ def test_a_dataset_json_over_the_limit_on_s3_is_refused_too(settings, store, vho
     s3_server.client().put_object(Bucket="heimdall-datasets", Key="consumer-tests/ds-s3/v1/dataset.json",
                                   Body=json.dumps(manifest).encode())
     settings = settings.model_copy(update={
-        "max_manifest_bytes": 1000, "allowed_dataset_locations": [prefix],
-        "s3": S3Settings(endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
-                         secret_access_key=s3_server.secret_access_key)})
+        "max_manifest_bytes": 1000, "allowed_dataset_locations": [prefix], "s3": s3_server.settings()})
 
     action, letters = handle(settings, store, vhost.url(), dataset_ready("ds-s3", 1, f"{prefix}/ds-s3/v1"),
                              "dataset.ready", DATASET_EVENTS)

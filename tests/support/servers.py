@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundation.settings import S3Settings
+
 ACCESS_KEY, SECRET_KEY = "s3-key-id-4c7e9a", "s3-secret-8d2f1b"  # distinct strings: the secrets tests look for them
 PG_SOCKET_DIR = "/var/run/postgresql"
 BIN = Path(sys.executable).parent
@@ -79,6 +81,11 @@ class S3Server:
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
                 "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def settings(self) -> S3Settings:
+        """The service's `s3` settings that reach this server."""
+        return S3Settings(endpoint_url=self.endpoint_url, access_key_id=self.access_key_id,
+                          secret_access_key=self.secret_access_key)
 
     def client(self):
         import boto3

@@ -19,20 +19,12 @@ import torch
 from foundation.child_protocol import JobSpec
 from foundation.train_config import TrainConfig
 from training.pipeline import open_dataset, run_job
-from foundation.settings import S3Settings, Settings
+from foundation.settings import Settings
 from training.datasets.synth import SynthConfig, synthesize_dataset
 
 TINY = TrainConfig(preset="tiny", epochs=4, batch_size=32, learning_rate=5e-3, patience=3)
 CARD_FIELDS = {"schema", "model_name", "model_version", "created_at", "onnx", "signal", "receivers", "training",
                "metrics", "parity", "mlflow_run_id"}
-
-
-@pytest.fixture(scope="module")
-def server_settings(s3_server, mlflow_url, tmp_path_factory) -> Settings:
-    return Settings(state_dir=tmp_path_factory.mktemp("state"), models_uri="s3://heimdall-models/models",
-                    mlflow_tracking_uri=mlflow_url, model_name=f"test-{uuid.uuid4().hex[:8]}",
-                    s3=S3Settings(endpoint_url=s3_server.endpoint_url, access_key_id=s3_server.access_key_id,
-                                  secret_access_key=s3_server.secret_access_key))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Job stores for the store's own tests and the views built on it: every test runs twice, on a
-SQLite file and on a real PostgreSQL 15 (one database per session, emptied before each test)."""
+SQLite file and on a real PostgreSQL 15 (`postgres_url`, tests/service/conftest.py: one database
+per session, emptied before each test)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,6 @@ import pytest
 import sqlalchemy as sa
 
 from service.jobs.store import JobStore
-
-
-@pytest.fixture(scope="session")
-def postgres_url(postgres) -> str:
-    """One database per session, migrated once; `store` empties it before each test."""
-    url = postgres.create_database()
-    store = JobStore(url)
-    store.migrate()
-    store.close()
-    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
