@@ -67,20 +67,29 @@ def reliability_curve(pred_latlon, cov_m2, true_latlon,
     return nominal, observed
 
 
-def fit_variance_scale(pred_latlon, cov_m2, true_latlon) -> float:
-    """The post-hoc variance scale s, fitted on VALIDATION sessions: covariance × s.
+OPERATIONAL_LEVEL = 0.95  # the ellipse operators act on: the one the variance scale makes honest
+# how `fit_variance_scale` sets the covariance scale, as the model card states it
+COVARIANCE_CALIBRATION = {"method": "split-conformal", "level": OPERATIONAL_LEVEL, "split": "val"}
 
-    s minimises the worst gap between observed and nominal coverage over the four levels
-    (1σ, 68 %, 2σ, 95 %), searched on a log grid around mean(d²)/2 (the scale that makes the
-    mean d² 2). One scalar fixes over- or under-confidence overall, not the shape of the
-    ellipses (reliability curve, Spearman); minimax over the levels keeps every one of them
-    close when the errors' tails differ from a Gaussian's, where matching the mean d² would let
-    the tails decide.
+
+def fit_variance_scale(pred_latlon, cov_m2, true_latlon, level: float = OPERATIONAL_LEVEL) -> float:
+    """The post-hoc variance scale s, fitted on VALIDATION sessions: covariance × s (split conformal).
+
+    s puts the `level` ellipse at the conformal quantile of the validation sessions' d²: the
+    ⌈(n + 1)·level⌉-th smallest, over the chi²(2) threshold. For a test session exchangeable with
+    them, the scaled `level` ellipse then holds the truth with probability at least `level`
+    (and below level + 1/(n + 1)), whatever the errors' distribution: a guarantee at the level
+    operators use, not a fit of the Gaussian's shape. Where the errors' tails are heavier than a
+    Gaussian's (POWDER: most sessions near the posterior's mode, some in another mode), the
+    other levels are then over-covered, never under: conservative where the shape is wrong.
+    (The scale before this minimised the worst gap over four levels: on POWDER's spatially
+    blocked test split its 95 % ellipse held the truth 81 % of the time.)
+
+    Raises:
+        ValueError: no validation session.
     """
-    d2 = mahalanobis_sq(pred_latlon, cov_m2, true_latlon)
-    nominal = np.array(list(COVERAGE_LEVELS.values()))
-    thresholds = chi2_2dof_quantile(nominal)
-    start = float(np.mean(d2) / 2.0)
-    scales = start * np.exp(np.linspace(-1.5, 1.5, 301))
-    worst = [np.max(np.abs(np.mean(d2[:, None] / s <= thresholds[None, :], axis=0) - nominal)) for s in scales]
-    return float(scales[int(np.argmin(worst))])
+    d2 = np.sort(mahalanobis_sq(pred_latlon, cov_m2, true_latlon))
+    if d2.size == 0:
+        raise ValueError("no validation session to fit the variance scale on")
+    rank = min(math.ceil((d2.size + 1) * level), d2.size)
+    return float(d2[rank - 1] / chi2_2dof_quantile(level))

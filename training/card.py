@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from foundation.train_config import TrainConfig
+from training.calibration import COVARIANCE_CALIBRATION
 from training.datasets.verified import VerifiedDataset
 
 CARD_SCHEMA = "heimdall.model/1"
@@ -48,6 +49,7 @@ def build_card(*, model_name: str, onnx: dict, data: VerifiedDataset, config: Tr
             "epochs_run": epochs_run,
             "best_epoch": best_epoch,
             "covariance_scale": float(net_covariance_scale),
+            "covariance_calibration": {**COVARIANCE_CALIBRATION, "sessions": int(len(data.indices("val")))},
         },
         "metrics": {key: float(metrics[key]) for key in CARD_METRICS},
         "parity": parity,
