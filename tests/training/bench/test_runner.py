@@ -6,7 +6,8 @@ import subprocess
 
 import numpy as np
 
-from training.bench.report import SUMMARY_FIGURES, _cell, write_summary
+from training.bench.intervals import BETTER, SAME, WORSE
+from training.bench.report import EXCLUDES, SUMMARY_FIGURES, _cell, comparisons, write_summary
 from training.bench.runner import POWDER_BASELINES, bench_config, prepare_dataset, run_scenario
 from foundation.train_config import TrainConfig
 from foundation.settings import Settings
@@ -36,6 +37,21 @@ def test_bench_scores_model_oracle_bound_and_baselines_and_writes_the_report(tmp
         assert key in run.rows["model"] and key in run.rows["oracle"]
     report = (tmp_path / "reports" / "nw-italy-2m-200" / "seed-0" / "report.md").read_text()
     assert "Model median ÷ oracle median" in report and "## Targets" in report
+    # the NLLs are of different densities (the model's Gaussian, the oracle's exact posterior): both, no gap
+    assert f"model {run.rows['model']['nll']:.2f} (its Gaussian), oracle {run.rows['oracle']['nll']:.2f}" in report
+    assert "NLL gap" not in report and "NLL −" not in report
+    # the Cramér-Rao bound is an RMSE bound for unbiased estimators, not an error: not in the error table
+    assert set(run.rows["cramer_rao"]) == {"crb_rmse_median_m", "crb_rmse_p90_m", "crb_rmse_rms_m"}
+    assert "| cramer_rao |" not in report and "CRB RMSE (unbiased estimators)" in report
+    compared = comparisons(run)
+    assert set(compared) == set(run.rows) - {"model", "cramer_rao"}
+    for method, by_statistic in compared.items():
+        for statistic, c in by_statistic.items():
+            row = next(line for line in report.splitlines() if line.startswith(f"| {method} | {statistic} |"))
+            assert row.startswith(f"| {method} | {statistic} | {_cell('median_error_m', c.model_m)} | "
+                                  f"{_cell('median_error_m', c.other_m)} |")
+            assert row.endswith(f"| {EXCLUDES[c.verdict]} |")
+            assert c.model_m == run.rows["model"][f"{statistic}_error_m"]
     for png in ("results.png", "reliability.png"):
         assert (tmp_path / "reports" / "nw-italy-2m-200" / "seed-0" / png).stat().st_size > 10_000
     assert run.timings["train_sessions_per_s"] > 0 and run.timings["eval_sessions_per_s"] > 0
@@ -87,7 +103,14 @@ def test_seeds_draw_other_data_and_the_summary_shows_the_median_and_range_over_t
     knn_cell = row.split(" | ")[2 + [f[0] for f in SUMMARY_FIGURES].index("kNN median")]
     expected = [_cell("median_error_m", v) for v in medians]
     assert knn_cell == f"{expected[1]} ({expected[0]}–{expected[2]})"
-    assert (tmp_path / "reports" / "nw-italy-2m-120" / "report.md").read_text().count("| 2 |") == 1
+    scenario_report = (tmp_path / "reports" / "nw-italy-2m-120" / "report.md").read_text()
+    assert scenario_report.count("| 2 |") == 1
+    assert "| model NLL (Gaussian) | oracle NLL (exact posterior) |" in summary and "NLL gap" not in summary
+    per_seed = [comparisons(run) for run in result.runs]
+    for method in ("weighted_centroid", "ml_grid_search", "ml_true_params", "knn", "oracle"):
+        counts = [" · ".join(str([c[method][s].verdict for c in per_seed].count(v)) for v in (BETTER, SAME, WORSE))
+                  + " of 3 seeds" for s in ("median", "p90")]
+        assert f"| {method} | {counts[0]} | {counts[1]} |" in scenario_report.splitlines()
 
 
 def test_baselines_command_scores_every_baseline_on_a_seeds_test_split(tmp_path):
