@@ -6,8 +6,10 @@ receiver r:
     receivers      `cfg.receivers` (layout "fixed"), or, for layout "random", N ~ U{random_receivers_min..max}
                    drawn once per dataset uniformly in a random_area_m square around the random centre,
                    altitude ~ U(100, 800) m, ids rx-00, rx-01, ... (`receivers_for`)
-    transmitter    uniform in lat/lon over the receivers' bounding box grown by area_margin_m,
-                   at tx_altitude_m
+    transmitter    at tx_altitude_m, uniform in lat/lon over the receivers' bounding box grown by
+                   area_margin_m (the area); with towns > 0 (`placement`): uniform and pinned to test with
+                   probability uniform_test_share, else N(0, town_radius_m) east and north of one of
+                   `towns` centres (uniform over the area, once per dataset), pinned to val (the last) or train
     eirp_dbm       ~ U(eirp_dbm_min, eirp_dbm_max)
     d_r            3-D distance: haversine ground distance and altitude difference
     signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + static_r(transmitter) + calibration_r,
@@ -26,15 +28,15 @@ receiver r:
 Receivers are unsynchronised, so each capture draws its own audio, carrier offset and phase:
 only power carries location information, as in the real data.
 
-Randomness: the layout, the calibration, each receiver's static field and every session draw
-from their own `SeedSequence(seed, spawn_key=...)`, so session i is the same whatever else is
-generated, and a session's truth can be drawn without synthesising its samples. The static
-field is a function of position, not a draw, so it leaves the session streams (and so every
-default-config byte) untouched. The same config gives
-byte-identical recordings; only the manifest's `created_at` differs unless it is passed in.
+Randomness: the layout, the calibration, each receiver's static field, the town centres and
+every session draw from their own `SeedSequence(seed, spawn_key=...)`, so session i is the same
+whatever else is generated, and a session's truth can be drawn without synthesising its samples.
+The static field is a function of position, not a draw, and without towns a session's first two
+draws are its position as they always were, so neither moves a default-config byte. The same
+config gives byte-identical recordings; only the manifest's `created_at` differs unless passed in.
 
-Size: the whole generating model, from receivers to captures; the oracle
-(`training/bench/oracle.py`) must assume exactly what is written here, so it stays in one file.
+Size: the whole generating model, from receivers to captures; the oracle (`training/bench/oracle.py`)
+must assume exactly what is written here, so it stays in one file (its formulas in `channel` and `placement`).
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ from training.datasets.channel import (
     received_power_dbm,
 )
 from training.datasets.manifest import Receiver
+from training.datasets.placement import Placement, transmitter_area
 from training.datasets.sigmf_shard import SessionRecord
 from training.datasets.writer import write_dataset_version
-from training.geodesy import EARTH_RADIUS_M, from_local_en
+from training.geodesy import from_local_en
 from foundation.logs import counted
 from foundation.object_store import S3Credentials
 
@@ -71,6 +74,7 @@ TRUTH_STREAM = 1
 SAMPLES_STREAM = 2
 LAYOUT_STREAM = 3
 STATIC_FIELD_STREAM = 4  # spawn_key (4, r): receiver r's field
+TOWN_STREAM = 5
 
 RECEIVER_LAYOUTS = ("fixed", "random")
 RANDOM_RECEIVER_ALTITUDE_M = (100.0, 800.0)
@@ -115,6 +119,9 @@ class SynthConfig:
     random_center_longitude: float = 7.7
     static_shadowing_sigma_db: float = 0.0  # std of each receiver's fixed shadowing field over position
     static_shadowing_correlation_m: float = 5_000.0  # distance at which that field's correlation is 1/e
+    towns: int = 0  # 0: transmitters uniform, nothing pinned; else clustered around this many (`placement`)
+    town_radius_m: float = 5_000.0  # with towns: std of the Gaussian offset from the town, per axis
+    uniform_test_share: float = 0.15  # with towns: the share drawn uniformly and pinned to test
 
     def __post_init__(self) -> None:
         errors = []
@@ -124,6 +131,9 @@ class SynthConfig:
             errors.append("need 1 <= random_receivers_min <= random_receivers_max")
         if self.static_shadowing_sigma_db < 0 or self.static_shadowing_correlation_m <= 0:
             errors.append("need static_shadowing_sigma_db >= 0 and static_shadowing_correlation_m > 0")
+        if self.towns < 0 or self.towns == 1 or self.town_radius_m <= 0 or not 0 < self.uniform_test_share < 1:
+            errors.append("need towns 0 (uniform) or >= 2 (the last is val's), town_radius_m > 0, 0 < uniform_test_share"
+                          f" < 1: got {self.towns}, {self.town_radius_m:g}, {self.uniform_test_share:g}")
         if errors:
             raise ValueError("; ".join(errors))
 
@@ -140,22 +150,9 @@ class SessionTruth:
     shadowing_db: np.ndarray  # [R] iid shadowing of this session
     static_shadowing_db: np.ndarray  # [R] each receiver's fixed field at the transmitter (zeros by default)
     online: np.ndarray  # bool [R]
+    split: str | None  # the split the session is pinned to (towns only), None to let the trainer choose
     signal_dbm: np.ndarray  # [R] signal power in the capture, both shadowings and calibration error included
     noise_dbm: np.ndarray  # [R] noise power in the capture, calibration error included
-
-
-def transmitter_area(receivers, margin_m: float) -> tuple[float, float, float, float]:
-    """(lat_min, lat_max, lon_min, lon_max) in degrees: the receivers' box grown by `margin_m`."""
-    latitudes = [r.latitude for r in receivers]
-    longitudes = [r.longitude for r in receivers]
-    margin_lat_deg = np.degrees(margin_m / EARTH_RADIUS_M)
-    margin_lon_deg = margin_lat_deg / np.cos(np.radians((min(latitudes) + max(latitudes)) / 2.0))
-    return (
-        min(latitudes) - margin_lat_deg,
-        max(latitudes) + margin_lat_deg,
-        min(longitudes) - margin_lon_deg,
-        max(longitudes) + margin_lon_deg,
-    )
 
 
 def receivers_for(cfg: SynthConfig) -> tuple[Receiver, ...]:
@@ -210,16 +207,21 @@ def session_truths(cfg: SynthConfig) -> Iterator[SessionTruth]:
     receivers = receivers_for(cfg)
     calibration_db = receiver_calibration_db(cfg)
     field = static_field(cfg, receivers)
-    area = transmitter_area(receivers, cfg.area_margin_m)
+    placement = placement_for(cfg, receivers)
     for index in range(cfg.sessions):
-        yield _draw_truth(cfg, index, receivers, calibration_db, field, area)
+        yield _draw_truth(cfg, index, receivers, calibration_db, field, placement)
+
+
+def placement_for(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = None) -> Placement:
+    """Where the config's transmitters are drawn: its transmitter area and its town centres (none by default)."""
+    area = transmitter_area(receivers_for(cfg) if receivers is None else receivers, cfg.area_margin_m)
+    return Placement.draw(area, cfg.towns, cfg.town_radius_m, cfg.uniform_test_share, _rng(cfg.seed, TOWN_STREAM))
 
 
 def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndarray, field: StaticField,
-                area) -> SessionTruth:
+                placement: Placement) -> SessionTruth:
     rng = _rng(cfg.seed, TRUTH_STREAM, index)
-    lat_min, lat_max, lon_min, lon_max = area
-    latitude, longitude = rng.uniform(lat_min, lat_max), rng.uniform(lon_min, lon_max)
+    latitude, longitude, split = placement.draw_transmitter(rng)  # the first draws of the session's stream
     eirp_dbm = rng.uniform(cfg.eirp_dbm_min, cfg.eirp_dbm_max)
     shadowing_db = rng.normal(0.0, cfg.shadowing_sigma_db, size=len(receivers))
     online = rng.random(len(receivers)) >= cfg.offline_probability
@@ -237,6 +239,7 @@ def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndar
         shadowing_db=shadowing_db,
         static_shadowing_db=static_shadowing_db,
         online=online,
+        split=split,
         signal_dbm=received_power_dbm(eirp_dbm, path_loss_db, shadowing_db + static_shadowing_db, calibration_db),
         noise_dbm=noise_power_dbm(cfg.noise_floor_dbm_per_12k5, cfg.sample_rate_hz) + calibration_db,
     )
@@ -253,7 +256,7 @@ def capture_session(cfg: SynthConfig, truth: SessionTruth) -> SessionRecord:
         session_id=truth.session_id,
         time=truth.time,
         emitter=truth.transmitter,
-        split=None,
+        split=truth.split,
         online=truth.online.copy(),
         iq=iq,
     )

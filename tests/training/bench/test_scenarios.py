@@ -53,7 +53,7 @@ def test_different_scenarios_differ():
 
 
 def test_the_named_physics():
-    assert {"nw-italy-2m", "random-70cm", "offline-heavy", "static-shadowing"} <= set(SCENARIOS)
+    assert {"nw-italy-2m", "random-70cm", "offline-heavy", "static-shadowing", "towns"} <= set(SCENARIOS)
     nw = SCENARIOS["nw-italy-2m"]
     assert (nw.receivers, nw.center_frequency_hz, nw.path_loss_exponent, nw.shadowing_sigma_db) == (
         DEFAULT_RECEIVERS, 145.5e6, 3.0, 6.0)
@@ -165,3 +165,13 @@ def test_default_config_has_no_static_field():
 def test_a_misconfigured_layout_is_refused_naming_every_problem():
     with pytest.raises(ValueError, match="receiver_layout 'grid'.*random_receivers_min"):
         SynthConfig(receiver_layout="grid", random_receivers_min=11)
+
+
+def test_towns_trains_on_six_towns_and_tests_on_uniform_sessions_with_the_reference_physics():
+    towns = SCENARIOS["towns"]
+    nw = SCENARIOS["nw-italy-2m"]
+    # nw-italy-2m's receivers and physics; only the placement of transmitters differs
+    assert towns == replace(nw, seed=towns.seed, dataset_id="towns", towns=6, town_radius_m=5_000.0,
+                            uniform_test_share=0.035)
+    splits = [t.split for t in session_truths(scenario("towns", sessions=QUICK_SESSIONS))]
+    assert set(splits) == {"train", "val", "test"}  # every session pinned: the spatial blocks decide nothing

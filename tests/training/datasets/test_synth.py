@@ -19,17 +19,23 @@ from training.datasets.channel import (
     noise_power_dbm,
     received_power_dbm,
 )
+from foundation.settings import Settings
+from foundation.train_config import TrainConfig
 from training.datasets.synth import (
     DEFAULT_RECEIVERS,
     SynthConfig,
     generate_sessions,
+    placement_for,
     receiver_calibration_db,
     session_truths,
     synthesize_dataset,
     transmitter_area,
 )
+from training.geodesy import haversine_m
+from training.pipeline import open_dataset
 
 TINY = SynthConfig(sessions=12, samples_per_capture=64, shard_size=8)
+TOWNS = SynthConfig(sessions=2000, towns=4, town_radius_m=3_000.0, uniform_test_share=0.2)
 CREATED_AT = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
 
@@ -168,3 +174,74 @@ def test_the_default_config_still_draws_what_it_always_drew():
                                atol=1e-12)
     np.testing.assert_allclose(truth.signal_dbm[:2], [-120.7080412732084, -122.90164172811365], atol=1e-9)
     assert truth.online.all() and not truth.static_shadowing_db.any()
+
+
+# ---------------------------------------------------------------- towns: trained on clusters, tested everywhere
+
+
+def distances_to_towns_m(cfg: SynthConfig, truths) -> np.ndarray:
+    """[N, T] metres from each session's transmitter to each town centre."""
+    centres = placement_for(cfg).town_centres
+    latlon = np.array([t.transmitter[:2] for t in truths])
+    return haversine_m(latlon[:, None, 0], latlon[:, None, 1], centres[None, :, 0], centres[None, :, 1])
+
+
+def test_town_settings_without_towns_draw_what_the_default_draws():
+    # towns = 0 must not consume a draw: every dataset made before towns keeps its bytes
+    # (test_the_default_config_still_draws_what_it_always_drew pins the values themselves)
+    default = list(session_truths(SynthConfig(sessions=30)))
+    ignored = list(session_truths(SynthConfig(sessions=30, town_radius_m=1_000.0, uniform_test_share=0.5)))
+    assert [(t.transmitter, t.eirp_dbm, t.signal_dbm.tobytes(), t.online.tobytes()) for t in ignored] == \
+        [(t.transmitter, t.eirp_dbm, t.signal_dbm.tobytes(), t.online.tobytes()) for t in default]
+    assert {t.split for t in default} == {None} and placement_for(SynthConfig()).town_centres.shape == (0, 2)
+
+
+def test_towns_are_drawn_from_the_seed_inside_the_area():
+    centres = placement_for(TOWNS).town_centres
+    lat_min, lat_max, lon_min, lon_max = transmitter_area(TOWNS.receivers, TOWNS.area_margin_m)
+    assert centres.shape == (4, 2)
+    assert np.all((lat_min <= centres[:, 0]) & (centres[:, 0] <= lat_max))
+    assert np.all((lon_min <= centres[:, 1]) & (centres[:, 1] <= lon_max))
+    np.testing.assert_array_equal(placement_for(TOWNS).town_centres, centres)
+    assert not np.array_equal(placement_for(replace(TOWNS, seed=1)).town_centres, centres)
+
+
+def test_clustered_transmitters_lie_within_a_few_radii_of_a_town_and_uniform_ones_do_not():
+    truths = list(session_truths(TOWNS))
+    nearest_m = distances_to_towns_m(TOWNS, truths).min(axis=1)
+    clustered = np.array([t.split != "test" for t in truths])
+    radius_m = TOWNS.town_radius_m
+    # a 2-D Gaussian's distance is Rayleigh: median sigma * sqrt(2 ln 2) = 1.18 sigma, 1e-3 beyond 3.72 sigma
+    assert np.median(nearest_m[clustered]) == pytest.approx(1.18 * radius_m, rel=0.1)
+    assert np.mean(nearest_m[clustered] > 3.72 * radius_m) < 0.005
+    assert np.median(nearest_m[~clustered]) > 5 * radius_m  # spread over a 140 x 170 km area, not the towns
+
+
+def test_the_uniform_share_is_pinned_to_test_the_last_town_to_val_the_others_to_train():
+    truths = list(session_truths(TOWNS))
+    splits = np.array([t.split for t in truths])
+    # 2000 draws: the shares' standard deviations are about 0.009
+    assert np.mean(splits == "test") == pytest.approx(TOWNS.uniform_test_share, abs=0.03)
+    assert np.mean(splits == "val") == pytest.approx((1 - TOWNS.uniform_test_share) / TOWNS.towns, abs=0.03)
+    assert set(splits) == {"train", "val", "test"}
+    own_town = distances_to_towns_m(TOWNS, truths).argmin(axis=1)
+    assert np.mean(own_town[splits == "val"] == TOWNS.towns - 1) > 0.98  # nearest: the towns lie far apart
+    assert not np.any(own_town[splits == "train"] == TOWNS.towns - 1)
+    assert [r.split for r in generate_sessions(replace(TOWNS, sessions=20))] == list(splits[:20])
+
+
+def test_the_service_split_holds_out_exactly_the_uniform_sessions(tmp_path):
+    cfg = replace(TOWNS, sessions=400, samples_per_capture=64, dataset_id="towns")
+    pins = np.array([t.split for t in session_truths(cfg)])
+    data = open_dataset(Settings(state_dir=tmp_path / "state"), TrainConfig(),
+                        synthesize_dataset(cfg, str(tmp_path / "root")))
+    assert list(data.splits) == list(pins) and data.split.pinned == 400  # the pins reach the reader and win
+    np.testing.assert_array_equal(data.indices("test"), np.flatnonzero(pins == "test"))  # a test session is never buffered
+    assert 0 < len(data.indices("val")) and 0 < len(data.indices("train")) < (pins == "train").sum()
+
+
+def test_misconfigured_towns_are_refused():
+    for bad in ({"towns": 1}, {"towns": -2}, {"town_radius_m": 0.0}, {"uniform_test_share": 1.0},
+                {"uniform_test_share": 0.0}):
+        with pytest.raises(ValueError, match="towns 0 \\(uniform\\) or >= 2"):
+            SynthConfig(**bad)
