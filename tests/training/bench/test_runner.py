@@ -134,7 +134,7 @@ def test_every_scenario_runs_the_services_default_model_which_is_near_the_oracle
     run = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", sessions=1000,
                        seeds=(0,)).runs[0]
     assert any(note.startswith("Model: preset radio-map") for note in run.notes)
-    # with 3,000 sessions: 0.94-1.04x over 3 seeds (reports/bench); the `small` net after 8 epochs on 600: 2.5x
+    # 3,000 sessions under the spatial split: 1.14-1.31x over 3 seeds (docs/bench.md); the `small` net after 8 epochs on 600: 2.5x
     assert run.rows["model"]["median_error_m"] < 1.15 * run.rows["oracle"]["median_error_m"]
 
 
