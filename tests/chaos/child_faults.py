@@ -90,16 +90,22 @@ def freeze_at_aim(lab: Lab, stack: Stack, service: ServiceProcess, job: str, aim
     return pid, version
 
 
+def job_frozen_at_aim(lab: Lab, trial: Trial, index: int):
+    """A serve with one job whose child is frozen at the trial's aim (`AIMS`, by trial index):
+    (stack, service, job, aim, frozen), frozen as `freeze_at_aim` returns it."""
+    stack = lab.stack()
+    service = stack.start("a")
+    job = announce(lab, stack)
+    aim = AIMS[index % len(AIMS)]
+    return stack, service, job, aim, freeze_at_aim(lab, stack, service, job, aim, trial)
+
+
 def register_window(sig: int):
     """`sig` to the training child between create_model_version and its result, at one of `aim_points`
     (by trial index)."""
 
     def run(lab: Lab, rng, trial: Trial, index: int) -> Stack:
-        stack = lab.stack()
-        service = stack.start("a")
-        job = announce(lab, stack)
-        aim = AIMS[index % len(AIMS)]
-        frozen = freeze_at_aim(lab, stack, service, job, aim, trial)
+        stack, service, job, aim, frozen = job_frozen_at_aim(lab, trial, index)
         if frozen is None:
             return stack
         pid, version = frozen
@@ -136,11 +142,7 @@ def cancel_in_register(lab: Lab, rng, trial: Trial, index: int) -> Stack:
     """`training.cancel` for a job whose child is frozen at one of `aim_points`: serve SIGTERMs it, and
     the job must either register (its version complete) or be cancelled and leave no trace in the
     registry (no version for its key, the champion alias untouched)."""
-    stack = lab.stack()
-    service = stack.start("a")
-    job = announce(lab, stack)
-    aim = AIMS[index % len(AIMS)]
-    frozen = freeze_at_aim(lab, stack, service, job, aim, trial)
+    stack, service, job, aim, frozen = job_frozen_at_aim(lab, trial, index)
     if frozen is None:
         return stack
     pid, version = frozen

@@ -135,7 +135,8 @@ def write_report(run, data, workdir: Path) -> list[Path]:
                                true_latlon=data.emitter[test, :2], pred_latlon=pred, cov_m2=cov,
                                errors_by_method=run.errors, title=f"{run.scenario}: test split")
     reliability_png = plot_reliability(workdir / "reliability.png", run.curves, title=f"{run.scenario}: reliability")
-    h, compared = headline(run), comparisons(run)
+    h = headline(run)
+    compared = run.compared = comparisons(run)  # kept for the report across seeds: the bootstrap runs once
     lines = [f"# Bench: {run.scenario}", "",
              f"Sessions: train {run.sessions['train']}, val {run.sessions['val']}, test {run.sessions['test']}, "
              f"{run.sessions['buffered']} left out by the spatial buffer "
@@ -198,7 +199,7 @@ def across_seeds(result, figure) -> str:
 def verdicts_across_seeds(result) -> list[str]:
     """Per method compared: on how many seeds the model's median (p90) is significantly lower than the
     method's, not distinguishable from it, or significantly higher (each seed's paired interval)."""
-    per_seed = [comparisons(run) for run in result.runs]
+    per_seed = [run.compared for run in result.runs]  # each seed's, as its own report wrote them
     methods = list(dict.fromkeys(m for compared in per_seed for m in compared))
     lines = ["| model vs | " + " | ".join(f"{s}: model lower · not distinguishable · higher" for s in PERCENTILES)
              + " |", "|---" * (len(PERCENTILES) + 1) + "|"]

@@ -55,6 +55,7 @@ class BenchRun:
     notes: list[str] = field(default_factory=list)
     model_prediction: tuple[np.ndarray, np.ndarray] | None = None  # positions, covariances on the test split
     test_power: tuple[np.ndarray, np.ndarray] | None = None  # capture dBm and online mask on the test split
+    compared: dict = field(default_factory=dict)  # the paired comparisons its report wrote (`report.comparisons`)
 
 
 def scenario_names() -> list[str]:
