@@ -79,6 +79,8 @@ def add_bench(sub) -> None:
     p.add_argument("--sessions", type=int, help="synthetic scenarios only: this many sessions instead of 6,000 "
                    "(the sample-efficiency checks use 3,000 and 20,000); reported as <scenario>-<N>")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per scenario (default 3)")
+    p.add_argument("--preset", help="the model to train (default: the service's default, TrainConfig.preset); "
+                   "give another preset its own --out")
     p.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder")
 
 
@@ -140,7 +142,7 @@ def run_train(args, settings) -> int:
 
 
 def run_bench(args, settings) -> int:
-    from training.bench.runner import POWDER_VARIANTS, run_scenario, scenario_names
+    from training.bench.runner import POWDER_VARIANTS, bench_config, run_scenario, scenario_names
     from training.bench.report import write_summary
 
     setup_logging(args, None)
@@ -157,7 +159,7 @@ def run_bench(args, settings) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         for name in names:
             run_scenario(settings, name, quick=args.quick, out_dir=args.out, sessions=args.sessions,
-                         seeds=tuple(range(args.seeds)))
+                         seeds=tuple(range(args.seeds)), config=bench_config(args.quick, args.preset))
     print(write_summary(args.out).read_text())
     return 0
 

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 # Fields that decide where and how fast training runs, not what it produces.
-RUNTIME_FIELDS = frozenset({"num_workers", "accelerator", "devices", "num_nodes", "cluster"})
+RUNTIME_FIELDS = frozenset({"num_workers", "accelerator", "devices", "num_nodes", "cluster", "precision"})
 
 
 class TrainConfig(BaseModel):
@@ -40,7 +40,9 @@ class TrainConfig(BaseModel):
     # "radio-map": learned radio maps and a grid posterior, fitted in closed form (training.radio_map.model);
     # at the Bayesian oracle on synthetic data and below every baseline on POWDER (reports/bench/summary.md).
     # Otherwise a neural net's encoder size, see training.neural.model.PRESETS.
-    preset: Literal["tiny", "small", "large", "radio-map"] = "radio-map"
+    # "radio-map-learned": that fit as the start, then corrections learnt by gradient in Lightning
+    # (training.radio_map.learned); the default only where it wins (docs/bench.md).
+    preset: Literal["tiny", "small", "large", "radio-map", "radio-map-learned"] = "radio-map"
     beta: float = Field(0.5, ge=0, le=1)  # β-NLL weight: 0 = plain NLL, 1 = MSE-like gradients for the mean
     # Training-only augmentation: each online receiver is marked offline with this probability
     # (receivers do go offline), so the model cannot lean on any one of them.
@@ -51,6 +53,8 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     accelerator: str = "auto"  # "auto" picks a GPU when there is one
     devices: str = "auto"  # per node; "2" with accelerator "cpu" runs DDP over gloo
+    # Lightning's precision for a fit by gradient: "32-true", "bf16-mixed" or "16-mixed" on a GPU
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     num_nodes: int = Field(1, ge=1)  # machines in a DDP run (torchrun, a Kubeflow PyTorchJob), each with `devices`
     # Lightning detects SLURM and torchrun by itself; a Kubeflow PyTorchJob (RANK, WORLD_SIZE, MASTER_ADDR
     # per pod, one process each) must be named, since its variables look like any other launcher's.

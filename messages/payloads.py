@@ -97,7 +97,7 @@ class TrainingOverrides(ContractModel):
     weight_decay: float | None = Field(default=None, ge=0)
     validation_split: float | None = Field(default=None, gt=0, lt=0.5)
     test_split: float | None = Field(default=None, gt=0, lt=0.5)
-    preset: Literal["tiny", "small", "large", "radio-map"] | None = None
+    preset: Literal["tiny", "small", "large", "radio-map", "radio-map-learned"] | None = None
     beta: float | None = Field(default=None, ge=0, le=1)
     patience: int | None = Field(default=None, ge=1)
     seed: int | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from training.family import Family
 from training.neural import builder as neural
-from training.radio_map import builder as radio_map
+from training.radio_map import builder as radio_map, learned_builder as learned_radio_map
 
-FAMILIES: dict[str, Family] = {"radio-map": radio_map, "tiny": neural, "small": neural, "large": neural}
+FAMILIES: dict[str, Family] = {"radio-map": radio_map, "radio-map-learned": learned_radio_map,
+                               "tiny": neural, "small": neural, "large": neural}

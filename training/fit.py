@@ -30,7 +30,7 @@ from foundation.errors import JobInterrupted
 from training.checkpoint_sync import CheckpointSync
 from foundation.child_protocol import Progress, channel
 from foundation.logs import log_event
-from training.family import FitResult
+from training.family import FitResult, FitRun
 from training.metrics import localization_errors_m
 from training.neural.model import LocalizationNet
 
@@ -218,6 +218,7 @@ def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger,
                  LearningRateMonitor(logging_interval="epoch"), ProgressLines(config.epochs),
                  CheckpointOnInterrupt(checkpoint_dir), StopTogether(), *extra_callbacks]
     trainer = pl.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=_devices(config.devices),
+                         precision=config.precision,
                          num_nodes=config.num_nodes, plugins=[KubeflowEnvironment()] if config.cluster == "kubeflow"
                          else None, logger=logger, callbacks=callbacks, deterministic=False, enable_progress_bar=False,
                          enable_model_summary=False, log_every_n_steps=10, gradient_clip_val=1.0,
@@ -229,13 +230,20 @@ def _devices(value: str):
     return int(value) if value.isdigit() else value
 
 
-def fit(module: LocalizationModule, data: VerifiedDataset, config: TrainConfig, checkpoint_dir: Path, logger,
-        resume_from: Path | None, sync: CheckpointSync | None = None) -> FitResult:
-    """Train until early stopping or `config.epochs`; resumes epoch, optimizer and scheduler from `resume_from`.
-    With `sync`, the checkpoints go to object storage after every epoch and once more at the end.
-    The result holds no network (`net` None): the caller loads the one it wants from the checkpoints."""
+def fit(module: pl.LightningModule, loaders: tuple[DataLoader, DataLoader], config: TrainConfig,
+        run: FitRun) -> FitResult:
+    """Train until early stopping or `config.epochs`; resumes epoch, optimizer and scheduler from
+    `run.resume_from`. Lightning logs to the job's MLflow run, given the run's id. With checkpoint
+    uploads, the checkpoints go to object storage after every epoch and once more at the end.
+    The result holds no network (`net` None): the family loads the one it wants from the checkpoints."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    # every rank needs a logger (LearningRateMonitor asks for one); Lightning writes through rank zero's alone
+    logger = MLFlowLogger(tracking_uri=run.tracking.tracking_uri, run_id=run.tracking.run_id)
+    sync = CheckpointSync(run.checkpoint_uploads, run.checkpoint_dir) if run.checkpoint_uploads else None
+    checkpoint_dir, resume_from = run.checkpoint_dir, run.resume_from
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    train, val = build_loaders(data, config)
+    train, val = loaders
     trainer, checkpoints = build_trainer(config, checkpoint_dir, logger, (sync,) if sync else ())
     started = time.monotonic()
     try:

@@ -7,7 +7,8 @@ marginalised over its uniform prior with the midpoint rule (`eirp_nodes_dbm`). T
 (exponent, σ, calibration, noise) is known to the oracle, as it is part of the true model. No
 estimator using the same measurements can do better on average, in median error or in NLL.
 
-Per online receiver, with μ = EIRP − PL(d) + calibration (+ the static field when known) and
+Per online receiver, with μ = EIRP − PL(d) + calibration (+ the static field when known, + the antenna
+gains of directional receivers) and
 N = the receiver's noise power (floor + calibration), the captured total power is
 P = 10·log10(10^(s/10) + 10^(N/10)), s ~ N(μ, σ²):
 
@@ -41,6 +42,7 @@ from training.datasets.channel import distances_m, log_distance_path_loss_db, no
 from training.datasets.manifest import Receiver
 from training.datasets.synth import (
     SynthConfig,
+    antenna_patterns,
     receiver_calibration_db,
     receivers_for,
     static_field,
@@ -70,6 +72,7 @@ class ChannelModel:
     tx_altitude_m: float
     reference_m: float = 1.0  # free-space loss up to here, then 10·n dB per decade
     static_db: Callable | None = None  # known fixed shadowing: (lat, lon) [...] -> [..., R] dB
+    antenna_db: Callable | None = None  # known antenna gains towards (lat, lon) [...] -> [..., R] dB
 
     def __post_init__(self) -> None:
         rx = np.asarray(self.rx_position, dtype=np.float64)
@@ -100,6 +103,7 @@ class ChannelModel:
             rx_position=np.array([[r.latitude, r.longitude, r.altitude_m] for r in receivers]),
             tx_altitude_m=cfg.tx_altitude_m,
             static_db=static_field(cfg, receivers) if known else None,
+            antenna_db=antenna_patterns(cfg, receivers) if cfg.antenna_front_to_back_db > 0 else None,
         )
 
     @property
@@ -116,7 +120,9 @@ class ChannelModel:
         loss_db = log_distance_path_loss_db(distance_m, self.frequency_hz, self.path_loss_exponent,
                                             self.reference_m)
         offset = self.calibration_db - loss_db
-        return offset if self.static_db is None else offset + self.static_db(lat, lon)
+        for known in (self.static_db, self.antenna_db):
+            offset = offset if known is None else offset + known(lat, lon)
+        return offset
 
 
 def eirp_nodes_dbm(model: ChannelModel, steps: int) -> np.ndarray:
@@ -233,7 +239,7 @@ def crb_m(true_latlon, online, model: ChannelModel) -> np.ndarray:
     EIRP is a nuisance: the position block of FIM⁻¹ is the inverse of the Schur complement
     σ²·(Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ)⁻¹, g_i the horizontal gradients and ḡ their mean.
     Online receivers only, all treated as heard: noise censoring (which loses information)
-    and a known static field are ignored, and a bounded prior can beat this local bound.
+    and a known static field or antenna pattern are ignored, and a bounded prior can beat this local bound.
     Fewer than three online receivers (or collinear geometry) give +inf.
     """
     true = np.asarray(true_latlon, dtype=np.float64)

@@ -114,3 +114,21 @@ class StaticField:
             out[part] = np.cos(angle).sum(axis=-1)
         out *= self.sigma_db * np.sqrt(2.0 / self.phase.shape[1])
         return out.reshape(*latitude.shape, receivers)
+
+
+@dataclass(frozen=True)
+class AntennaPatterns:
+    """Each receiver's antenna gain by the bearing to the transmitter: (F/2)·cos(bearing − boresight_r),
+    a cardioid-like pattern F dB stronger in front than behind, 0 dB on average over bearings."""
+
+    front_to_back_db: float
+    rx_latlon: np.ndarray  # [R, 2] degrees
+    boresight_rad: np.ndarray  # [R] clockwise from north
+
+    def __call__(self, latitude, longitude) -> np.ndarray:
+        """[..., R] the gain in dB towards transmitters at positions of any shape (degrees)."""
+        latitude, longitude = np.broadcast_arrays(np.asarray(latitude, float), np.asarray(longitude, float))
+        if self.front_to_back_db == 0.0:
+            return np.zeros((*latitude.shape, self.boresight_rad.size))
+        east, north = to_local_en(latitude[..., None], longitude[..., None], self.rx_latlon[:, 0], self.rx_latlon[:, 1])
+        return 0.5 * self.front_to_back_db * np.cos(np.arctan2(east, north) - self.boresight_rad)

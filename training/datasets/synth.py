@@ -12,12 +12,14 @@ receiver r:
                    `towns` centres (uniform over the area, once per dataset), pinned to val (the last) or train
     eirp_dbm       ~ U(eirp_dbm_min, eirp_dbm_max)
     d_r            3-D distance: haversine ground distance and altitude difference
-    signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + static_r(transmitter) + calibration_r,
+    signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + static_r(transmitter) + antenna_r + calibration_r,
                    PL = log-distance with exponent n from free space at 1 m at the centre frequency,
                    shadowing_r ~ N(0, shadowing_sigma_db) independent per session and receiver,
                    static_r = a fixed Gaussian random field over the transmitter's position, one per
                    receiver for the dataset, std static_shadowing_sigma_db and exponential (Gudmundson)
                    correlation exp(-distance / static_shadowing_correlation_m); 0 by default
+                   antenna_r = (antenna_front_to_back_db / 2)·cos(bearing from receiver r to the transmitter
+                   − boresight_r), boresight_r ~ U(0, 2π) once per dataset; 0 by default (omnidirectional)
                    calibration_r ~ N(0, calibration_sigma_db) fixed per receiver for the dataset
     noise_dbm_r    = noise floor over the captured bandwidth + calibration_r (the gain error
                    scales the whole capture)
@@ -49,6 +51,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from training.datasets.channel import (
+    AntennaPatterns,
     StaticField,
     distances_m,
     log_distance_path_loss_db,
@@ -57,6 +60,7 @@ from training.datasets.channel import (
     received_power_dbm,
 )
 from training.datasets.manifest import Receiver
+from training.datasets.synth_config import SynthConfig
 from training.datasets.placement import Placement, transmitter_area
 from training.datasets.sigmf_shard import SessionRecord
 from training.datasets.writer import write_dataset_version
@@ -75,68 +79,10 @@ SAMPLES_STREAM = 2
 LAYOUT_STREAM = 3
 STATIC_FIELD_STREAM = 4  # spawn_key (4, r): receiver r's field
 TOWN_STREAM = 5
+ANTENNA_STREAM = 6
 
-RECEIVER_LAYOUTS = ("fixed", "random")
 RANDOM_RECEIVER_ALTITUDE_M = (100.0, 800.0)
 STATIC_FIELD_FEATURES = 256  # random Fourier features per receiver: enough for a near-Gaussian field
-
-DEFAULT_RECEIVERS = (
-    Receiver(id="giaveno", latitude=45.03, longitude=7.27, altitude_m=600.0),
-    Receiver(id="montanaro", latitude=45.234, longitude=7.857, altitude_m=300.0),
-    Receiver(id="torino", latitude=45.044, longitude=7.672, altitude_m=250.0),
-    Receiver(id="coazze", latitude=45.048, longitude=7.238, altitude_m=700.0),
-    Receiver(id="giovi", latitude=44.561, longitude=8.956, altitude_m=480.0),
-    Receiver(id="genova", latitude=44.395, longitude=8.956, altitude_m=100.0),
-    Receiver(id="milano", latitude=45.478, longitude=9.123, altitude_m=120.0),
-)
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    sessions: int = 2000
-    seed: int = 0
-    dataset_id: str = "synth-nw-italy"
-    center_frequency_hz: float = 145.5e6  # 2 m amateur band
-    sample_rate_hz: float = 12_500.0  # one NBFM channel
-    samples_per_capture: int = 1024
-    path_loss_exponent: float = 3.0  # between free space (2) and dense urban (4)
-    shadowing_sigma_db: float = 6.0  # log-normal shadowing, typical of VHF over hills
-    eirp_dbm_min: float = 30.0  # 1 W handheld ...
-    eirp_dbm_max: float = 44.0  # ... to 25 W mobile
-    calibration_sigma_db: float = 2.0  # fixed, unknown gain error per receiver
-    offline_probability: float = 0.05  # WebSDRs drop out
-    noise_floor_dbm_per_12k5: float = -120.0  # noise power in 12.5 kHz at the receiver input
-    area_margin_m: float = 10_000.0  # transmitters may lie this far outside the receivers' box
-    tx_altitude_m: float = 2.0  # a handheld or a car roof
-    fm_deviation_hz: float = 2_500.0  # narrowband FM
-    shard_size: int = 1000
-    receivers: tuple[Receiver, ...] = DEFAULT_RECEIVERS  # used by the "fixed" layout
-    receiver_layout: str = "fixed"  # "fixed": `receivers`; "random": drawn from the seed (`receivers_for`)
-    random_receivers_min: int = 7  # the random layout draws this many receivers ...
-    random_receivers_max: int = 10  # ... up to this many, inclusive
-    random_area_m: float = 60_000.0  # side of the square they are drawn in
-    random_center_latitude: float = 45.0  # centre of that square: near Torino
-    random_center_longitude: float = 7.7
-    static_shadowing_sigma_db: float = 0.0  # std of each receiver's fixed shadowing field over position
-    static_shadowing_correlation_m: float = 5_000.0  # distance at which that field's correlation is 1/e
-    towns: int = 0  # 0: transmitters uniform, nothing pinned; else clustered around this many (`placement`)
-    town_radius_m: float = 5_000.0  # with towns: std of the Gaussian offset from the town, per axis
-    uniform_test_share: float = 0.15  # with towns: the share drawn uniformly and pinned to test
-
-    def __post_init__(self) -> None:
-        errors = []
-        if self.receiver_layout not in RECEIVER_LAYOUTS:
-            errors.append(f"receiver_layout {self.receiver_layout!r} is not one of {RECEIVER_LAYOUTS}")
-        if not 1 <= self.random_receivers_min <= self.random_receivers_max:
-            errors.append("need 1 <= random_receivers_min <= random_receivers_max")
-        if self.static_shadowing_sigma_db < 0 or self.static_shadowing_correlation_m <= 0:
-            errors.append("need static_shadowing_sigma_db >= 0 and static_shadowing_correlation_m > 0")
-        if self.towns < 0 or self.towns == 1 or self.town_radius_m <= 0 or not 0 < self.uniform_test_share < 1:
-            errors.append("need towns 0 (uniform) or >= 2 (the last is val's), town_radius_m > 0, 0 < uniform_test_share"
-                          f" < 1: got {self.towns}, {self.town_radius_m:g}, {self.uniform_test_share:g}")
-        if errors:
-            raise ValueError("; ".join(errors))
-
 
 @dataclass(frozen=True)
 class SessionTruth:
@@ -149,6 +95,7 @@ class SessionTruth:
     eirp_dbm: float
     shadowing_db: np.ndarray  # [R] iid shadowing of this session
     static_shadowing_db: np.ndarray  # [R] each receiver's fixed field at the transmitter (zeros by default)
+    antenna_gain_db: np.ndarray  # [R] each receiver's antenna gain towards the transmitter (zeros by default)
     online: np.ndarray  # bool [R]
     split: str | None  # the split the session is pinned to (towns only), None to let the trainer choose
     signal_dbm: np.ndarray  # [R] signal power in the capture, both shadowings and calibration error included
@@ -196,6 +143,14 @@ def static_field_db(cfg: SynthConfig, latitude, longitude) -> np.ndarray:
     return static_field(cfg)(latitude, longitude)
 
 
+def antenna_patterns(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = None) -> AntennaPatterns:
+    """The receivers' antenna patterns, their boresights drawn once per dataset."""
+    receivers = receivers_for(cfg) if receivers is None else receivers
+    boresight = _rng(cfg.seed, ANTENNA_STREAM).uniform(0.0, 2.0 * np.pi, size=len(receivers))
+    return AntennaPatterns(cfg.antenna_front_to_back_db, np.array([[r.latitude, r.longitude] for r in receivers]),
+                           boresight)
+
+
 def receiver_calibration_db(cfg: SynthConfig) -> np.ndarray:
     """[R] each receiver's fixed gain error for the whole dataset."""
     rng = _rng(cfg.seed, CALIBRATION_STREAM)
@@ -206,10 +161,10 @@ def session_truths(cfg: SynthConfig) -> Iterator[SessionTruth]:
     """The drawn truth of every session, cheaply: no samples are synthesised."""
     receivers = receivers_for(cfg)
     calibration_db = receiver_calibration_db(cfg)
-    field = static_field(cfg, receivers)
+    fixed = FixedGains(static_field(cfg, receivers), antenna_patterns(cfg, receivers))
     placement = placement_for(cfg, receivers)
     for index in range(cfg.sessions):
-        yield _draw_truth(cfg, index, receivers, calibration_db, field, placement)
+        yield _draw_truth(cfg, index, receivers, calibration_db, fixed, placement)
 
 
 def placement_for(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = None) -> Placement:
@@ -218,7 +173,15 @@ def placement_for(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = Non
     return Placement.draw(area, cfg.towns, cfg.town_radius_m, cfg.uniform_test_share, _rng(cfg.seed, TOWN_STREAM))
 
 
-def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndarray, field: StaticField,
+@dataclass(frozen=True)
+class FixedGains:
+    """What a dataset fixes about the channel by position, drawn once: the static field, the antennas."""
+
+    field: StaticField
+    antennas: AntennaPatterns
+
+
+def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndarray, fixed: FixedGains,
                 placement: Placement) -> SessionTruth:
     rng = _rng(cfg.seed, TRUTH_STREAM, index)
     latitude, longitude, split = placement.draw_transmitter(rng)  # the first draws of the session's stream
@@ -227,7 +190,8 @@ def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndar
     online = rng.random(len(receivers)) >= cfg.offline_probability
     if not online.any():
         online[rng.integers(len(receivers))] = True  # a session nobody recorded would not exist
-    static_shadowing_db = field(latitude, longitude)  # zeros by default: x + 0.0 == x keeps old bytes
+    static_shadowing_db = fixed.field(latitude, longitude)  # zeros by default: x + 0.0 == x keeps old bytes
+    antenna_gain_db = fixed.antennas(latitude, longitude)  # the same
     distance_m = distances_m(latitude, longitude, cfg.tx_altitude_m, receivers)
     path_loss_db = log_distance_path_loss_db(distance_m, cfg.center_frequency_hz, cfg.path_loss_exponent)
     return SessionTruth(
@@ -238,9 +202,11 @@ def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndar
         eirp_dbm=float(eirp_dbm),
         shadowing_db=shadowing_db,
         static_shadowing_db=static_shadowing_db,
+        antenna_gain_db=antenna_gain_db,
         online=online,
         split=split,
-        signal_dbm=received_power_dbm(eirp_dbm, path_loss_db, shadowing_db + static_shadowing_db, calibration_db),
+        signal_dbm=received_power_dbm(eirp_dbm, path_loss_db, shadowing_db + static_shadowing_db + antenna_gain_db,
+                                      calibration_db),
         noise_dbm=noise_power_dbm(cfg.noise_floor_dbm_per_12k5, cfg.sample_rate_hz) + calibration_db,
     )
 

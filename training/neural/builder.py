@@ -2,7 +2,6 @@
 
 The fit is Lightning's (`training.fit`): checkpoints every epoch, `--resume_training` goes on from
 epoch, optimizer and scheduler, and the network returned is the best checkpoint's (lowest `val_loss`).
-Lightning logs to the job's MLflow run through its own logger, given the run's id.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ import numpy as np
 
 from foundation.errors import ConfigError
 from foundation.train_config import TrainConfig
-from training.checkpoint_sync import CheckpointSync
 from training.datasets.verified import VerifiedDataset
 from training.family import FitResult, FitRun
-from training.fit import LocalizationModule, fit as fit_with_lightning
+from training.fit import LocalizationModule, build_loaders, fit as fit_with_lightning
 from training.neural.model import LocalizationNet, frame_scale_for
 
 
@@ -32,13 +30,8 @@ def new_module(data: VerifiedDataset, config: TrainConfig) -> LocalizationModule
 
 def fit(data: VerifiedDataset, config: TrainConfig, run: FitRun) -> FitResult:
     """Train a new module (or go on from `run.resume_from`); rank zero gets the best checkpoint's network."""
-    from pytorch_lightning.loggers import MLFlowLogger
-
-    # every rank needs a logger (LearningRateMonitor asks for one); Lightning writes through rank zero's alone
-    logger = MLFlowLogger(tracking_uri=run.tracking.tracking_uri, run_id=run.tracking.run_id)
-    sync = CheckpointSync(run.checkpoint_uploads, run.checkpoint_dir) if run.checkpoint_uploads else None
-    result = fit_with_lightning(new_module(data, config), data, config, run.checkpoint_dir, logger, run.resume_from,
-                                sync)
+    module = new_module(data, config)
+    result = fit_with_lightning(module, build_loaders(data, config), config, run)
     if not result.is_global_zero:
         return result
     return replace(result, net=load(result.best_checkpoint))

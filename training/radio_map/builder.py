@@ -22,7 +22,7 @@ from foundation.train_config import TrainConfig
 from training.datasets.verified import VerifiedDataset
 from training.family import FitResult, FitRun, is_global_zero
 from training.radio_map.model import RadioMapNet
-from training.radio_map.train import fit_closed_form
+from training.radio_map.train import fit_closed_form, report_closed_form
 
 FILE_SCHEMA = "heimdall.radio-map/1"  # what a radio map file says it is
 
@@ -33,7 +33,8 @@ def fit(data: VerifiedDataset, config: TrainConfig, run: FitRun) -> FitResult:
     if not is_global_zero():
         return FitResult.extra_rank(epochs_run=None, fit_s=0.0)
     started = time.monotonic()
-    net = fit_closed_form(data, run.tracking)
+    net, val_median_error_m = fit_closed_form(data, run.tracking)
+    report_closed_form(run.tracking, val_median_error_m)
     fit_s = time.monotonic() - started
     path = save(net, run.checkpoint_dir / "last.ckpt")
     return FitResult(net=net.eval(), best_checkpoint=path, last_checkpoint=path, epochs_run=1, best_epoch=0,

@@ -25,6 +25,7 @@ Float32, no data-dependent control flow: batch and receivers stay dynamic in the
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +41,8 @@ LN10 = math.log(10.0)  # identity score of a known receiver at another position
 
 class RadioMapNet(nn.Module):
     """Shapes only at construction (so a checkpoint can rebuild it); `radio_map_fit` fills the buffers."""
+
+    preset = "radio-map"  # what `describe` says fitted it; a learnt map's baked copy says "radio-map-learned"
 
     def __init__(self, receivers: int, grid_shape: tuple[int, int], eirp_nodes: int, samples: int,
                  sample_rate_hz: float = 12500.0, memory_sessions: int = 1, neighbours: int = 1):
@@ -77,7 +80,7 @@ class RadioMapNet(nn.Module):
                 "neighbours": self.memory.neighbours}
 
     def describe(self) -> dict:
-        return {"preset": "radio-map", "samples": self.samples, "sample_rate_hz": self.sample_rate_hz,
+        return {"preset": self.preset, "samples": self.samples, "sample_rate_hz": self.sample_rate_hz,
                 "receivers": int(self.rx_en.shape[0]), "grid_shape": list(self.grid_shape),
                 "eirp_nodes": int(self.eirp_db.shape[0]), "params": 0,
                 "buffers": sum(t.numel() for t in self.buffers())}
@@ -143,30 +146,13 @@ class RadioMapNet(nn.Module):
         above = (match * torch.clamp(power - self.noise_floor_dbm, min=0.0)[..., None]).sum(dim=1) / match.sum(dim=1).clamp(min=1.0)
         return signal_k, heard_k, online_k * (1.0 - heard_k), above, online_k
 
+    def grid_channel(self) -> "GridChannel":
+        """The likelihood's parts, as the buffers hold them (a learnt map computes its own: `training.radio_map.learned`)."""
+        return GridChannel(self.mean_db, self.sigma_db, self.eirp_db, self.eirp_log_weight, self.censored_log_lik)
+
     def log_posterior(self, signal, heard, censored, log_prior) -> torch.Tensor:
-        """[B, G] log posterior of each cell given per-known-receiver signal / heard / censored [B, K]
-        and the log prior over the cells ([G] or [B, G])."""
-        # centred (each receiver's mean level, the EIRP nodes' mid-point) so the expansion below
-        # cancels tens of dB, not hundreds: float32 in ONNX Runtime then agrees with PyTorch
-        level = self.mean_db.mean(dim=1)  # [K]
-        field = self.mean_db - level[:, None]  # [K, G]
-        e_mid = self.eirp_db.mean()
-        e = self.eirp_db - e_mid  # [J]
-        weight = heard / (self.sigma_db * self.sigma_db)  # [B, K]
-        signal = torch.where(heard > 0, signal - level - e_mid, torch.zeros_like(signal))
-        ws = weight * signal
-        # Σ_k w (s − e − M)² = Σ w s² − 2e Σ w s + e² Σ w − 2 (ws·M − e w·M) + w·M²
-        constant = ((ws * signal).sum(dim=1)[:, None] - 2.0 * e * ws.sum(dim=1)[:, None]
-                    + e * e * weight.sum(dim=1)[:, None])  # [B, J]
-        cross = ws @ field  # [B, G]
-        linear = weight @ field
-        square = weight @ (field * field)
-        quadratic = constant[:, :, None] - 2.0 * (cross[:, None, :] - e[None, :, None] * linear[:, None, :]) \
-            + square[:, None, :]  # [B, J, G]
-        g = self.mean_db.shape[1]
-        censored_part = (censored @ self.censored_log_lik).reshape(-1, e.shape[0], g)
-        log_lik = torch.logsumexp(-0.5 * quadratic + censored_part + self.eirp_log_weight[None, :, None], dim=1)
-        return torch.log_softmax(log_lik + log_prior, dim=-1)
+        """`grid_log_posterior` under the buffers' channel."""
+        return grid_log_posterior(self.grid_channel(), signal, heard, censored, log_prior)
 
     def grid_axes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The grid's east [nx] and north [ny] cell centres: `grid_en` is their product, row-major (east fastest)."""
@@ -197,3 +183,44 @@ class RadioMapNet(nn.Module):
         """The ONNX graph (model.md): -> position [B, 2] lat/lon degrees, covariance [B, 2, 2] m² east/north."""
         online = rx_online > 0.5
         return self.from_power(self.capture_power_dbm(iq, online), rx_position, online)
+
+
+class GridChannel(NamedTuple):
+    """What the grid posterior's likelihood needs: shapes K receivers, J EIRP nodes, G cells."""
+
+    mean_db: torch.Tensor  # [K, G] signal minus EIRP at each cell
+    sigma_db: torch.Tensor  # [K]
+    eirp_db: torch.Tensor  # [J] EIRP nodes
+    eirp_log_weight: torch.Tensor  # [J]
+    censored_log_lik: torch.Tensor  # [K, J·G] log Φ((threshold_k − e_j − mean_k)/σ_k), J-major
+
+
+def grid_log_posterior(channel: GridChannel, signal, heard, censored, log_prior) -> torch.Tensor:
+    """[B, G] log posterior of each cell given per-known-receiver signal / heard / censored [B, K]
+    and the log prior over the cells ([G] or [B, G])."""
+    return torch.log_softmax(grid_log_likelihood(channel, signal, heard, censored) + log_prior, dim=-1)
+
+
+def grid_log_likelihood(channel: GridChannel, signal, heard, censored) -> torch.Tensor:
+    """[B, G] log p(signal, heard, censored | cell), EIRP marginalised, up to terms that depend on
+    neither the cell nor the channel but σ: add −Σ_heard log σ_k for the full density."""
+    # centred (each receiver's mean level, the EIRP nodes' mid-point) so the expansion below
+    # cancels tens of dB, not hundreds: float32 in ONNX Runtime then agrees with PyTorch
+    level = channel.mean_db.mean(dim=1)  # [K]
+    field = channel.mean_db - level[:, None]  # [K, G]
+    e_mid = channel.eirp_db.mean()
+    e = channel.eirp_db - e_mid  # [J]
+    weight = heard / (channel.sigma_db * channel.sigma_db)  # [B, K]
+    signal = torch.where(heard > 0, signal - level - e_mid, torch.zeros_like(signal))
+    ws = weight * signal
+    # Σ_k w (s − e − M)² = Σ w s² − 2e Σ w s + e² Σ w − 2 (ws·M − e w·M) + w·M²
+    constant = ((ws * signal).sum(dim=1)[:, None] - 2.0 * e * ws.sum(dim=1)[:, None]
+                + e * e * weight.sum(dim=1)[:, None])  # [B, J]
+    cross = ws @ field  # [B, G]
+    linear = weight @ field
+    square = weight @ (field * field)
+    quadratic = constant[:, :, None] - 2.0 * (cross[:, None, :] - e[None, :, None] * linear[:, None, :]) \
+        + square[:, None, :]  # [B, J, G]
+    g = field.shape[1]
+    censored_part = (censored @ channel.censored_log_lik).reshape(-1, e.shape[0], g)
+    return torch.logsumexp(-0.5 * quadratic + censored_part + channel.eirp_log_weight[None, :, None], dim=1)

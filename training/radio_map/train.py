@@ -68,9 +68,9 @@ def split_sessions(data: VerifiedDataset, split: str) -> Sessions:
     return Sessions(power, online, data.emitter[indices, :2].astype(np.float64))
 
 
-def fit_closed_form(data: VerifiedDataset, tracking: TrackingRun) -> RadioMapNet:
-    """The fitted map, its choices logged on `tracking`. Raises ValueError when the training split
-    has fewer than two sessions with a heard receiver."""
+def fit_closed_form(data: VerifiedDataset, tracking: TrackingRun) -> tuple[RadioMapNet, float]:
+    """The fitted map and its val median error (m), its choices logged on `tracking`. Raises ValueError
+    when the training split has fewer than two sessions with a heard receiver."""
     train = split_sessions(data, "train")
     manifest = data.manifest
     floor, offsets, margin = noise_floor_of(train.power_dbm, train.online, manifest.sample_rate_hz,
@@ -78,10 +78,15 @@ def fit_closed_form(data: VerifiedDataset, tracking: TrackingRun) -> RadioMapNet
     net, chosen = fit_radio_map(train, split_sessions(data, "val"), data.rx_position, floor, margin,
                                 samples=manifest.samples_per_capture, sample_rate_hz=manifest.sample_rate_hz,
                                 floor_offset_db=offsets)
-    metrics = {"val_median_error_m": round(chosen["val_median_error_m"], 1)}
-    tracking.log_metrics({**metrics, **{f"radio_map_{k}": float(v) for k, v in chosen.items()}}, step=0)
-    log_event(log, "progress", stage="train", epoch=1, max_epochs=1, metrics=metrics, eta_s=0.0)
-    channel().send(Progress(epoch=1, max_epochs=1, metrics=metrics, eta_s=0.0))
+    tracking.log_metrics({f"radio_map_{k}": float(v) for k, v in chosen.items()}, step=0)
     log_event(log, "radio map fitted", stage="train", noise_floor_dbm=floor, detection_margin_db=margin,
               **{k: round(float(v), 3) for k, v in chosen.items()})
-    return net
+    return net, chosen["val_median_error_m"]
+
+
+def report_closed_form(tracking: TrackingRun, val_median_error_m: float) -> None:
+    """The closed-form fit as one epoch of a job: its progress line and event, its val metric on the run."""
+    metrics = {"val_median_error_m": round(val_median_error_m, 1)}
+    tracking.log_metrics(metrics, step=0)
+    log_event(log, "progress", stage="train", epoch=1, max_epochs=1, metrics=metrics, eta_s=0.0)
+    channel().send(Progress(epoch=1, max_epochs=1, metrics=metrics, eta_s=0.0))

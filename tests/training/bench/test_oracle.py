@@ -12,7 +12,9 @@ from training.baselines.power import capture_power_dbm, weighted_centroid
 from training.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m
 from training.metrics import mahalanobis_sq
 from training.bench.oracle import ChannelModel, crb_m, eirp_nodes_dbm, oracle_metrics, oracle_posterior
+from training.bench.scenarios import scenario
 from training.datasets.synth import (
+    antenna_patterns,
     SynthConfig,
     generate_sessions,
     receiver_calibration_db,
@@ -138,6 +140,26 @@ def test_an_oracle_that_knows_the_static_field_faces_only_the_iid_shadowing():
     for truth in session_truths(cfg):
         mean = model.mean_offset_db(*truth.transmitter[:2]) + truth.eirp_dbm
         np.testing.assert_allclose(truth.signal_dbm - truth.shadowing_db, mean, atol=1e-9)
+
+
+def test_directional_receivers_hear_their_front_12_db_louder_and_the_oracle_knows_the_patterns():
+    cfg = scenario("directional", sessions=400)
+    truths = list(session_truths(cfg))
+    gain = np.array([t.antenna_gain_db for t in truths])
+    assert gain.max() == pytest.approx(6.0, abs=0.1) and gain.min() == pytest.approx(-6.0, abs=0.1)
+    boresight = antenna_patterns(cfg).boresight_rad
+    rx = receivers_for(cfg)
+    for r, receiver in enumerate(rx):  # a transmitter 20 km along the boresight, and 20 km behind
+        ahead = from_local_en(20_000 * np.sin(boresight[r]), 20_000 * np.cos(boresight[r]), receiver.latitude,
+                              receiver.longitude)
+        behind = from_local_en(-20_000 * np.sin(boresight[r]), -20_000 * np.cos(boresight[r]), receiver.latitude,
+                               receiver.longitude)
+        assert antenna_patterns(cfg)(*ahead)[r] - antenna_patterns(cfg)(*behind)[r] == pytest.approx(12.0, abs=1e-6)
+    model = ChannelModel.from_synth(cfg)
+    for truth in truths[:20]:
+        mean = model.mean_offset_db(*truth.transmitter[:2]) + truth.eirp_dbm
+        np.testing.assert_allclose(truth.signal_dbm - truth.shadowing_db, mean, atol=1e-9)
+    assert not np.array([t.antenna_gain_db for t in session_truths(SynthConfig(sessions=20))]).any()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from training.geodesy import from_local_en, to_local_en
 from training.bench.scenarios import QUICK_SESSIONS, SCENARIOS, scenario
 from training.datasets.channel import distances_m, log_distance_path_loss_db
 from training.datasets.synth import (
-    DEFAULT_RECEIVERS,
     SynthConfig,
     generate_sessions,
     receiver_calibration_db,
@@ -23,6 +22,7 @@ from training.datasets.synth import (
     synthesize_dataset,
     total_shadowing_sigma_db,
 )
+from training.datasets.synth_config import DEFAULT_RECEIVERS
 
 STATIC = SCENARIOS["static-shadowing"]
 RANDOM_70CM = SCENARIOS["random-70cm"]

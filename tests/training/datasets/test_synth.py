@@ -22,7 +22,6 @@ from training.datasets.channel import (
 from foundation.settings import Settings
 from foundation.train_config import TrainConfig
 from training.datasets.synth import (
-    DEFAULT_RECEIVERS,
     SynthConfig,
     generate_sessions,
     placement_for,
@@ -31,6 +30,7 @@ from training.datasets.synth import (
     synthesize_dataset,
     transmitter_area,
 )
+from training.datasets.synth_config import DEFAULT_RECEIVERS
 from training.geodesy import haversine_m
 from training.pipeline import open_dataset
 
