@@ -79,9 +79,17 @@ def add_bench(sub) -> None:
     p.add_argument("--sessions", type=int, help="synthetic scenarios only: this many sessions instead of 6,000 "
                    "(the sample-efficiency checks use 3,000 and 20,000); reported as <scenario>-<N>")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per scenario (default 3)")
-    p.add_argument("--preset", help="the model to train (default: the service's default, TrainConfig.preset); "
-                   "give another preset its own --out")
+    p.add_argument("--preset", choices=preset_names(), help="the model to train (default: the service's default, "
+                   "TrainConfig.preset); give another preset its own --out")
     p.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder")
+
+
+def preset_names() -> tuple[str, ...]:
+    from typing import get_args
+
+    from foundation.train_config import TrainConfig
+
+    return get_args(TrainConfig.model_fields["preset"].annotation)
 
 
 def add_config_flags(parser) -> None:

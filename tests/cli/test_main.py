@@ -75,6 +75,7 @@ def test_export_only_needs_a_checkpoint(synth_dataset, tmp_path):
     (["--scenario", "powder-seven", "--sessions", "3000"], "powder-seven"),
     (["--scenario", "nw-italy-2m", "--sessions", "10"], "at least 100"),
     (["--scenario", "nw-italy-2m", "--seeds", "0"], "--seeds 0"),
+    (["--scenario", "nw-italy-2m", "--preset", "radio-mapp"], "radio-map-learned"),
 ])
 def test_bench_refuses_a_session_count_for_real_data_and_says_why(tmp_path, flags, named):
     """Nothing is measured and no report is written: the flags are checked before any data is made."""
