@@ -1,7 +1,8 @@
 """The neural family's fit (training.neural.builder): the LightningModule, the data loaders and
 the Trainer with its callbacks. Only Lightning lives here; the recipe sees a `FitResult`.
 
-Validation logs `val_loss` (plain Gaussian NLL, the monitored key) and `val_median_error_m`.
+Validation logs `val_loss` (plain Gaussian NLL, the monitored key) and `val_median_error_m`, both
+computed on the device (no batch goes back to the CPU inside a step).
 Training minimises β-NLL (`gaussian_nll`) so the mean keeps learning while the covariance grows honest.
 
 Size: everything Lightning-specific in one place: the module, its loss, the loaders, the callbacks
@@ -31,7 +32,6 @@ from training.checkpoint_sync import CheckpointSync
 from foundation.child_protocol import Progress, channel
 from foundation.logs import log_event
 from training.family import FitResult, FitRun
-from training.metrics import localization_errors_m
 from training.neural.model import LocalizationNet
 
 log = logging.getLogger(__name__)
@@ -97,16 +97,16 @@ class LocalizationModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss = self._nll(batch, 0.0)
-        self.log(MONITOR, loss, on_epoch=True, prog_bar=True, batch_size=len(batch["iq"]))
-        position, _ = self.net(batch["iq"], batch["rx_position"], batch["rx_online"])
-        self._val_errors.append(torch.from_numpy(localization_errors_m(
-            position.detach().cpu().double().numpy(), batch["target"].cpu().double().numpy())))
+        mean, chol, origin = self.net.forward_local(batch["iq"], batch["rx_position"], batch["rx_online"])
+        target = self.net.target_to_local(batch["target"], origin)
+        self.log(MONITOR, gaussian_nll(mean, chol, target).mean(), on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["iq"]))
+        # metres in the local frame, on the device (the test split's haversine errors are `evaluation`'s)
+        self._val_errors.append((mean - target).norm(dim=1) * self.net.frame_scale_m)
 
     def on_validation_epoch_end(self):
         if self._val_errors:
-            errors = torch.cat(self._val_errors)
-            self.log("val_median_error_m", errors.median().float())
+            self.log("val_median_error_m", torch.cat(self._val_errors).median().float())
             self._val_errors.clear()
 
     def configure_optimizers(self):
