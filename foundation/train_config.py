@@ -37,12 +37,11 @@ class TrainConfig(BaseModel):
     # as near a test block, are left out. A quarter keeps 2/3 of training sessions on evenly spread data and
     # makes about the distance POWDER's unbuffered blocks left to the nearest training transmitter the floor.
     spatial_buffer_fraction: float = Field(0.25, ge=0, le=1)
-    # "radio-map": learned radio maps and a grid posterior, fitted in closed form (training.radio_map.model);
-    # at the Bayesian oracle on synthetic data and below every baseline on POWDER (reports/bench/summary.md).
+    # "radio-map": a grid posterior with a residual map, fitted in closed form (training.radio_map.model).
+    # "radio-map-learned", the default: that fit as the start, then corrections learnt by gradient in
+    # Lightning (training.radio_map.learned); it beat the closed form on the bench (docs/bench.md).
     # Otherwise a neural net's encoder size, see training.neural.model.PRESETS.
-    # "radio-map-learned": that fit as the start, then corrections learnt by gradient in Lightning
-    # (training.radio_map.learned); the default only where it wins (docs/bench.md).
-    preset: Literal["tiny", "small", "large", "radio-map", "radio-map-learned"] = "radio-map"
+    preset: Literal["tiny", "small", "large", "radio-map", "radio-map-learned"] = "radio-map-learned"
     beta: float = Field(0.5, ge=0, le=1)  # β-NLL weight: 0 = plain NLL, 1 = MSE-like gradients for the mean
     # Training-only augmentation: each online receiver is marked offline with this probability
     # (receivers do go offline), so the model cannot lean on any one of them.

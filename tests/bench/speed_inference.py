@@ -1,11 +1,11 @@
 """Inference for `python -m tests.bench.speed`: the model the service serves by default, as it serves it.
 
-The default preset (`TrainConfig().preset`, the radio map) is fitted and calibrated as the quality
-bench fits it (`training.bench.runner.train_for_bench`: the family's own fit, then the job's
+The default preset (`TrainConfig().preset`, the learned radio map) is fitted and calibrated as the
+quality bench fits it (`training.bench.runner.train_for_bench`: the family's own fit, then the job's
 covariance scale) and exported as the job exports it (`training.pipeline.export_model`: the kept
-graph, the parity check). The fitted map holds every training session in its graph (the
-fingerprint memory), so the graph's size and latency may grow with the training set: it is fitted
-at two sizes of synthetic dataset. ONNX Runtime is timed with the session options of the service
+graph, the parity check). The closed-form map held every training session in its graph (the
+fingerprint memory); the learned map keeps a one-session stub. It is fitted at two sizes of synthetic
+dataset, so that a graph growing with the training set would show. ONNX Runtime is timed with the session options of the service
 where it scores models (the defaults with the CPU provider: `champion_gate.score_onnx`,
 `export.check_parity`, the MLflow flavour), beside two other option sets and PyTorch eager.
 """

@@ -1,7 +1,7 @@
 """deploy/docker-compose.yml, checked without Docker: valid under the Compose specification, its
 cross-references resolve, every HEIMDALL_* variable it sets is a setting the service accepts,
 and its ports and health check are the service's own. It needs no GPU: its jobs fit the radio map on
-the CPU; the override deploy/docker-compose.gpu.yml reserves one and trains a neural preset on it.
+the CPU; the override deploy/docker-compose.gpu.yml reserves one and trains the default model on it.
 
 `tests/deploy/compose-spec.json` is the Compose specification's JSON schema, copied unchanged from
 github.com/compose-spec/compose-spec, `schema/compose-spec.json` at commit 170098ba07d9
@@ -25,9 +25,6 @@ import yaml
 from foundation.settings import ENV_PREFIX, S3Settings, Settings, load_settings
 from foundation.train_config import TrainConfig
 from tests.support.servers import free_port
-from training.families import FAMILIES
-from training.neural import builder as neural
-from training.radio_map import builder as radio_map
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -132,18 +129,18 @@ def test_the_published_port_volume_and_stop_grace_are_the_services_own():
     assert stop_grace_s > Settings.model_fields["shutdown_grace_s"].default  # the job checkpoints before a kill
 
 
-def test_the_default_stack_reserves_no_gpu_and_its_jobs_fit_the_radio_map_on_the_cpu(clean_env):
+def test_the_default_stack_reserves_no_gpu_and_its_jobs_train_the_default_model_on_the_cpu(clean_env):
     assert all(gpu_reservations(service) == [] for service in compose()["services"].values())
     jobs_train = TrainConfig(**service_settings(training(), clean_env).default_training)
-    assert FAMILIES[jobs_train.preset] is radio_map and jobs_train.accelerator == "cpu"
+    assert jobs_train.preset == TrainConfig().preset and jobs_train.accelerator == "cpu"  # the default model
 
 
-def test_the_gpu_override_reserves_one_gpu_and_its_jobs_train_a_neural_preset_on_it(clean_env):
+def test_the_gpu_override_reserves_one_gpu_and_its_jobs_train_the_default_model_on_it(clean_env):
     service = training(GPU_OVERRIDE)
     [device] = gpu_reservations(service)
     assert device["driver"] == "nvidia" and device["count"] == 1
     jobs_train = TrainConfig(**service_settings(service, clean_env).default_training)
-    assert FAMILIES[jobs_train.preset] is neural and jobs_train.accelerator == "gpu"
+    assert jobs_train.preset == TrainConfig().preset and jobs_train.accelerator == "gpu"  # the same model, on the GPU
     assert jobs_train.devices == str(device["count"])  # Lightning uses the one GPU the container gets
     k8s_gpu = yaml.safe_load(GPU_OVERLAY_CONFIG.read_text())["data"]["HEIMDALL_DEFAULT_TRAINING"]
     assert json.loads(environment(service)["HEIMDALL_DEFAULT_TRAINING"]) == json.loads(k8s_gpu)  # as on Kubernetes

