@@ -79,29 +79,28 @@ def add_bench(sub) -> None:
     p.add_argument("--sessions", type=int, help="synthetic scenarios only: this many sessions instead of 6,000 "
                    "(the sample-efficiency checks use 3,000 and 20,000); reported as <scenario>-<N>")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per scenario (default 3)")
-    p.add_argument("--preset", choices=preset_names(), help="the model to train (default: the service's default, "
+    p.add_argument("--preset", choices=field_choices("preset"), help="the model to train (default: the service's default, "
                    "TrainConfig.preset); give another preset its own --out")
     p.add_argument("--out", type=Path, default=Path("reports/bench"), help="report folder")
 
 
-def preset_names() -> tuple[str, ...]:
-    from typing import get_args
-
-    from foundation.train_config import TrainConfig
-
-    return get_args(TrainConfig.model_fields["preset"].annotation)
-
-
-def add_config_flags(parser) -> None:
-    """One flag per TrainConfig field (--epochs, --batch_size, ...): the configuration is declared once."""
+def field_choices(name: str) -> tuple[str, ...] | None:
+    """A TrainConfig field's allowed values when its type is a Literal, else None."""
     from typing import Literal, get_args, get_origin
 
     from foundation.train_config import TrainConfig
 
+    kind = TrainConfig.model_fields[name].annotation
+    return get_args(kind) if get_origin(kind) is Literal else None
+
+
+def add_config_flags(parser) -> None:
+    """One flag per TrainConfig field (--epochs, --batch_size, ...): the configuration is declared once."""
+    from foundation.train_config import TrainConfig
+
     for name, field in TrainConfig.model_fields.items():
-        kind = field.annotation
-        choices = get_args(kind) if get_origin(kind) is Literal else None
-        parser.add_argument(f"--{name}", type=str if choices else kind, choices=choices,
+        choices = field_choices(name)
+        parser.add_argument(f"--{name}", type=str if choices else field.annotation, choices=choices,
                             help=f"default {field.default}")
 
 

@@ -197,14 +197,19 @@ class StopTogether(Callback):
 
 
 def build_loaders(data: VerifiedDataset, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
-    train_idx, val_idx = data.indices("train"), data.indices("val")
+    """The neural family's loaders: the labelled sessions themselves."""
+    return batch_loaders(SessionDataset(data, data.indices("train")), SessionDataset(data, data.indices("val")),
+                         config)
+
+
+def batch_loaders(train: Dataset, val: Dataset, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
+    """Loaders over datasets that hand out whole batches (`__getitems__`): train shuffled from the seed,
+    its last short batch dropped when there is more than one, val in order."""
     generator = torch.Generator().manual_seed(config.seed)
     common = {"batch_size": config.batch_size, "num_workers": config.num_workers, "collate_fn": whole_batch,
               "persistent_workers": config.num_workers > 0}
-    train = DataLoader(SessionDataset(data, train_idx), shuffle=True, drop_last=len(train_idx) > config.batch_size,
-                       generator=generator, **common)
-    val = DataLoader(SessionDataset(data, val_idx), shuffle=False, **common)
-    return train, val
+    return (DataLoader(train, shuffle=True, drop_last=len(train) > config.batch_size, generator=generator, **common),
+            DataLoader(val, shuffle=False, **common))
 
 
 def build_trainer(config: TrainConfig, checkpoint_dir: Path, logger,

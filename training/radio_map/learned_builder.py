@@ -14,18 +14,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from foundation.errors import ConfigError
 from foundation.train_config import TrainConfig
 from training.datasets.verified import VerifiedDataset
 from training.family import FitResult, FitRun
-from training.fit import fit as fit_with_lightning, whole_batch
+from training.fit import batch_loaders, fit as fit_with_lightning
 from training.radio_map.learned import LearnedMapModule
 from training.radio_map.model import RadioMapNet
-from training.radio_map.train import fit_closed_form, report_closed_form, split_sessions
+from training.radio_map.scores import graph_inputs
+from training.radio_map.train import fit_closed_form, split_sessions
 
 FEATURE_CHUNK = 2048  # sessions turned into the posterior's inputs at a time
 
@@ -48,14 +48,11 @@ class PosteriorInputs(Dataset):
 def posterior_inputs(net: RadioMapNet, data: VerifiedDataset, split: str) -> PosteriorInputs:
     """The split's sessions through `net`'s input stage (as the exported graph reads them) and their true cells."""
     sessions = split_sessions(data, split)
-    rx = torch.as_tensor(data.rx_position, dtype=torch.float32)
     east, north = net.grid_axes()
     parts: dict[str, list[torch.Tensor]] = {"signal": [], "heard": [], "censored": [], "cell": [], "target_en": []}
     for start in range(0, sessions.power_dbm.shape[0], FEATURE_CHUNK):
         part = slice(start, start + FEATURE_CHUNK)
-        power = torch.as_tensor(np.nan_to_num(sessions.power_dbm[part], neginf=-180.0), dtype=torch.float32)
-        signal, heard, censored, _, _ = net.per_receiver(power, rx.expand(power.shape[0], -1, -1),
-                                                         torch.as_tensor(sessions.online[part]))
+        signal, heard, censored, _, _ = net.per_receiver(*graph_inputs(sessions, part, data.rx_position))
         target = net.to_local_en(torch.as_tensor(sessions.latlon[part], dtype=torch.float32))
         column = (target[:, :1] - east).abs().argmin(dim=1)
         row = (target[:, 1:] - north).abs().argmin(dim=1)
@@ -64,21 +61,14 @@ def posterior_inputs(net: RadioMapNet, data: VerifiedDataset, split: str) -> Pos
     return PosteriorInputs({name: torch.cat(values) for name, values in parts.items()})
 
 
-def loaders(train: PosteriorInputs, val: PosteriorInputs, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
-    generator = torch.Generator().manual_seed(config.seed)
-    return (DataLoader(train, batch_size=config.batch_size, shuffle=True, generator=generator,
-                       drop_last=len(train) > config.batch_size, collate_fn=whole_batch),
-            DataLoader(val, batch_size=config.batch_size, collate_fn=whole_batch))
-
-
 def fit(data: VerifiedDataset, config: TrainConfig, run: FitRun) -> FitResult:
     """The closed form, then its corrections by gradient; rank zero gets the best checkpoint's map.
     Raises ValueError when the training split has fewer than two sessions with a heard receiver."""
-    closed_form, val_median_error_m = fit_closed_form(data, run.tracking)
-    report_closed_form(run.tracking, val_median_error_m)
+    # its choices go on the run (`radio_map_*`, the val median too); the epochs the service sees are Lightning's
+    closed_form, _ = fit_closed_form(data, run.tracking)
     train, val = posterior_inputs(closed_form, data, "train"), posterior_inputs(closed_form, data, "val")
     module = LearnedMapModule.start_from(closed_form, config.learning_rate, len(train))
-    result = fit_with_lightning(module, loaders(train, val, config), config, run)
+    result = fit_with_lightning(module, batch_loaders(train, val, config), config, run)
     if not result.is_global_zero:
         return result
     return replace(result, net=load(result.best_checkpoint))

@@ -27,16 +27,20 @@ def val_scores(net: RadioMapNet, val, rx_position) -> tuple[float, float]:
     return float(np.median(localization_errors_m(position, val.latlon))), nll
 
 
+def graph_inputs(sessions, part: slice, rx_position) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`from_power`'s inputs for `sessions[part]`: capture powers [B, R] (a capture of nothing at −180 dBm),
+    receiver positions [B, R, 3] and the online mask [B, R]."""
+    power = torch.as_tensor(np.nan_to_num(sessions.power_dbm[part], neginf=-180.0), dtype=torch.float32)
+    rx = torch.as_tensor(np.repeat(np.asarray(rx_position)[None], power.shape[0], axis=0), dtype=torch.float32)
+    return power, rx, torch.as_tensor(sessions.online[part])
+
+
 @torch.no_grad()
 def predict_power(net: RadioMapNet, sessions, rx_position) -> tuple[np.ndarray, np.ndarray]:
     """Positions [N, 2] and covariances [N, 2, 2] from capture powers, through the exported graph's path."""
     positions, covariances = [], []
     for start in range(0, sessions.power_dbm.shape[0], 256):
-        part = slice(start, start + 256)
-        power = torch.as_tensor(np.nan_to_num(sessions.power_dbm[part], neginf=-180.0), dtype=torch.float32)
-        online = torch.as_tensor(sessions.online[part])
-        rx = torch.as_tensor(np.repeat(rx_position[None], power.shape[0], axis=0), dtype=torch.float32)
-        position, cov = net.from_power(power, rx, online)
+        position, cov = net.from_power(*graph_inputs(sessions, slice(start, start + 256), rx_position))
         positions.append(position.double().numpy())
         covariances.append(cov.double().numpy())
     return np.concatenate(positions), np.concatenate(covariances)
