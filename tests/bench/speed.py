@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.bench.speed [--jobs 5] [--datasets .heimdall/bench-speed] [--out reports/speed.md]
     .venv/bin/python -m tests.bench.speed --part serve --part steps   # only the tiny-job parts
 
-`--part` (repeatable: serve, steps, rss, rates, inference) runs only those parts and prints what
+`--part` (repeatable: serve, steps, rss, rates, inference, areas) runs only those parts and prints what
 they measured as JSON; `reports/speed.md` is written only by a run of every part.
 
 Measures, side by side in one run, and writes `reports/speed.md`:
@@ -11,6 +11,7 @@ Measures, side by side in one run, and writes `reports/speed.md`:
 - loader against model sessions/s with the job's defaults (`speed_data`);
 - the served default model (the radio map) fitted at two training-set sizes and exported as a job
   does: ONNX Runtime at batch 1 and 64 beside PyTorch eager, file size, cells (`speed_inference`);
+- the same on a 300 × 300 km deployment (2 km cells, coarse to fine) and a 3 × 3 km campus (`areas`);
 - the tiny job through `serve` (`service_latency`): `dataset.ready` → `model.registered`
   minus `trainer.fit`, and the child's start, with the warm spare on and off;
 - the seconds of each step of the tiny `train --json` job, from the "ts" of its stage lines.
@@ -113,7 +114,7 @@ def timed(what: str, run, walls: dict[str, float], partial: Path):
     return result
 
 
-PARTS = ("serve", "steps", "rss", "rates", "inference")
+PARTS = ("serve", "steps", "rss", "rates", "inference", "areas")
 
 
 def run_parts(parts: list[str], root: Path, jobs: int, walls: dict[str, float]) -> dict:
@@ -139,6 +140,9 @@ def run_parts(parts: list[str], root: Path, jobs: int, walls: dict[str, float]) 
         if "inference" in parts:
             results["inference"] = timed("the served model's inference at two training-set sizes",
                                          lambda: inference_rows(root, tmp / "inference"), walls, partial)
+        if "areas" in parts:
+            results["areas"] = timed("the served model's inference on a 300 km and a 3 km deployment",
+                                     lambda: inference_rows(root, tmp / "areas", areas=True), walls, partial)
     return results
 
 

@@ -5,7 +5,9 @@ quality bench fits it (`training.bench.runner.train_for_bench`: the family's own
 covariance scale) and exported as the job exports it (`training.pipeline.export_model`: the kept
 graph, the parity check). The closed-form map held every training session in its graph (the
 fingerprint memory); the learned map keeps a one-session stub. It is fitted at two sizes of synthetic
-dataset, so that a graph growing with the training set would show. ONNX Runtime is timed with the session options of the service
+dataset, so that a graph growing with the training set would show, and on two deployments of issue 22's
+"any area" (`AREAS_KM`): 300 × 300 km, whose 2 km cells are evaluated coarse to fine
+(`training.radio_map.refine`), and a 3 × 3 km campus. ONNX Runtime is timed with the session options of the service
 where it scores models (the defaults with the CPU provider: `champion_gate.score_onnx`,
 `export.check_parity`, the MLflow flavour), beside two other option sets and PyTorch eager.
 """
@@ -22,6 +24,9 @@ from tests.bench.speed_data import dataset
 SAMPLES = 1024  # per capture: the demo's, as the rates part's dataset
 # dataset id: sessions (about 45 % of them land in the training split once blocks and buffers are set aside)
 DATASETS = {"speed-rates-3k": 3000, "speed-inference-18k": 18_000}
+# dataset id: side of the square its 7 random receivers are drawn in, km; transmitters up to a tenth beyond
+AREAS_KM = {"speed-area-300km": 300.0, "speed-area-3km": 3.0}
+AREA_SESSIONS = 3000
 BATCHES = {1: 50, 64: 10}  # batch size: timed runs (after a fifth as many warm-up runs, at least 2)
 SERVICE_OPTIONS = "defaults (as in the service)"
 # issue 22's goals for the served model, on the service's options
@@ -89,17 +94,34 @@ def batch_times(net, data, onnx_path: Path) -> list[dict]:
     return rows
 
 
-def inference_rows(root: Path, state_dir: Path) -> list[dict]:
-    """Per dataset size: what the served graph holds, its file size, the fit's time and the batch times."""
+def area_dataset(root: Path, dataset_id: str, side_km: float) -> str:
+    """A deployment of `AREA_SESSIONS` sessions over a `side_km` square, written once below `root` and reused."""
+    from training.datasets.synth import SynthConfig, synthesize_dataset
+
+    version = root / dataset_id / "v1"
+    if not (version / "dataset.json").is_file():
+        synthesize_dataset(SynthConfig(sessions=AREA_SESSIONS, dataset_id=dataset_id, samples_per_capture=SAMPLES,
+                                       receiver_layout="random", random_area_m=side_km * 1000.0,
+                                       area_margin_m=side_km * 100.0, shard_size=5000), str(root))
+    return str(version)
+
+
+def inference_rows(root: Path, state_dir: Path, *, areas: bool = False) -> list[dict]:
+    """Per dataset (the training-set sizes, or with `areas` the deployments): what the served graph holds,
+    its cells, its file size, the fit's time and the batch times."""
+    uris = {name: area_dataset(root, name, side_km) for name, side_km in AREAS_KM.items()} if areas else \
+        {name: dataset(root, name, sessions, SAMPLES) for name, sessions in DATASETS.items()}
     rows = []
-    for dataset_id, sessions in DATASETS.items():
+    for dataset_id, uri in uris.items():
         started = time.monotonic()
-        data, net, exported = served_model(dataset(root, dataset_id, sessions, SAMPLES), state_dir)
+        data, net, exported = served_model(uri, state_dir)
         fitted_s = time.monotonic() - started
-        shape = net.shape_args()
-        rows.append({"dataset": dataset_id, "sessions": sessions, "train_sessions": int(len(data.indices("train"))),
+        shape, (ny, nx) = net.shape_args(), net.grid_shape
+        step_m = float(net.cell_var_m2[0] * 12.0) ** 0.5
+        rows.append({"dataset": dataset_id, "sessions": len(data), "train_sessions": int(len(data.indices("train"))),
                      "memory_sessions": shape["memory_sessions"], "receivers": shape["receivers"],
-                     "cells": shape["grid_shape"][0] * shape["grid_shape"][1], "onnx_mb": exported.onnx["bytes"] / 1e6,
+                     "cells": ny * nx, "cell_m": step_m, "area_km": (nx * step_m / 1000, ny * step_m / 1000),
+                     "refine_stride": shape["refine_stride"], "onnx_mb": exported.onnx["bytes"] / 1e6,
                      "fit_and_export_s": fitted_s, "batches": batch_times(net, data, exported.onnx_path),
                      "load_average": os.getloadavg()[0]})
     return rows

@@ -18,11 +18,11 @@ def _verdict(ok: bool | None) -> str:
 
 
 def inference_goal_rows(inference: list[dict], sizes: str) -> list[tuple]:
-    """Issue 22's goals for the served model, each figure at every training-set size (met when met at every size)."""
+    """Issue 22's goals for the served model, each figure on every dataset (met when met on every one)."""
     rows = []
-    for per_size in zip(*(goals(row) for row in inference)):  # one goal, at each size
+    for per_size in zip(*(goals(row) for row in inference)):  # one goal, on each dataset
         what, _, goal, _ = per_size[0]
-        rows.append((f"served radio map, ONNX Runtime (service's options): {what}, at {sizes} training sessions",
+        rows.append((f"served radio map, ONNX Runtime (service's options): {what}, on {sizes}",
                      " / ".join(f"{value:.2f}" for _, value, _, _ in per_size), goal,
                      all(met for *_, met in per_size)))
     return rows
@@ -30,14 +30,15 @@ def inference_goal_rows(inference: list[dict], sizes: str) -> list[tuple]:
 
 def headline(results: dict) -> list[str]:
     """The issue's table: each figure, the goal, and whether this run met it."""
-    service, rss, rates, inference = results["service"], results["rss"], results["rates"], results["inference"]
+    service, rss, rates = results["service"], results["rss"], results["rates"]
+    inference = results["inference"] + results["areas"]
     overhead = {mode: _median(rows, lambda r: r["total_s"] - r["fit_s"]) for mode, rows in service.items()}
     child = {mode: _median(rows, lambda r: r["child_start_s"]) for mode, rows in service.items()}
     rss_ratio = rss[-1]["peak_rss_mb"] / rss[0]["peak_rss_mb"]
     cpu = next(r for r in rates if r["device"] == "cpu")
     speedups = [{b["batch"]: b["torch_ms"] / b["ort_ms"][SERVICE_OPTIONS] for b in size["batches"]}
                 for size in inference]
-    sizes = " / ".join(f"{size['train_sessions']:,}" for size in inference)
+    sizes = " / ".join(f"{size['dataset']} ({size['train_sessions']:,} training sessions)" for size in inference)
     rows = [
         ("tiny job: median (`dataset.ready` → `model.registered`) − `fit`, warm spare",
          f"{overhead['warm']:.1f} s" if "warm" in overhead else "not built yet", "≤ 3 s",
@@ -53,8 +54,7 @@ def headline(results: dict) -> list[str]:
         (f"loader / model sessions/s (`{cpu['preset']}` train step, num_workers {cpu['num_workers']})",
          f"{cpu['loader_per_s'] / cpu['model_per_s']:.0f}× ({cpu['loader_per_s']:.0f} / {cpu['model_per_s']:.1f})",
          "≥ 1.5×", cpu["loader_per_s"] / cpu["model_per_s"] >= 1.5),
-        (f"ONNX Runtime / PyTorch eager, batch 1 and 64 (service's ORT options; served radio map at {sizes} "
-         "training sessions)", " and ".join(" / ".join(f"{s[batch]:.2f}×" for s in speedups) for batch in (1, 64)),
+        (f"ONNX Runtime / PyTorch eager, batch 1 and 64 (service's ORT options; served radio map on {sizes})", " and ".join(" / ".join(f"{s[batch]:.2f}×" for s in speedups) for batch in (1, 64)),
          "≥ 1.5× at batch 1", all(s[1] >= 1.5 for s in speedups)),
         *inference_goal_rows(inference, sizes),
     ]
@@ -63,20 +63,23 @@ def headline(results: dict) -> list[str]:
 
 
 def inference_details(inference: list[dict]) -> list[str]:
-    """What the served graph holds at each training-set size, and its median ms per call on each engine."""
-    lines = ["## The served model (radio map): its graph and median ms per call (7 receivers × 1024 samples)", "",
-             "| dataset | sessions | training sessions (in the graph) | cells | ONNX MB | fit + export s | load |",
-             "|---|---|---|---|---|---|---|",
-             *[f"| {r['dataset']} | {r['sessions']:,} | {r['train_sessions']:,} ({r['memory_sessions']:,}) | "
-               f"{r['cells']:,} | {r['onnx_mb']:.2f} | {r['fit_and_export_s']:.0f} | {r['load_average']:.1f} |"
-               for r in inference], ""]
+    """What the served graph holds on each dataset, and its median ms per call on each engine."""
+    lines = ["## The served model (radio map): its graph and median ms per call (1024 samples a capture)", "",
+             "| dataset | receivers | sessions | training sessions (in the graph) | grid km | cell m | cells (block side) | ONNX MB "
+             "| fit + export s | load |", "|---|---|---|---|---|---|---|---|---|---|",
+             *[f"| {r['dataset']} | {r['receivers']} | {r['sessions']:,} | {r['train_sessions']:,} ({r['memory_sessions']:,}) | "
+               f"{r['area_km'][0]:.1f} × {r['area_km'][1]:.1f} | {r['cell_m']:.0f} | {r['cells']:,} "
+               f"({r['refine_stride']}) | {r['onnx_mb']:.2f} | {r['fit_and_export_s']:.0f} | {r['load_average']:.1f} |"
+               for r in inference], "",
+             "Block side > 1: the posterior is evaluated on blocks of that many cells a side, then cell by cell on "
+             "each session's 32 likeliest blocks (`training/radio_map/refine.py`).", ""]
     names = list(inference[0]["batches"][0]["ort_ms"])
-    lines += ["| training sessions | batch | torch eager | " + " | ".join(f"ORT {n}" for n in names) + " |",
+    lines += ["| dataset | batch | torch eager | " + " | ".join(f"ORT {n}" for n in names) + " |",
               "|---|---|---|" + "---|" * len(names)]
     for size in inference:
         for r in size["batches"]:
             cells = [f"{ms:.2f} ({r['torch_ms'] / ms:.2f}×)" for ms in r["ort_ms"].values()]
-            lines.append(f"| {size['train_sessions']:,} | {r['batch']} | {r['torch_ms']:.2f} ({r['torch_threads']} "
+            lines.append(f"| {size['dataset']} | {r['batch']} | {r['torch_ms']:.2f} ({r['torch_threads']} "
                          "threads) | " + " | ".join(cells) + " |")
     return lines + ["", "Load: the 1-minute load average when the size's timings ended (the machine is shared)."]
 
@@ -89,7 +92,7 @@ def details(results: dict) -> list[str]:
              "| preset | device | batch | num_workers | loader | train step | loader / model |", "|---|---|---|---|---|---|---|",
              *[f"| {r['preset']} | {r['device']} | {r['batch_size']} | {r['num_workers']} | {r['loader_per_s']:.0f} "
                f"| {r['model_per_s']:.1f} | {r['loader_per_s'] / r['model_per_s']:.0f}× |" for r in results["rates"]],
-             "", *inference_details(results["inference"]),
+             "", *inference_details(results["inference"] + results["areas"]),
              "", "## The tiny job through `serve`, medians in s", "",
               "| spare | jobs | waited for the spare's imports | publish → accepted | child start | started → registered "
               "| total | fit | total − fit |",

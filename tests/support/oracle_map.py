@@ -24,21 +24,22 @@ def channel(calibration_db=np.zeros(3)) -> ChannelModel:
                         rx_position=np.stack([lat, lon, np.full(3, 2.0)], axis=-1), tx_altitude_m=2.0)
 
 
-def area() -> tuple[float, float, float, float]:
-    half_lat = math.degrees(5000.0 / EARTH_RADIUS_M)
-    half_lon = math.degrees(5000.0 / (EARTH_RADIUS_M * math.cos(math.radians(ORIGIN[0]))))
+def area(half_m: float = 5000.0) -> tuple[float, float, float, float]:
+    half_lat = math.degrees(half_m / EARTH_RADIUS_M)
+    half_lon = math.degrees(half_m / (EARTH_RADIUS_M * math.cos(math.radians(ORIGIN[0]))))
     return ORIGIN[0] - half_lat, ORIGIN[0] + half_lat, ORIGIN[1] - half_lon, ORIGIN[1] + half_lon
 
 
-def net_of(model: ChannelModel) -> tuple[RadioMapNet, object]:
+def net_of(model: ChannelModel, step_m: float = STEP_M, half_m: float = 5000.0,
+           refine_stride: int = 1) -> tuple[RadioMapNet, object]:
     """A RadioMapNet holding exactly the oracle's model on the oracle's grid (a residual map of zero)."""
     from training.bench.grid_posterior import PositionGrid
 
-    grid = PositionGrid.over_area(area(), STEP_M)
+    grid = PositionGrid.over_area(area(half_m), step_m)
     points = grid.points()
     offset = model.mean_offset_db(points[:, 0], points[:, 1])  # [G, K]
     eirp = eirp_nodes_dbm(model, EIRP_STEPS)
-    net = RadioMapNet(3, grid.shape, EIRP_STEPS, samples=64)
+    net = RadioMapNet(3, grid.shape, EIRP_STEPS, samples=64, refine_stride=refine_stride)
     with torch.no_grad():
         net.origin.copy_(torch.tensor(ORIGIN))
         net.grid_en.copy_(net.to_local_en(torch.tensor(points, dtype=torch.float32)))
@@ -50,15 +51,15 @@ def net_of(model: ChannelModel) -> tuple[RadioMapNet, object]:
         net.noise_floor_dbm.fill_(NOISE_DBM)
         net.floor_offset_db.copy_(torch.tensor(model.calibration_db))
         net.detection_margin_db.fill_(MARGIN_DB)
-        net.cell_var_m2.fill_(STEP_M**2 / 12.0)
+        net.cell_var_m2.fill_(step_m**2 / 12.0)
     return net.eval(), grid
 
 
-def sessions(model: ChannelModel, n: int, seed: int = 0) -> np.ndarray:
+def sessions(model: ChannelModel, n: int, seed: int = 0, half_m: float = 5000.0) -> np.ndarray:
     """[n, 3] capture powers: random EIRPs and positions, shadowing, noise; some below the floor."""
     rng = np.random.default_rng(seed)
-    lat = rng.uniform(*area()[:2], n)
-    lon = rng.uniform(*area()[2:], n)
+    lat = rng.uniform(*area(half_m)[:2], n)
+    lon = rng.uniform(*area(half_m)[2:], n)
     signal = rng.uniform(30, 44, (n, 1)) + model.mean_offset_db(lat, lon) + rng.normal(0, SIGMA_DB, (n, 3))
     noise = model.receiver_noise_dbm
     power = 10 * np.log10(10 ** (signal / 10) + 10 ** (noise / 10))

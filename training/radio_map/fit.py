@@ -43,7 +43,8 @@ from training.path_loss import fit_path_loss
 from training.radio_map.model import RadioMapNet
 from training.radio_map.scores import MEDIAN, NLL, val_scores
 
-CELLS_PER_AXIS = 90  # grid resolution: span / 90 (POWDER: ~40 m; a 150 km area: ~1.7 km)
+CELLS_PER_AXIS = 90  # grid resolution: span / 90 (POWDER: ~40 m; a 150 km area: ~1.7 km) ...
+MAX_CELL_M = 2000.0  # ... but no coarser: a larger area gets more cells, evaluated coarse to fine (`refine`)
 AREA_MARGIN_SHARE = 0.05  # the grid reaches this share of the span beyond transmitters and receivers
 EIRP_NODES = 9
 SHRINK_SESSIONS = 2.0  # kernel pseudo-count: a map value needs about this many near sessions
@@ -76,6 +77,7 @@ class _Frame:
     step_m: float
     east: np.ndarray  # [nx] cell centres
     north: np.ndarray  # [ny]
+    stride: int = 1  # cells per block side (`RadioMapNet.refine_stride`): nx and ny are multiples of it
 
     def en(self, latlon) -> np.ndarray:
         lat0, lon0 = self.origin
@@ -95,11 +97,12 @@ def make_frame(rx_latlon, tx_latlon) -> _Frame:
     en = frame.en(points)
     low, high = en.min(axis=0), en.max(axis=0)
     span = float((high - low).max())
-    step = span * (1 + 2 * AREA_MARGIN_SHARE) / CELLS_PER_AXIS
+    step = min(span * (1 + 2 * AREA_MARGIN_SHARE) / CELLS_PER_AXIS, MAX_CELL_M)
+    stride = math.ceil(span * (1 + 2 * AREA_MARGIN_SHARE) / step / CELLS_PER_AXIS - 1e-6)  # blocks: at most ~90 a side
     low, high = low - AREA_MARGIN_SHARE * span, high + AREA_MARGIN_SHARE * span
-    east = np.arange(low[0] + step / 2, high[0], step)
-    north = np.arange(low[1] + step / 2, high[1], step)
-    return _Frame(centre, step, east, north)
+    east, north = (np.arange(low[axis] + step / 2, high[axis], step) for axis in (0, 1))
+    east, north = (axis[0] + step * np.arange(-(-axis.size // stride) * stride) for axis in (east, north))
+    return _Frame(centre, step, east, north, stride)
 
 
 def _kernel_average(points, sources, values, weights, bandwidth_m, shrink, leave_one_out: bool = False):
@@ -206,7 +209,7 @@ def build_net(channel: _Channel, residual_map, eirp_fit, sigma, prior_weight: fl
               sample_rate_hz: float, memory: dict, neighbours: int) -> RadioMapNet:
     frame, k = channel.frame, channel.rx_en.shape[0]
     net = RadioMapNet(k, (frame.north.size, frame.east.size), EIRP_NODES, samples, sample_rate_hz,
-                      memory_sessions=memory["position_en"].shape[0], neighbours=neighbours)
+                      memory_sessions=memory["position_en"].shape[0], neighbours=neighbours, refine_stride=frame.stride)
     mean = (channel.base_cells + residual_map).T  # [K, G]
     eirp = np.quantile(eirp_fit, (np.arange(EIRP_NODES) + 0.5) / EIRP_NODES)
     censored = log_ndtr((channel.threshold[:, None, None] - eirp[None, :, None] - mean[:, None, :]) / sigma[:, None, None])

@@ -33,7 +33,8 @@ from torch import nn
 
 from training.baselines.power import MIN_DISTANCE_M
 from training.fit import MONITOR
-from training.radio_map.model import GridChannel, RadioMapNet, grid_log_likelihood
+from training.radio_map.likelihood import GridChannel, grid_log_likelihood
+from training.radio_map.model import RadioMapNet
 
 HARMONICS = 2  # antenna gain: cos/sin of 1..HARMONICS × bearing (a cardioid needs 1, a figure-eight 2)
 PATH_KNOTS = 12  # the path loss's shape: knots evenly spaced in log10 distance over the grid's range

@@ -11,7 +11,9 @@ exploits. A heard receiver says s_k ~ N(EIRP + mean_k(x), σ_k²); an online rec
 not hear says s_k < threshold (censored, log Φ precomputed per receiver, EIRP node and cell).
 The EIRP is marginalised over J nodes with weights learnt from the training sessions, a
 spatial prior over the cells (where transmitters were seen, mixed with uniform) is added, and
-the posterior's mean and covariance are the outputs (model.md).
+the posterior's mean and covariance are the outputs (model.md). On a large area the cells are
+evaluated coarse to fine (`refine_stride`, `training.radio_map.refine`): the graph's cost per session
+then grows with the blocks, not the cells.
 
 Receiver identity comes from `rx_position`: an input receiver is one of the known receivers
 within `MATCH_TOLERANCE_M` of it. Co-located radios (POWDER has a few sites with two) are told
@@ -25,13 +27,14 @@ Float32, no data-dependent control flow: batch and receivers stay dynamic in the
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from training.geodesy import EARTH_RADIUS_M
 from training.radio_map.fingerprint_memory import FingerprintMemory
+from training.radio_map.likelihood import GridChannel, grid_log_posterior
+from training.radio_map.refine import block_children, refined_posterior
 
 MATCH_TOLERANCE_M = 5.0  # an input receiver this close to a known one is that one (or its site)
 POWER_EPS = 1e-18  # -180 dBm floor for the log of an all-zero (offline) capture
@@ -45,7 +48,7 @@ class RadioMapNet(nn.Module):
     preset = "radio-map"  # what `describe` says fitted it; a learnt map's baked copy says "radio-map-learned"
 
     def __init__(self, receivers: int, grid_shape: tuple[int, int], eirp_nodes: int, samples: int,
-                 sample_rate_hz: float = 12500.0, memory_sessions: int = 1, neighbours: int = 1):
+                 sample_rate_hz: float = 12500.0, memory_sessions: int = 1, neighbours: int = 1, refine_stride: int = 1):
         super().__init__()
         k, (ny, nx), j = int(receivers), (int(grid_shape[0]), int(grid_shape[1])), int(eirp_nodes)
         self.samples, self.sample_rate_hz, self.grid_shape = samples, sample_rate_hz, (ny, nx)
@@ -72,17 +75,21 @@ class RadioMapNet(nn.Module):
         self.register_buffer("log_online_rate", torch.zeros(k))
         self.register_buffer("covariance_scale", torch.ones(()))  # post-hoc, as LocalizationNet's
         self.memory = FingerprintMemory(memory_sessions, k, neighbours)  # off (weight 0) unless fitted
+        # > 1: the posterior is evaluated on blocks of refine_stride² cells, then cell by cell where it has mass
+        self.refine_stride = int(refine_stride)
+        if self.refine_stride > 1:
+            self.register_buffer("block_children", block_children((ny, nx), self.refine_stride), persistent=False)
 
     def shape_args(self) -> dict:
         """What the constructor needs besides samples and rate: kept in the checkpoint's hyperparameters."""
         return {"receivers": int(self.rx_en.shape[0]), "grid_shape": list(self.grid_shape),
                 "eirp_nodes": int(self.eirp_db.shape[0]), "memory_sessions": int(self.memory.position_en.shape[0]),
-                "neighbours": self.memory.neighbours}
+                "neighbours": self.memory.neighbours, "refine_stride": self.refine_stride}
 
     def describe(self) -> dict:
         return {"preset": self.preset, "samples": self.samples, "sample_rate_hz": self.sample_rate_hz,
                 "receivers": int(self.rx_en.shape[0]), "grid_shape": list(self.grid_shape),
-                "eirp_nodes": int(self.eirp_db.shape[0]), "params": 0,
+                "eirp_nodes": int(self.eirp_db.shape[0]), "refine_stride": self.refine_stride, "params": 0,
                 "buffers": sum(t.numel() for t in self.buffers())}
 
     # -- inputs ---------------------------------------------------------------------------
@@ -159,20 +166,30 @@ class RadioMapNet(nn.Module):
         cells = self.grid_en.reshape(self.grid_shape[0], self.grid_shape[1], 2)
         return cells[0, :, 0], cells[:, 0, 1]
 
-    def moments(self, log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean [B, 2] and covariance [B, 2, 2], east/north metres."""
-        prob = log_prob.exp()
-        mean = prob @ self.grid_en
-        centred = self.grid_en[None, :, :] - mean[:, None, :]  # [B, G, 2]
-        cov = (prob[:, :, None] * centred).transpose(1, 2) @ centred
-        return mean, cov + torch.diag_embed(self.cell_var_m2.expand(mean.shape[0], 2))
+    def cell_posterior(self, signal, heard, censored, log_prior):
+        """(log probability [B, C], the places' east/north [C, 2] or [B, C, 2], their own spread [B, 2] m²):
+        the grid's cells, or with `refine_stride` > 1 blocks and refined cells (`refine.refined_posterior`)."""
+        if self.refine_stride == 1:
+            return (self.log_posterior(signal, heard, censored, log_prior), self.grid_en,
+                    self.cell_var_m2.expand(signal.shape[0], 2))
+        return refined_posterior(self.grid_channel(), signal, heard, censored, log_prior, self.grid_en,
+                                 self.cell_var_m2, self.block_children)
+
+    @staticmethod
+    def moments(log_prob: torch.Tensor, positions: torch.Tensor, spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean [B, 2] and covariance [B, 2, 2], east/north metres, of `cell_posterior`'s places."""
+        prob = log_prob.exp()[:, :, None]
+        mean = (prob * positions).sum(dim=1)
+        centred = positions - mean[:, None, :]  # [B, C, 2]
+        cov = (prob * centred).transpose(1, 2) @ centred
+        return mean, cov + torch.diag_embed(spread)
 
     def from_power(self, power, rx_position, online) -> tuple[torch.Tensor, torch.Tensor]:
         """Capture powers [B, R] dBm -> position [B, 2] lat/lon and covariance [B, 2, 2] m²."""
         signal, heard, censored, above, online_k = self.per_receiver(power, rx_position, online)
         votes, where = self.memory.neighbours_of(above, online_k)
         log_prior = self.memory.log_prior(votes, where, *self.grid_axes(), self.log_prior)
-        mean, cov = self.moments(self.log_posterior(signal, heard, censored, log_prior))
+        mean, cov = self.moments(*self.cell_posterior(signal, heard, censored, log_prior))
         # the blended position, and the posterior's second moment about it (its covariance + shift·shiftᵀ)
         shift = self.memory.blend * ((votes[..., None] * where).sum(dim=1) - mean)
         cov = cov + shift[:, :, None] * shift[:, None, :]
@@ -183,44 +200,3 @@ class RadioMapNet(nn.Module):
         """The ONNX graph (model.md): -> position [B, 2] lat/lon degrees, covariance [B, 2, 2] m² east/north."""
         online = rx_online > 0.5
         return self.from_power(self.capture_power_dbm(iq, online), rx_position, online)
-
-
-class GridChannel(NamedTuple):
-    """What the grid posterior's likelihood needs: shapes K receivers, J EIRP nodes, G cells."""
-
-    mean_db: torch.Tensor  # [K, G] signal minus EIRP at each cell
-    sigma_db: torch.Tensor  # [K]
-    eirp_db: torch.Tensor  # [J] EIRP nodes
-    eirp_log_weight: torch.Tensor  # [J]
-    censored_log_lik: torch.Tensor  # [K, J·G] log Φ((threshold_k − e_j − mean_k)/σ_k), J-major
-
-
-def grid_log_posterior(channel: GridChannel, signal, heard, censored, log_prior) -> torch.Tensor:
-    """[B, G] log posterior of each cell given per-known-receiver signal / heard / censored [B, K]
-    and the log prior over the cells ([G] or [B, G])."""
-    return torch.log_softmax(grid_log_likelihood(channel, signal, heard, censored) + log_prior, dim=-1)
-
-
-def grid_log_likelihood(channel: GridChannel, signal, heard, censored) -> torch.Tensor:
-    """[B, G] log p(signal, heard, censored | cell), EIRP marginalised, up to terms that depend on
-    neither the cell nor the channel but σ: add −Σ_heard log σ_k for the full density."""
-    # centred (each receiver's mean level, the EIRP nodes' mid-point) so the expansion below
-    # cancels tens of dB, not hundreds: float32 in ONNX Runtime then agrees with PyTorch
-    level = channel.mean_db.mean(dim=1)  # [K]
-    field = channel.mean_db - level[:, None]  # [K, G]
-    e_mid = channel.eirp_db.mean()
-    e = channel.eirp_db - e_mid  # [J]
-    weight = heard / (channel.sigma_db * channel.sigma_db)  # [B, K]
-    signal = torch.where(heard > 0, signal - level - e_mid, torch.zeros_like(signal))
-    ws = weight * signal
-    # Σ_k w (s − e − M)² = Σ w s² − 2e Σ w s + e² Σ w − 2 (ws·M − e w·M) + w·M²
-    constant = ((ws * signal).sum(dim=1)[:, None] - 2.0 * e * ws.sum(dim=1)[:, None]
-                + e * e * weight.sum(dim=1)[:, None])  # [B, J]
-    cross = ws @ field  # [B, G]
-    linear = weight @ field
-    square = weight @ (field * field)
-    quadratic = constant[:, :, None] - 2.0 * (cross[:, None, :] - e[None, :, None] * linear[:, None, :]) \
-        + square[:, None, :]  # [B, J, G]
-    g = field.shape[1]
-    censored_part = (censored @ channel.censored_log_lik).reshape(-1, e.shape[0], g)
-    return torch.logsumexp(-0.5 * quadratic + censored_part + channel.eirp_log_weight[None, :, None], dim=1)
