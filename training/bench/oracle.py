@@ -3,12 +3,13 @@
 The oracle is the exact posterior over the transmitter's position under the generator's own
 model (`training.datasets.synth`'s docstring), evaluated on a grid of cells that tiles the transmitter
 area (uniform in lat/lon, so every cell has the same prior mass). EIRP is unknown: it is
-marginalised over its uniform prior with the midpoint rule (`eirp_nodes_dbm`). The channel
+marginalised over its prior with equal-weight quantile nodes (`eirp_nodes_dbm`: the midpoint rule for
+one uniform class, the mixture's quantiles for handhelds and mobiles). The channel
 (exponent, σ, calibration, noise) is known to the oracle, as it is part of the true model. No
 estimator using the same measurements can do better on average, in median error or in NLL.
 
 Per online receiver, with μ = EIRP − PL(d) + calibration (+ the static field when known, + the antenna
-gains of directional receivers) and
+gains of directional receivers; PL dual-slope where the scenario's is) and
 N = the receiver's noise power (floor + calibration), the captured total power is
 P = 10·log10(10^(s/10) + 10^(N/10)), s ~ N(μ, σ²):
 
@@ -26,6 +27,9 @@ Cost: the heard part is a quadratic in EIRP whose coefficients come from [sessio
 [R, cells] products, and the censored part is a per-receiver [cells, EIRP nodes] table
 computed once (its threshold does not depend on the data), so each chunk of sessions costs a
 few passes over a [chunk, cells, EIRP nodes] array, kept near `_CHUNK_BYTES`.
+
+Size: the oracle's posterior and the CRB share the channel model (`ChannelModel`, every effect a
+scenario can switch on) and its geometry; apart they would each restate it.
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ class ChannelModel:
     reference_m: float = 1.0  # free-space loss up to here, then 10·n dB per decade
     static_db: Callable | None = None  # known fixed shadowing: (lat, lon) [...] -> [..., R] dB
     antenna_db: Callable | None = None  # known antenna gains towards (lat, lon) [...] -> [..., R] dB
+    breakpoint_m: float = 0.0  # > 0: far_exponent beyond it (dual slope)
+    far_exponent: float = 0.0
+    mobile_share: float = 0.0  # > 0: the EIRP prior mixes U(min, max) with this share of U(mobile_eirp_dbm)
+    mobile_eirp_dbm: tuple[float, float] = (44.0, 47.0)
 
     def __post_init__(self) -> None:
         rx = np.asarray(self.rx_position, dtype=np.float64)
@@ -104,6 +112,8 @@ class ChannelModel:
             tx_altitude_m=cfg.tx_altitude_m,
             static_db=static_field(cfg, receivers) if known else None,
             antenna_db=antenna_patterns(cfg, receivers) if cfg.antenna_front_to_back_db > 0 else None,
+            breakpoint_m=cfg.path_loss_breakpoint_m, far_exponent=cfg.path_loss_far_exponent,
+            mobile_share=cfg.mobile_share, mobile_eirp_dbm=(cfg.mobile_eirp_dbm_min, cfg.mobile_eirp_dbm_max),
         )
 
     @property
@@ -118,7 +128,7 @@ class ChannelModel:
         lat, lon = np.asarray(latitude, dtype=np.float64), np.asarray(longitude, dtype=np.float64)
         distance_m = distances_m(lat[..., None], lon[..., None], self.tx_altitude_m, receivers)
         loss_db = log_distance_path_loss_db(distance_m, self.frequency_hz, self.path_loss_exponent,
-                                            self.reference_m)
+                                            self.reference_m, self.breakpoint_m, self.far_exponent)
         offset = self.calibration_db - loss_db
         for known in (self.static_db, self.antenna_db):
             offset = offset if known is None else offset + known(lat, lon)
@@ -126,12 +136,18 @@ class ChannelModel:
 
 
 def eirp_nodes_dbm(model: ChannelModel, steps: int) -> np.ndarray:
-    """[K] midpoint-rule nodes of the uniform EIRP prior (equal weights 1/K): the centres of
-    `steps` equal bins of [min, max]; a single node when the EIRP is known (min == max)."""
-    if model.eirp_dbm_min == model.eirp_dbm_max:
-        return np.array([model.eirp_dbm_min])
-    bin_db = (model.eirp_dbm_max - model.eirp_dbm_min) / steps
-    return model.eirp_dbm_min + bin_db * (np.arange(steps) + 0.5)
+    """[K] nodes of equal weight 1/K: the EIRP prior's quantiles at (k + 0.5)/K. For a uniform prior the
+    midpoint rule (the centres of `steps` equal bins of [min, max]), a single node when the EIRP is known
+    (min == max); with mobiles (`mobile_share`) the two classes' mixture, inverted numerically."""
+    if not model.mobile_share:
+        if model.eirp_dbm_min == model.eirp_dbm_max:
+            return np.array([model.eirp_dbm_min])
+        bin_db = (model.eirp_dbm_max - model.eirp_dbm_min) / steps
+        return model.eirp_dbm_min + bin_db * (np.arange(steps) + 0.5)
+    classes = ((model.eirp_dbm_min, model.eirp_dbm_max, 1.0 - model.mobile_share), (*model.mobile_eirp_dbm, model.mobile_share))
+    eirp = np.linspace(min(c[0] for c in classes), max(c[1] for c in classes), 20_001)
+    cdf = sum(share * np.clip((eirp - low) / max(high - low, 1e-9), 0.0, 1.0) for low, high, share in classes)
+    return np.interp((np.arange(steps) + 0.5) / steps, cdf, eirp)
 
 
 def oracle_posterior(power_dbm, online, model: ChannelModel, *, area: tuple[float, float, float, float],
@@ -235,7 +251,7 @@ def crb_m(true_latlon, online, model: ChannelModel) -> np.ndarray:
 
     Unknowns (east, north, EIRP), μ_i = EIRP − PL(d_i) + const, dB measurements with iid
     N(0, σ²) shadowing (Patwari et al. 2003): FIM = Σ_i ∇μ_i ∇μ_iᵀ / σ², with
-    ∂μ_i/∂x = b·(x_i − x)/d_i², b = 10·n/ln 10, d_i the 3-D distance, ∂μ_i/∂EIRP = 1.
+    ∂μ_i/∂x = b·(x_i − x)/d_i², b = 10·n/ln 10 (n the slope at d_i), d_i the 3-D distance, ∂μ_i/∂EIRP = 1.
     EIRP is a nuisance: the position block of FIM⁻¹ is the inverse of the Schur complement
     σ²·(Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ)⁻¹, g_i the horizontal gradients and ḡ their mean.
     Online receivers only, all treated as heard: noise censoring (which loses information)
@@ -248,9 +264,10 @@ def crb_m(true_latlon, online, model: ChannelModel) -> np.ndarray:
     east, north = to_local_en(rx[None, :, 0], rx[None, :, 1], true[:, 0, None], true[:, 1, None])  # x_i − x
     d2 = east**2 + north**2 + (rx[None, :, 2] - model.tx_altitude_m) ** 2
     sloped = online & (d2 > model.reference_m**2)  # inside the reference the loss is flat
-    b = 10.0 * model.path_loss_exponent / LN10
+    far = (model.breakpoint_m > 0) & (d2 > model.breakpoint_m**2)  # dual slope: the far exponent beyond it
+    b = 10.0 * np.where(far, model.far_exponent, model.path_loss_exponent) / LN10
     with np.errstate(divide="ignore", invalid="ignore"):
-        g = np.where(sloped[..., None], b * np.stack([east, north], axis=-1) / d2[..., None], 0.0)
+        g = np.where(sloped[..., None], b[..., None] * np.stack([east, north], axis=-1) / d2[..., None], 0.0)
     count = online.sum(axis=1)
     g_mean = g.sum(axis=1) / np.maximum(count, 1)[:, None]
     centred = np.where(online[..., None], g - g_mean[:, None, :], 0.0)

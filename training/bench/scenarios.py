@@ -14,8 +14,10 @@ the seed and i).
 | static-shadowing | the 7 default          | 145.5 MHz | 3.0 | 4 dB  | 4 dB (8 km)      | 5 %     |
 | towns            | the 7 default          | 145.5 MHz | 3.0 | 6 dB  | -                | 5 %     |
 | directional      | the 7 default          | 145.5 MHz | 3.0 | 6 dB  | -                | 5 %     |
+| dual-slope       | the 7 default          | 145.5 MHz | 2.0, 4.0 beyond 3 km | 6 dB | -       | 5 %     |
+| two-eirp-classes | the 7 default          | 145.5 MHz | 3.0 | 6 dB  | -                | 5 %     |
 
-All draw EIRP from U(30, 44) dBm and never tell the model: EIRP is unknown everywhere.
+All but two-eirp-classes draw EIRP from U(30, 44) dBm, and none tells the model: EIRP is unknown everywhere.
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ SCENARIOS: Mapping[str, SynthConfig] = MappingProxyType({cfg.dataset_id: cfg for
     # (`channel.AntennaPatterns`, a boresight per receiver drawn from the seed). The textbook channel
     # has no bearing in it; the oracle knows the patterns.
     _named("directional", 2_006, antenna_front_to_back_db=12.0),
+    # A dual-slope path loss (issue 22): free-space-like (n 2) up to a 3 km breakpoint, then n 4, as past the
+    # ground reflection's breakpoint. A one-exponent channel can only compromise between the two slopes.
+    _named("dual-slope", 2_007, path_loss_exponent=2.0, path_loss_breakpoint_m=3_000.0, path_loss_far_exponent=4.0),
+    # Two EIRP classes (issue 22): 65 % handhelds at 0.5-2.5 W (U(27, 34) dBm), 35 % mobiles at 25-50 W
+    # (U(44, 47) dBm). The closed form's EIRP prior (quantiles of the fitted EIRPs) can learn the gap; the oracle
+    # knows the mixture.
+    _named("two-eirp-classes", 2_008, eirp_dbm_min=27.0, eirp_dbm_max=34.0, mobile_share=0.35,
+           mobile_eirp_dbm_min=44.0, mobile_eirp_dbm_max=47.0),
 )})
 
 

@@ -25,10 +25,15 @@ def free_space_path_loss_db(distance_m, frequency_hz):
     return 20.0 * np.log10(4.0 * np.pi * np.asarray(distance_m) * frequency_hz / SPEED_OF_LIGHT_M_S)
 
 
-def log_distance_path_loss_db(distance_m, frequency_hz, exponent, reference_m=1.0):
-    """Free-space loss up to `reference_m`, then 10*n dB per decade. Closer than the reference is clamped to it."""
+def log_distance_path_loss_db(distance_m, frequency_hz, exponent, reference_m=1.0, breakpoint_m=0.0, far_exponent=0.0):
+    """Free-space loss up to `reference_m`, then 10*n dB per decade. Closer than the reference is clamped to it.
+    With `breakpoint_m` > 0, 10*`far_exponent` dB per decade beyond it (dual slope: past the ground
+    reflection's breakpoint the loss steepens)."""
     distance_m = np.maximum(np.asarray(distance_m, dtype=float), reference_m)
-    return free_space_path_loss_db(reference_m, frequency_hz) + 10.0 * exponent * np.log10(distance_m / reference_m)
+    loss = free_space_path_loss_db(reference_m, frequency_hz) + 10.0 * exponent * np.log10(distance_m / reference_m)
+    if breakpoint_m > 0:
+        loss = loss + 10.0 * (far_exponent - exponent) * np.log10(np.maximum(distance_m, breakpoint_m) / breakpoint_m)
+    return loss
 
 
 def received_power_dbm(eirp_dbm, path_loss_db, shadowing_db, calibration_db):

@@ -10,10 +10,12 @@ receiver r:
                    area_margin_m (the area); with towns > 0 (`placement`): uniform and pinned to test with
                    probability uniform_test_share, else N(0, town_radius_m) east and north of one of
                    `towns` centres (uniform over the area, once per dataset), pinned to val (the last) or train
-    eirp_dbm       ~ U(eirp_dbm_min, eirp_dbm_max)
+    eirp_dbm       ~ U(eirp_dbm_min, eirp_dbm_max), or with probability mobile_share (0 by default; its own
+                   stream) U(mobile_eirp_dbm_min, mobile_eirp_dbm_max): handhelds and mobiles
     d_r            3-D distance: haversine ground distance and altitude difference
     signal_dbm_r   = eirp_dbm - PL(d_r) + shadowing_r + static_r(transmitter) + antenna_r + calibration_r,
                    PL = log-distance with exponent n from free space at 1 m at the centre frequency,
+                   steepening to path_loss_far_exponent beyond path_loss_breakpoint_m (0, one slope, by default)
                    shadowing_r ~ N(0, shadowing_sigma_db) independent per session and receiver,
                    static_r = a fixed Gaussian random field over the transmitter's position, one per
                    receiver for the dataset, std static_shadowing_sigma_db and exponential (Gudmundson)
@@ -80,6 +82,7 @@ LAYOUT_STREAM = 3
 STATIC_FIELD_STREAM = 4  # spawn_key (4, r): receiver r's field
 TOWN_STREAM = 5
 ANTENNA_STREAM = 6
+EIRP_CLASS_STREAM = 7  # spawn_key (7, i): session i's EIRP class, drawn only with mobile_share > 0
 
 RANDOM_RECEIVER_ALTITUDE_M = (100.0, 800.0)
 STATIC_FIELD_FEATURES = 256  # random Fourier features per receiver: enough for a near-Gaussian field
@@ -193,7 +196,10 @@ def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndar
     static_shadowing_db = fixed.field(latitude, longitude)  # zeros by default: x + 0.0 == x keeps old bytes
     antenna_gain_db = fixed.antennas(latitude, longitude)  # the same
     distance_m = distances_m(latitude, longitude, cfg.tx_altitude_m, receivers)
-    path_loss_db = log_distance_path_loss_db(distance_m, cfg.center_frequency_hz, cfg.path_loss_exponent)
+    path_loss_db = log_distance_path_loss_db(distance_m, cfg.center_frequency_hz, cfg.path_loss_exponent,
+                                             breakpoint_m=cfg.path_loss_breakpoint_m, far_exponent=cfg.path_loss_far_exponent)
+    if cfg.mobile_share > 0 and (mobile := _rng(cfg.seed, EIRP_CLASS_STREAM, index)).random() < cfg.mobile_share:
+        eirp_dbm = mobile.uniform(cfg.mobile_eirp_dbm_min, cfg.mobile_eirp_dbm_max)
     return SessionTruth(
         index=index,
         session_id=f"{cfg.dataset_id}-{index:07d}",

@@ -32,6 +32,11 @@ class SynthConfig:
     shadowing_sigma_db: float = 6.0  # log-normal shadowing, typical of VHF over hills
     eirp_dbm_min: float = 30.0  # 1 W handheld ...
     eirp_dbm_max: float = 44.0  # ... to 25 W mobile
+    mobile_share: float = 0.0  # 0: one EIRP class; else this share of transmitters draws from the mobiles' range
+    mobile_eirp_dbm_min: float = 44.0  # mobiles: 25 W ...
+    mobile_eirp_dbm_max: float = 47.0  # ... to 50 W
+    path_loss_breakpoint_m: float = 0.0  # 0: one slope; else path_loss_far_exponent beyond this distance
+    path_loss_far_exponent: float = 4.0
     calibration_sigma_db: float = 2.0  # fixed, unknown gain error per receiver
     offline_probability: float = 0.05  # WebSDRs drop out
     noise_floor_dbm_per_12k5: float = -120.0  # noise power in 12.5 kHz at the receiver input
@@ -59,6 +64,12 @@ class SynthConfig:
             errors.append(f"receiver_layout {self.receiver_layout!r} is not one of {RECEIVER_LAYOUTS}")
         if not 1 <= self.random_receivers_min <= self.random_receivers_max:
             errors.append("need 1 <= random_receivers_min <= random_receivers_max")
+        if not 0 <= self.mobile_share < 1 or self.mobile_eirp_dbm_min > self.mobile_eirp_dbm_max:
+            errors.append(f"need 0 <= mobile_share < 1 and mobile_eirp_dbm_min <= mobile_eirp_dbm_max, got "
+                          f"{self.mobile_share:g}, {self.mobile_eirp_dbm_min:g}, {self.mobile_eirp_dbm_max:g}")
+        if self.path_loss_breakpoint_m < 0 or self.path_loss_far_exponent <= 0:
+            errors.append(f"need path_loss_breakpoint_m >= 0 and path_loss_far_exponent > 0, got "
+                          f"{self.path_loss_breakpoint_m:g}, {self.path_loss_far_exponent:g}")
         if self.antenna_front_to_back_db < 0:
             errors.append(f"need antenna_front_to_back_db >= 0, got {self.antenna_front_to_back_db:g}")
         if self.static_shadowing_sigma_db < 0 or self.static_shadowing_correlation_m <= 0:

@@ -13,6 +13,7 @@ from training.geodesy import EARTH_RADIUS_M, from_local_en, haversine_m
 from training.metrics import mahalanobis_sq
 from training.bench.oracle import ChannelModel, crb_m, eirp_nodes_dbm, oracle_metrics, oracle_posterior
 from training.bench.scenarios import scenario
+from training.datasets.channel import distances_m
 from training.datasets.synth import (
     antenna_patterns,
     SynthConfig,
@@ -243,3 +244,31 @@ def test_crb_uses_online_receivers_only_and_is_infinite_when_unidentifiable():
     assert with_two_off[0] == pytest.approx(alone[0], rel=1e-12)
     two = crb_m(np.array([ORIGIN]), np.array([[True, True, False, False, False, False]]), model)
     assert two[0] == np.inf
+
+
+def test_a_dual_slope_steepens_beyond_its_breakpoint_and_the_oracle_knows_it():
+    cfg = scenario("dual-slope", sessions=200)
+    model = ChannelModel.from_synth(cfg)
+    for truth in list(session_truths(cfg))[:20]:
+        mean = model.mean_offset_db(*truth.transmitter[:2]) + truth.eirp_dbm
+        np.testing.assert_allclose(truth.signal_dbm - truth.shadowing_db, mean, atol=1e-9)
+    rx = receivers_for(cfg)[0]  # at 600 m: distances are 3-D
+    places = [from_local_en(0.0, d, rx.latitude, rx.longitude) for d in (1_000.0, 2_500.0, 10_000.0, 40_000.0)]
+    loss = [-model.mean_offset_db(*place)[0] for place in places]
+    d = [distances_m(*place, cfg.tx_altitude_m, (rx,))[0] for place in places]
+    assert d[1] < 3_000.0 < d[2]
+    assert loss[1] - loss[0] == pytest.approx(20.0 * np.log10(d[1] / d[0]), abs=1e-6)  # n 2 before the breakpoint
+    assert loss[3] - loss[2] == pytest.approx(40.0 * np.log10(d[3] / d[2]), abs=1e-6)  # n 4 beyond
+
+
+def test_two_eirp_classes_draw_handhelds_and_mobiles_and_the_oracles_nodes_follow_the_mixture():
+    cfg = scenario("two-eirp-classes", sessions=2000)
+    eirp = np.array([t.eirp_dbm for t in session_truths(cfg)])
+    mobile = eirp >= cfg.mobile_eirp_dbm_min
+    assert ((eirp >= 27.0) & (eirp <= 34.0) | mobile & (eirp <= 47.0)).all()
+    assert mobile.mean() == pytest.approx(0.35, abs=0.03)
+    nodes = eirp_nodes_dbm(ChannelModel.from_synth(cfg), 20)
+    assert (nodes >= 44.0).sum() == 7 and ((nodes > 27.0) & (nodes < 34.0)).sum() == 13
+    # the default draws no class: its EIRPs are the one range's, byte for byte as before
+    default = np.array([t.eirp_dbm for t in session_truths(SynthConfig(sessions=50))])
+    assert ((default >= 30.0) & (default <= 44.0)).all()
