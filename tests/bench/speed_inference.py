@@ -1,7 +1,7 @@
 """Inference for `python -m tests.bench.speed`: the model the service serves by default, as it serves it.
 
 The default preset (`TrainConfig().preset`, the learned radio map) is fitted and calibrated as the
-quality bench fits it (`training.bench.runner.train_for_bench`: the family's own fit, then the job's
+quality bench fits it (`training.bench.fitting.train_for_bench`: the family's own fit, then the job's
 covariance scale) and exported as the job exports it (`training.pipeline.export_model`: the kept
 graph, the parity check). The closed-form map held every training session in its graph (the
 fingerprint memory); the learned map keeps a one-session stub. It is fitted at two sizes of synthetic
@@ -63,7 +63,7 @@ def served_model(uri: str, state_dir: Path):
     from foundation.child_protocol import JobSpec
     from foundation.settings import Settings
     from foundation.train_config import TrainConfig
-    from training.bench.runner import train_for_bench
+    from training.bench.fitting import train_for_bench
     from training.pipeline import Job, export_model, open_dataset
 
     settings, config = Settings(state_dir=state_dir), TrainConfig()

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.train_config import TrainConfig
+from training.bench.fitting import train_for_bench
 from training.evaluation import BaselineSetup, predict
 from foundation.logs import log_event
 from foundation.settings import Settings
@@ -118,23 +119,6 @@ def prepare_dataset(settings: Settings, name: str, quick: bool, sessions: int | 
     if not Path(uri, "dataset.json").is_file():
         synthesize_dataset(cfg, str(root))
     return uri, cfg
-
-
-def train_for_bench(settings: Settings, data, config: TrainConfig, name: str, workdir: Path):
-    from training.families import FAMILIES
-    from training.family import FitRun
-    from training.pipeline import calibrate_covariance
-    from training.tracking import TrackingRun
-
-    tracking = TrackingRun.start(settings.mlflow_tracking_uri, "heimdall-bench", settings.mlflow_artifacts_uri,
-                                 run_name=f"bench-{name}", tags={})
-    tracking.log_params(data.split.params())
-    started = time.monotonic()
-    fitted = FAMILIES[config.preset].fit(data, config, FitRun(workdir / "checkpoints", None, tracking))
-    train_s = time.monotonic() - started
-    scale = calibrate_covariance(fitted.net, data)
-    return fitted.net, tracking, {"train_s": train_s, "fit_s": fitted.fit_s, "epochs": fitted.epochs_run,
-                                  "covariance_scale": scale}
 
 
 def score_model(run: BenchRun, net, data, test_idx, true) -> None:
@@ -267,6 +251,9 @@ def run_seed(settings: Settings, name: str, seed: int, *, quick: bool, out_dir: 
     run.notes.append(f"Model: preset {config.preset}, {fit_info['epochs']} epochs run, post-hoc covariance scale "
                      f"{fit_info['covariance_scale']:.3f} (fitted on {run.sessions['val']} validation sessions).")
     score_model(run, net, data, test_idx, true)
+    if cfg is not None and cfg.drift_db:
+        from training.bench.drift import score_post_drift_only
+        score_post_drift_only(run, settings, data, cfg, config, workdir, test_idx, true)
     if cfg is None:
         score_baselines(run, data, test_idx, true, POWDER_BASELINES)
     else:

@@ -22,7 +22,9 @@ receiver r:
                    correlation exp(-distance / static_shadowing_correlation_m); 0 by default
                    antenna_r = (antenna_front_to_back_db / 2)·cos(bearing from receiver r to the transmitter
                    − boresight_r), boresight_r ~ U(0, 2π) once per dataset; 0 by default (omnidirectional)
-                   calibration_r ~ N(0, calibration_sigma_db) fixed per receiver for the dataset
+                   calibration_r ~ N(0, calibration_sigma_db) fixed per receiver for the dataset, + drift_db
+                   for receiver drift_receiver from session drift_from_session on (0 by default; the sessions
+                   before it are pinned to train: the older version's)
     noise_dbm_r    = noise floor over the captured bandwidth + calibration_r (the gain error
                    scales the whole capture)
     capture_r      = NBFM of power signal_dbm_r + complex Gaussian noise of power noise_dbm_r,
@@ -154,20 +156,24 @@ def antenna_patterns(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = 
                            boresight)
 
 
-def receiver_calibration_db(cfg: SynthConfig) -> np.ndarray:
-    """[R] each receiver's fixed gain error for the whole dataset."""
+def receiver_calibration_db(cfg: SynthConfig, *, drifted: bool = True) -> np.ndarray:
+    """[R] each receiver's gain error: the newest sessions' (with `drift_db` when it drifts), or with
+    `drifted=False` the one before the drift, fixed for the whole dataset when nothing drifts."""
     rng = _rng(cfg.seed, CALIBRATION_STREAM)
-    return rng.normal(0.0, cfg.calibration_sigma_db, size=len(receivers_for(cfg)))
+    calibration = rng.normal(0.0, cfg.calibration_sigma_db, size=len(receivers_for(cfg)))
+    if drifted and cfg.drift_db:
+        calibration[cfg.drift_receiver] += cfg.drift_db
+    return calibration
 
 
 def session_truths(cfg: SynthConfig) -> Iterator[SessionTruth]:
     """The drawn truth of every session, cheaply: no samples are synthesised."""
     receivers = receivers_for(cfg)
-    calibration_db = receiver_calibration_db(cfg)
+    calibrations = receiver_calibration_db(cfg, drifted=False), receiver_calibration_db(cfg)
     fixed = FixedGains(static_field(cfg, receivers), antenna_patterns(cfg, receivers))
     placement = placement_for(cfg, receivers)
     for index in range(cfg.sessions):
-        yield _draw_truth(cfg, index, receivers, calibration_db, fixed, placement)
+        yield _draw_truth(cfg, index, receivers, calibrations, fixed, placement)
 
 
 def placement_for(cfg: SynthConfig, receivers: tuple[Receiver, ...] | None = None) -> Placement:
@@ -184,10 +190,12 @@ class FixedGains:
     antennas: AntennaPatterns
 
 
-def _draw_truth(cfg: SynthConfig, index: int, receivers, calibration_db: np.ndarray, fixed: FixedGains,
-                placement: Placement) -> SessionTruth:
+def _draw_truth(cfg: SynthConfig, index: int, receivers, calibrations: tuple[np.ndarray, np.ndarray],
+                fixed: FixedGains, placement: Placement) -> SessionTruth:
     rng = _rng(cfg.seed, TRUTH_STREAM, index)
     latitude, longitude, split = placement.draw_transmitter(rng)  # the first draws of the session's stream
+    before_drift = bool(cfg.drift_db) and index < cfg.drift_from_session
+    calibration_db, split = (calibrations[0], "train") if before_drift else (calibrations[1], split)
     eirp_dbm = rng.uniform(cfg.eirp_dbm_min, cfg.eirp_dbm_max)
     shadowing_db = rng.normal(0.0, cfg.shadowing_sigma_db, size=len(receivers))
     online = rng.random(len(receivers)) >= cfg.offline_probability

@@ -57,6 +57,11 @@ class SynthConfig:
     town_radius_m: float = 5_000.0  # with towns: std of the Gaussian offset from the town, per axis
     uniform_test_share: float = 0.15  # with towns: the share drawn uniformly and pinned to test
     antenna_front_to_back_db: float = 0.0  # 0: omnidirectional receive antennas; else `AntennaPatterns`
+    # a receiver whose gain changes between dataset versions: 0, none; else receiver drift_receiver's gain error
+    # grows by drift_db from session drift_from_session on (a later version), and the sessions before are pinned to train
+    drift_db: float = 0.0
+    drift_receiver: int = 0
+    drift_from_session: int = 0
 
     def __post_init__(self) -> None:
         errors = []
@@ -70,6 +75,9 @@ class SynthConfig:
         if self.path_loss_breakpoint_m < 0 or self.path_loss_far_exponent <= 0:
             errors.append(f"need path_loss_breakpoint_m >= 0 and path_loss_far_exponent > 0, got "
                           f"{self.path_loss_breakpoint_m:g}, {self.path_loss_far_exponent:g}")
+        if self.drift_db and not (0 <= self.drift_receiver and 0 < self.drift_from_session):
+            errors.append(f"with drift_db, need drift_receiver >= 0 and drift_from_session > 0, got "
+                          f"{self.drift_receiver}, {self.drift_from_session}")
         if self.antenna_front_to_back_db < 0:
             errors.append(f"need antenna_front_to_back_db >= 0, got {self.antenna_front_to_back_db:g}")
         if self.static_shadowing_sigma_db < 0 or self.static_shadowing_correlation_m <= 0:
