@@ -12,7 +12,8 @@ No gradient descent: every part has a closed form on the training split.
    others (`choose_map`). With no map σ is the censored fit's; with one, each receiver's RMS
    residual left by it, times a scale tuned on val.
 3. The EIRP nodes are quantiles of the fitted A_i (a learnt prior); the spatial prior is a
-   kernel density of the training transmitters mixed with uniform.
+   kernel density of the training transmitters mixed with uniform, its width and weight fitted to
+   predict transmitters a held-out block away (`position_prior`).
 
 The σ scale and the fingerprint memory are chosen on the validation split (`radio_map_scores`), computed
 through `RadioMapNet.from_power`: the graph that is exported. With a learnt map by the median error
@@ -41,6 +42,7 @@ from training.baselines.power import MIN_DISTANCE_M, heard_mask, signal_power_db
 from training.baselines.knn import KnnParams, tune_knn
 from training.path_loss import fit_path_loss
 from training.radio_map.model import RadioMapNet
+from training.radio_map.position_prior import PositionPrior, fit_position_prior
 from training.radio_map.scores import MEDIAN, NLL, val_scores
 
 CELLS_PER_AXIS = 90  # grid resolution: span / 90 (POWDER: ~40 m; a 150 km area: ~1.7 km) ...
@@ -51,11 +53,7 @@ SHRINK_SESSIONS = 2.0  # kernel pseudo-count: a map value needs about this many 
 FIT_SESSIONS_MAX = 2000  # training sessions for the channel fit (as the ML baseline's)
 KERNEL_STEPS = (2.5, 4.0)  # candidate map kernel widths, in grid steps
 MIN_SIGMA_DB = 1.0
-SIGMA_SCALES = (0.6, 0.8)  # candidate scales of a learnt map's in-sample σ (smaller did better on POWDER's val and test)
-# the transmitter-density prior's weight (rest uniform). Fixed, not tuned: on POWDER the validation
-# split could not tell 0 from 0.97 (±4 m) while the test split could (431 m against 342 m, seed 1)
-PRIOR_WEIGHT = 0.97
-PRIOR_KERNEL_STEPS = 2.0
+SIGMA_SCALES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # candidate scales of a learnt map's in-sample σ, chosen on val
 # the fingerprint memory (`fingerprint_memory`): (kernel width in grid steps, share of the prior); (_, 0) = off
 MEMORY_CHOICES = ((2.0, 0.0), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5))
 BLENDS = (0.0, 0.25, 0.5, 0.75)  # candidate shares of the kNN position in the output
@@ -175,12 +173,13 @@ class _Channel:
         z = np.where(censored, (self.threshold - mean) / self.sigma, 0.0)
         return float(-0.5 * np.sum((heard_residual / self.sigma) ** 2) + np.sum(np.where(censored, log_ndtr(z), 0.0)))
 
-    def density(self) -> np.ndarray:
-        """[G] kernel density of the training transmitters over the cells (sums to 1)."""
-        ones = np.ones((self.tx_en.shape[0], 1))
-        bandwidth = PRIOR_KERNEL_STEPS * self.frame.step_m
-        dens = _kernel_average(self.cells, self.tx_en, ones, np.zeros_like(ones), bandwidth, 1.0)[:, 0]
-        return dens / dens.sum()
+
+def log_prior_on_cells(cells_en, tx_en, prior: PositionPrior) -> np.ndarray:
+    """[G] log of the transmitter-position prior over the cells: `prior.weight` of the transmitters'
+    kernel density (normalised over the cells), the rest uniform."""
+    ones = np.ones((tx_en.shape[0], 1))
+    density = _kernel_average(cells_en, tx_en, ones, np.zeros_like(ones), prior.kernel_m, 1.0)[:, 0]
+    return np.log(prior.weight * density / max(density.sum(), 1e-300) + (1 - prior.weight) / density.size)
 
 
 def _levels(train: Sessions, heard) -> dict[str, np.ndarray]:
@@ -205,7 +204,7 @@ def memory_values(train: Sessions, channel: _Channel, knn: KnnParams) -> dict[st
             "weight_exponent": {"uniform": 0.0, "inverse": 1.0, "inverse_square": 2.0}[knn.weights]}
 
 
-def build_net(channel: _Channel, residual_map, eirp_fit, sigma, prior_weight: float, samples: int,
+def build_net(channel: _Channel, residual_map, eirp_fit, sigma, log_prior, samples: int,
               sample_rate_hz: float, memory: dict, neighbours: int) -> RadioMapNet:
     frame, k = channel.frame, channel.rx_en.shape[0]
     net = RadioMapNet(k, (frame.north.size, frame.east.size), EIRP_NODES, samples, sample_rate_hz,
@@ -213,10 +212,9 @@ def build_net(channel: _Channel, residual_map, eirp_fit, sigma, prior_weight: fl
     mean = (channel.base_cells + residual_map).T  # [K, G]
     eirp = np.quantile(eirp_fit, (np.arange(EIRP_NODES) + 0.5) / EIRP_NODES)
     censored = log_ndtr((channel.threshold[:, None, None] - eirp[None, :, None] - mean[:, None, :]) / sigma[:, None, None])
-    prior = np.log(prior_weight * channel.density() + (1 - prior_weight) / mean.shape[1])
     values = {"origin": frame.origin, "rx_en": channel.rx_en, "grid_en": channel.cells, "mean_db": mean,
               "cell_var_m2": np.full(2, frame.step_m**2 / 12), "sigma_db": sigma, "eirp_db": eirp,
-              "censored_log_lik": censored.reshape(k, -1), "log_prior": prior,
+              "censored_log_lik": censored.reshape(k, -1), "log_prior": log_prior,
               "noise_floor_dbm": channel.noise, "floor_offset_db": channel.floor_offset,
               "detection_margin_db": channel.margin, **channel.levels}
     with torch.no_grad():
@@ -259,9 +257,12 @@ def choose_map(channel: _Channel, kernels_m) -> tuple[float, np.ndarray, np.ndar
 
 
 def fit_radio_map(train: Sessions, val: Sessions, rx_position, noise_floor_dbm: float, margin_db: float,
-                  samples: int, sample_rate_hz: float, floor_offset_db=None) -> tuple[RadioMapNet, dict]:
-    """The tuned `RadioMapNet` and what was chosen (kernel, memory, val median). `floor_offset_db` [R]:
-    each receiver's noise floor above `noise_floor_dbm` (none: 0).
+                  samples: int, sample_rate_hz: float, floor_offset_db=None,
+                  holdout_m: tuple[float, float] = (0.0, 0.0)) -> tuple[RadioMapNet, dict]:
+    """The tuned `RadioMapNet` and what was chosen (kernel, prior, memory, val median). `floor_offset_db`
+    [R]: each receiver's noise floor above `noise_floor_dbm` (none: 0). `holdout_m`: the spatial split's
+    block side and buffer, which the position prior is fitted to predict across (`position_prior`;
+    0, 0: each transmitter from all the others).
 
     Raises:
         ValueError: fewer than two training sessions with a heard receiver.
@@ -274,11 +275,13 @@ def fit_radio_map(train: Sessions, val: Sessions, rx_position, noise_floor_dbm: 
     memory = memory_values(train, channel, knn)
     step = channel.frame.step_m
     kernel_m, residual_map, eirp, sigma = choose_map(channel, [k * step for k in KERNEL_STEPS])
+    prior = fit_position_prior(channel.tx_en, channel.frame.east, channel.frame.north, *holdout_m)
+    log_prior = log_prior_on_cells(channel.cells, channel.tx_en, prior)
     # a learnt map's σ is in sample, its scale chosen by the median; no map: the oracle's form, kept honest
     criterion, scales = (MEDIAN, SIGMA_SCALES) if kernel_m > 0 else (NLL, (1.0,))
     best = None
     for scale in scales:
-        candidate_net = build_net(channel, residual_map, eirp, sigma * scale, PRIOR_WEIGHT, samples, sample_rate_hz,
+        candidate_net = build_net(channel, residual_map, eirp, sigma * scale, log_prior, samples, sample_rate_hz,
                                   memory, knn.k)
         scores = val_scores(candidate_net, val, rx_position)
         if best is None or scores[criterion] < best[0][criterion]:
@@ -291,6 +294,7 @@ def fit_radio_map(train: Sessions, val: Sessions, rx_position, noise_floor_dbm: 
             scores, memory_choice = candidate, (memory_steps * step, weight, blend)
     set_memory(net, *memory_choice)
     median, nll = scores
-    return net, {"kernel_m": kernel_m, "sigma_scale": sigma_scale, **dict(zip(("memory_kernel_m", "memory_weight", "knn_blend"), memory_choice)),
+    return net, {"kernel_m": kernel_m, "sigma_scale": sigma_scale, "prior_kernel_m": prior.kernel_m,
+                 "prior_weight": prior.weight, **dict(zip(("memory_kernel_m", "memory_weight", "knn_blend"), memory_choice)),
                  "memory_neighbours": knn.k, "val_median_error_m": median, "val_nll": nll, "exponent": channel.exponent,
                  "grid_step_m": step, "cells": int(channel.cells.shape[0])}

@@ -14,10 +14,12 @@ trained end to end on the grid posterior's log-probability of each training sess
 the corrections' Gaussian prior (`PRIOR_SCALES`), early-stopped on the posterior's loss on val. The censored term is recomputed from the corrected mean in every
 step, so nothing leaves the device inside a step.
 
-The posterior is trained, and served, under a flat prior over the grid and without the fingerprint
-memory: both are made of the training sessions' own positions, so a training loss would only sharpen
-them, and under a spatial split they mark where training data was, not where transmitters are
-(val's and test's blocks are their holes; docs/bench.md has the measurements). For the same reason
+The posterior is trained under a flat prior over the grid and without the fingerprint memory: both
+are made of the training sessions' own positions, so a training loss would only sharpen them (under the
+former density prior, fitted to each transmitter's neighbours, val's blocks were its holes;
+docs/bench.md has the measurements). It is served without the memory and with the closed form's
+position prior (`position_prior`), whose width and weight were fitted to predict transmitters a
+held-out block away, not the training sessions themselves: flat where that finds nothing. For the same reason
 there is no free per-receiver field over the area: one learnt the training density through the back
 door and raised val's loss. `baked` writes the corrected channel into a plain `RadioMapNet`: the
 exported graph is the closed form's, with other numbers in it.
@@ -102,6 +104,7 @@ class LearnedMapModule(pl.LightningModule):
         self.save_hyperparameters()
         self.net = RadioMapNet(samples=samples, sample_rate_hz=sample_rate_hz, **shape)
         self.corrections = Corrections(self.net.rx_en.shape[0], self.net.eirp_db.shape[0])
+        self.register_buffer("served_log_prior", self.net.log_prior.clone())  # the closed form's, for `baked`
         self._val_errors: list[torch.Tensor] = []
 
     @classmethod
@@ -109,6 +112,7 @@ class LearnedMapModule(pl.LightningModule):
         module = cls(closed_form.samples, closed_form.sample_rate_hz, closed_form.shape_args(), learning_rate,
                      train_sessions)
         module.net.load_state_dict(closed_form.state_dict())
+        module.served_log_prior.copy_(closed_form.log_prior)
         module.net.log_prior.fill_(-math.log(module.net.log_prior.numel()))
         module.net.memory.weight.zero_()
         module.net.memory.blend.zero_()
@@ -162,6 +166,7 @@ class LearnedMapModule(pl.LightningModule):
         net.load_state_dict({**state, **{f"memory.{k}": v for k, v in net.memory.state_dict().items()}})
         for name in ("mean_db", "sigma_db", "eirp_log_weight", "censored_log_lik"):
             getattr(net, name).copy_(getattr(channel, name).float().cpu())
+        net.log_prior.copy_(self.served_log_prior.cpu())
         net.preset = LEARNED
         return net.eval()
 

@@ -76,7 +76,7 @@ def fit_closed_form(data: VerifiedDataset, tracking: TrackingRun) -> tuple[Radio
                                             manifest.samples_per_capture)
     net, chosen = fit_radio_map(train, split_sessions(data, "val"), data.rx_position, floor, margin,
                                 samples=manifest.samples_per_capture, sample_rate_hz=manifest.sample_rate_hz,
-                                floor_offset_db=offsets)
+                                floor_offset_db=offsets, holdout_m=(data.split.frame.block_m, data.split.frame.buffer_m))
     tracking.log_metrics({f"radio_map_{k}": float(v) for k, v in chosen.items()}, step=0)
     log_event(log, "radio map fitted", stage="train", noise_floor_dbm=floor, detection_margin_db=margin,
               **{k: round(float(v), 3) for k, v in chosen.items()})

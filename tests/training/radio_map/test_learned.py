@@ -52,12 +52,17 @@ def test_with_zero_corrections_the_posterior_is_the_closed_forms_own():
 
 def test_baking_writes_the_corrections_into_a_plain_map_without_a_memory():
     net, _ = net_of(channel())
+    position_prior = torch.log_softmax(torch.linspace(0.0, 3.0, net.log_prior.numel()), dim=0)
+    net.log_prior.copy_(position_prior)
     module = LearnedMapModule.start_from(net, learning_rate=1e-2, train_sessions=100)
+    # trained under a flat prior, served with the closed form's position prior
+    assert torch.allclose(module.net.log_prior, module.net.log_prior[0]) and not torch.allclose(position_prior, position_prior[0])
     with torch.no_grad():
         module.corrections.antenna_db[0, 0, 0] = 4.0  # receiver 0 hears +4 dB due north
     baked = module.baked()
     assert isinstance(baked, RadioMapNet) and baked.describe()["preset"] == "radio-map-learned"
     assert baked.memory.position_en.shape[0] == 1  # its size does not grow with the training sessions
+    torch.testing.assert_close(baked.log_prior, position_prior)
     north = int(torch.argmax(baked.grid_en[:, 1] - baked.rx_en[0, 1] - (baked.grid_en[:, 0] - baked.rx_en[0, 0]).abs()))
     assert (baked.mean_db - net.mean_db)[0, north].item() == pytest.approx(4.0, abs=0.6)
     torch.testing.assert_close(baked.mean_db[1:], net.mean_db[1:])
